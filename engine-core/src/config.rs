@@ -1,0 +1,81 @@
+//! Engine settings shared by every backend, and the test-only fault hook.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::file::File;
+use crate::request::OpKind;
+
+/// What an installed [`FaultHook`] makes the backend do instead of the real operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Fail with this errno without touching the file. `EINTR` and `EAGAIN` are retried by
+    /// the engine like real ones.
+    Fail(i32),
+    /// Transfer at most this many bytes (a short read or write).
+    Short(usize),
+}
+
+/// A test hook consulted before each operation reaches the OS.
+///
+/// It exists so the conformance suite can prove short-transfer loops, retries and sticky sync
+/// failure against real backends; a deterministic fault-injecting wrapper engine builds on the
+/// same idea. Production code leaves it unset, which costs one branch per operation.
+pub trait FaultHook: Send + Sync {
+    /// Decides the fate of one attempt of an operation. `attempt` counts retries of the same
+    /// request, from 0.
+    fn before(
+        &self,
+        kind: OpKind,
+        file: &File,
+        offset: u64,
+        len: usize,
+        attempt: u32,
+    ) -> Option<FaultAction>;
+}
+
+/// Settings every backend accepts. Backends may read more from their own options.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The most requests in flight at once through the async API (and the default depth of a
+    /// queue from [`crate::Engine::queue`]). Submitters wait when it is reached.
+    pub queue_depth: usize,
+    /// Worker threads, for backends that use them; 0 lets the backend decide.
+    pub threads: usize,
+    /// Strict mode: reject a write overlapping another request in flight, and a read
+    /// overlapping a write in flight, with [`crate::ErrorKind::Overlap`] (contract point 6).
+    pub strict: bool,
+    /// The test-only fault hook.
+    pub fault_hook: Option<Arc<dyn FaultHook>>,
+}
+
+impl EngineConfig {
+    /// The default queue depth.
+    pub const QUEUE_DEPTH_DEFAULT: usize = 128;
+    /// The largest queue depth accepted.
+    pub const QUEUE_DEPTH_MAX: usize = 32768;
+    /// The largest number of worker threads accepted.
+    pub const THREADS_MAX: usize = 1024;
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            queue_depth: EngineConfig::QUEUE_DEPTH_DEFAULT,
+            threads: 0,
+            strict: false,
+            fault_hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("queue_depth", &self.queue_depth)
+            .field("threads", &self.threads)
+            .field("strict", &self.strict)
+            .field("fault_hook", &self.fault_hook.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,389 @@
+//! Open options, the file handle every engine hands out, and the per-file state shared by all
+//! backends: geometry, sticky sync failure and strict-mode overlap tracking.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Error, ErrorKind, FileRef, Op, Result};
+use crate::geometry::{DirectIo, Geometry};
+
+/// How to open a file. Like `std::fs::OpenOptions`, plus `direct`, `dsync` and a minimum
+/// alignment.
+///
+/// # Examples
+///
+/// ```
+/// let options = engine_core::OpenOptions::new().read(true).write(true).create(true).direct(true);
+/// assert!(options.is_direct());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    truncate: bool,
+    direct: bool,
+    dsync: bool,
+    align_min: u32,
+}
+
+impl OpenOptions {
+    /// Options with everything off.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// Open for reading.
+    pub fn read(mut self, on: bool) -> OpenOptions {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(mut self, on: bool) -> OpenOptions {
+        self.write = on;
+        self
+    }
+
+    /// Create the file if it does not exist (needs `write`).
+    pub fn create(mut self, on: bool) -> OpenOptions {
+        self.create = on;
+        self
+    }
+
+    /// Truncate the file to zero length (needs `write`).
+    pub fn truncate(mut self, on: bool) -> OpenOptions {
+        self.truncate = on;
+        self
+    }
+
+    /// Open with `O_DIRECT`: every request must then meet the file's [`Geometry`], which is
+    /// checked before submission.
+    pub fn direct(mut self, on: bool) -> OpenOptions {
+        self.direct = on;
+        self
+    }
+
+    /// Open with `O_DSYNC`: a write is durable when it completes.
+    pub fn dsync(mut self, on: bool) -> OpenOptions {
+        self.dsync = on;
+        self
+    }
+
+    /// Enforce at least this alignment (a power of two) for memory, offsets and lengths, even
+    /// where the device would accept less: the same rules on every device.
+    pub fn align_min(mut self, align: u32) -> OpenOptions {
+        self.align_min = align;
+        self
+    }
+
+    /// True when reading was asked for.
+    pub fn is_read(&self) -> bool {
+        self.read
+    }
+
+    /// True when writing was asked for.
+    pub fn is_write(&self) -> bool {
+        self.write
+    }
+
+    /// True when `O_DIRECT` was asked for.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// True when `O_DSYNC` was asked for.
+    pub fn is_dsync(&self) -> bool {
+        self.dsync
+    }
+
+    /// The minimum alignment asked for, or 0.
+    pub fn alignment_min(&self) -> u32 {
+        self.align_min
+    }
+
+    /// Opens `path` with these options and probes its geometry: the part of `open` every
+    /// backend shares.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for contradictory options; [`ErrorKind::Unsupported`] when
+    /// `direct` is asked of a filesystem without O_DIRECT; the OS error otherwise.
+    pub fn open_std(&self, path: &Path) -> Result<(std::fs::File, Geometry)> {
+        let invalid = |why: &'static str| {
+            Error::new(ErrorKind::InvalidInput, Op::Open, why).with_file(FileRef {
+                id: 0,
+                path: Some(Arc::from(path)),
+            })
+        };
+        if !self.read && !self.write {
+            return Err(invalid("open needs read, write or both"));
+        }
+        if (self.create || self.truncate) && !self.write {
+            return Err(invalid("create and truncate need write"));
+        }
+        if self.align_min != 0 && !self.align_min.is_power_of_two() {
+            return Err(invalid("align_min must be a power of two"));
+        }
+        let mut flags = libc::O_CLOEXEC;
+        if self.direct {
+            flags |= libc::O_DIRECT;
+        }
+        if self.dsync {
+            flags |= libc::O_DSYNC;
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(self.read)
+            .write(self.write)
+            .create(self.create)
+            .truncate(self.truncate)
+            .custom_flags(flags)
+            .open(path);
+        let file = opened.map_err(|e| {
+            let mut error = Error::from_io(&e, Op::Open).with_file(FileRef {
+                id: 0,
+                path: Some(Arc::from(path)),
+            });
+            if self.direct && e.raw_os_error() == Some(libc::EINVAL) {
+                error = Error::new(ErrorKind::Unsupported, Op::Open, "")
+                    .with_errno(libc::EINVAL)
+                    .with_file(FileRef {
+                        id: 0,
+                        path: Some(Arc::from(path)),
+                    })
+                    .with_message("the filesystem does not support O_DIRECT");
+            }
+            error
+        })?;
+        let mut geometry = Geometry::probe(file.as_fd());
+        if self.direct && geometry.direct_io == DirectIo::Unknown {
+            // The open with O_DIRECT succeeded, which is the kernel's answer.
+            geometry.direct_io = DirectIo::Supported;
+        }
+        if self.align_min != 0 {
+            geometry.require_alignment(self.align_min);
+        }
+        Ok((file, geometry))
+    }
+}
+
+static FILE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A range in flight, for strict-mode overlap detection.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u64,
+    end: u64,
+    write: bool,
+    token: u64,
+}
+
+struct FileInner {
+    id: u64,
+    engine_id: u64,
+    std: std::fs::File,
+    path: Arc<Path>,
+    options: OpenOptions,
+    geometry: Geometry,
+    closed: AtomicBool,
+    /// 0 while healthy; otherwise the errno of the sync failure that poisoned the file.
+    sync_poison: AtomicI32,
+    /// In-flight ranges, present only in strict mode.
+    spans: Option<Mutex<Vec<Span>>>,
+    tokens: AtomicU64,
+    /// A backend's own index for the file (for example a registered-file slot).
+    backend_index: u32,
+}
+
+/// An open file. Clones refer to the same open file; the descriptor closes when the engine
+/// has closed it and the last clone (including those held by requests in flight) is dropped.
+#[derive(Clone)]
+pub struct File(Arc<FileInner>);
+
+impl File {
+    /// Wraps an opened file for engine `engine_id`. Backends call this from `open`.
+    pub fn new(
+        engine_id: u64,
+        std: std::fs::File,
+        path: &Path,
+        options: OpenOptions,
+        geometry: Geometry,
+        strict: bool,
+        backend_index: u32,
+    ) -> File {
+        File(Arc::new(FileInner {
+            id: FILE_IDS.fetch_add(1, Ordering::Relaxed),
+            engine_id,
+            std,
+            path: Arc::from(path),
+            options,
+            geometry,
+            closed: AtomicBool::new(false),
+            sync_poison: AtomicI32::new(0),
+            spans: strict.then(|| Mutex::new(Vec::new())),
+            tokens: AtomicU64::new(1),
+            backend_index,
+        }))
+    }
+
+    /// The file's number, unique in this process.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The engine that opened it.
+    pub fn engine_id(&self) -> u64 {
+        self.0.engine_id
+    }
+
+    /// The path it was opened with.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &OpenOptions {
+        &self.0.options
+    }
+
+    /// Its geometry, probed at open.
+    pub fn geometry(&self) -> &Geometry {
+        &self.0.geometry
+    }
+
+    /// The std file, for backends.
+    pub fn std(&self) -> &std::fs::File {
+        &self.0.std
+    }
+
+    /// The raw descriptor, for backends.
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.std.as_raw_fd()
+    }
+
+    /// The backend's own index for this file.
+    pub fn backend_index(&self) -> u32 {
+        self.0.backend_index
+    }
+
+    /// True when both handles are the same open file.
+    pub fn same_file(&self, other: &File) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Marks the handle closed: every later request on it fails with [`ErrorKind::BadFile`].
+    /// Closing never syncs.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::BadFile`] when it was already closed.
+    pub fn mark_closed(&self) -> Result<()> {
+        if self.0.closed.swap(true, Ordering::AcqRel) {
+            return Err(self
+                .error(ErrorKind::BadFile, Op::Close)
+                .with_message("already closed"));
+        }
+        Ok(())
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// Identifies the file in errors.
+    pub fn file_ref(&self) -> FileRef {
+        FileRef {
+            id: self.0.id,
+            path: Some(Arc::clone(&self.0.path)),
+        }
+    }
+
+    /// An error of `kind` for `op` on this file.
+    pub fn error(&self, kind: ErrorKind, op: Op) -> Error {
+        Error::new(kind, op, "").with_file(self.file_ref())
+    }
+
+    /// The errno of the sync failure that poisoned this file, if one did.
+    pub fn poisoned(&self) -> Option<i32> {
+        match self.0.sync_poison.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(errno),
+        }
+    }
+
+    /// Records a sync failure (contract point 5): every later sync fails until reopened.
+    /// The first failure's errno is kept.
+    pub fn poison(&self, errno: i32) {
+        let errno = if errno == 0 { libc::EIO } else { errno };
+        let _ = self
+            .0
+            .sync_poison
+            .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Strict mode: registers `[offset, offset + len)` as in flight, or reports the overlap.
+    /// Returns a token for [`File::release_span`], or 0 when strict mode is off.
+    pub(crate) fn claim_span(&self, offset: u64, len: u64, write: bool) -> Result<u64> {
+        let Some(spans) = &self.0.spans else {
+            return Ok(0);
+        };
+        let end = offset.saturating_add(len);
+        let mut spans = spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let clash = spans
+            .iter()
+            .find(|s| s.start < end && offset < s.end && (s.write || write));
+        if let Some(other) = clash {
+            return Err(self
+                .error(ErrorKind::Overlap, if write { Op::Write } else { Op::Read })
+                .with_range(offset, len)
+                .with_message(format!(
+                    "overlaps a {} of [{}, {}) still in flight",
+                    if other.write { "write" } else { "read" },
+                    other.start,
+                    other.end
+                )));
+        }
+        let token = self.0.tokens.fetch_add(1, Ordering::Relaxed);
+        spans.push(Span {
+            start: offset,
+            end,
+            write,
+            token,
+        });
+        Ok(token)
+    }
+
+    /// Strict mode: releases a range claimed by [`File::claim_span`].
+    pub(crate) fn release_span(&self, token: u64) {
+        if token == 0 {
+            return;
+        }
+        if let Some(spans) = &self.0.spans {
+            let mut spans = spans.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(index) = spans.iter().position(|s| s.token == token) {
+                spans.swap_remove(index);
+            }
+        }
+    }
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.std.as_fd()
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("id", &self.0.id)
+            .field("path", &self.0.path)
+            .field("direct", &self.0.options.direct)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

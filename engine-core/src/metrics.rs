@@ -1,0 +1,159 @@
+//! Per-engine counters: operations, bytes, errors, retries and a latency histogram per
+//! operation kind. Recording is a handful of relaxed atomic adds: no lock, no allocation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::request::OpKind;
+
+/// Latency buckets: bucket `i` counts latencies in `[2^i, 2^(i+1))` nanoseconds (bucket 0
+/// also holds 0; the last bucket holds everything from 2^31 ns, about 2.1 s, up).
+pub const LATENCY_BUCKETS: usize = 32;
+
+#[derive(Default)]
+struct Counters {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    retries: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// The live counters of one engine.
+#[derive(Default)]
+pub struct Metrics {
+    kinds: [Counters; 4],
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn record(&self, kind: OpKind, result: &Result<usize>, latency: Duration, retries: u32) {
+        let c = &self.kinds[kind.index()];
+        c.ops.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(n) => c.bytes.fetch_add(*n as u64, Ordering::Relaxed),
+            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        if retries > 0 {
+            c.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+        }
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = (63 - ns.max(1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
+        c.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let take = |c: &Counters| OpMetrics {
+            ops: c.ops.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            latency_ns_buckets: std::array::from_fn(|i| c.latency[i].load(Ordering::Relaxed)),
+        };
+        MetricsSnapshot {
+            read: take(&self.kinds[OpKind::Read.index()]),
+            write: take(&self.kinds[OpKind::Write.index()]),
+            sync_data: take(&self.kinds[OpKind::SyncData.index()]),
+            sync_all: take(&self.kinds[OpKind::SyncAll.index()]),
+        }
+    }
+}
+
+/// The counters of one operation kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpMetrics {
+    /// Requests finished, successful or not.
+    pub ops: u64,
+    /// Bytes transferred by the successful ones.
+    pub bytes: u64,
+    /// Requests that finished with an error.
+    pub errors: u64,
+    /// EINTR/EAGAIN retries made inside the engine.
+    pub retries: u64,
+    /// The latency histogram; see [`LATENCY_BUCKETS`].
+    pub latency_ns_buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl OpMetrics {
+    /// An upper bound of the latency at quantile `q` (0.0 to 1.0), in nanoseconds: the top of
+    /// the bucket holding it. 0 when nothing was recorded.
+    pub fn latency_ns_quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.latency_ns_buckets.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, count) in self.latency_ns_buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return (2u64 << i) - 1;
+            }
+        }
+        u64::MAX
+    }
+}
+
+/// A copy of an engine's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Reads.
+    pub read: OpMetrics,
+    /// Writes.
+    pub write: OpMetrics,
+    /// `sync_data` calls.
+    pub sync_data: OpMetrics,
+    /// `sync_all` calls.
+    pub sync_all: OpMetrics,
+}
+
+impl MetricsSnapshot {
+    /// The counters of `kind`.
+    pub fn of(&self, kind: OpKind) -> &OpMetrics {
+        match kind {
+            OpKind::Read => &self.read,
+            OpKind::Write => &self.write,
+            OpKind::SyncData => &self.sync_data,
+            OpKind::SyncAll => &self.sync_all,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Error, ErrorKind, Op};
+
+    #[test]
+    fn counts_and_quantiles() {
+        let m = Metrics::default();
+        m.record(OpKind::Read, &Ok(4096), Duration::from_nanos(1000), 0);
+        m.record(OpKind::Read, &Ok(4096), Duration::from_nanos(3000), 2);
+        m.record(
+            OpKind::Read,
+            &Err(Error::new(ErrorKind::Io, Op::Read, "")),
+            Duration::from_micros(100),
+            0,
+        );
+        let s = m.snapshot();
+        assert_eq!(
+            (s.read.ops, s.read.bytes, s.read.errors, s.read.retries),
+            (3, 8192, 1, 2)
+        );
+        assert_eq!(s.write.ops, 0);
+        assert_eq!(
+            s.read.latency_ns_quantile(0.0),
+            1023,
+            "1000 ns is in [512, 1024)"
+        );
+        assert_eq!(
+            s.read.latency_ns_quantile(0.5),
+            4095,
+            "3000 ns is in [2048, 4096)"
+        );
+        assert!(s.read.latency_ns_quantile(1.0) >= 100_000);
+        assert_eq!(s.write.latency_ns_quantile(0.5), 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! The low-level per-thread queue: push requests that own their buffers, submit, then poll or
+//! wait for completions. One thread owns a queue; it takes no lock of its own and allocates
+//! nothing per operation (completions go into the caller's vector, which it can reserve once).
+
+use crate::error::{Error, ErrorKind, Op, Result};
+use crate::request::{Completion, Request};
+
+/// A per-thread submission and completion queue.
+///
+/// At most [`Queue::depth`] requests are pushed and not yet reaped; [`Queue::push`] hands the
+/// request back when the queue is full, and the caller reaps before pushing again (or uses
+/// [`Queue::push_or_wait`]). Invalid requests are not refused at push: they complete with
+/// their typed error like any other, so every pushed request yields exactly one completion.
+pub trait Queue {
+    /// The most requests pushed and not yet reaped.
+    fn depth(&self) -> usize;
+
+    /// Requests pushed and not yet reaped.
+    fn in_flight(&self) -> usize;
+
+    /// Queues a request for the next [`Queue::submit`].
+    ///
+    /// # Errors
+    ///
+    /// Hands the request back untouched when the queue is full.
+    #[allow(clippy::result_large_err)]
+    fn push(&mut self, request: Request) -> std::result::Result<(), Request>;
+
+    /// Starts every pushed request; returns how many were started.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Shutdown`] when the engine has shut down; the requests then complete with
+    /// that error.
+    fn submit(&mut self) -> Result<usize>;
+
+    /// Appends the completions that are ready, without blocking; returns how many.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+
+    /// Submits what is pushed, then blocks until at least `min` completions (no more than
+    /// are in flight) have been appended to `out`; returns how many were appended.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Shutdown`] when the engine died with requests in flight that can no
+    /// longer complete.
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize>;
+
+    /// Pushes `request`, first reaping completions into `out` while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::wait`].
+    fn push_or_wait(&mut self, request: Request, out: &mut Vec<Completion>) -> Result<()> {
+        let mut request = request;
+        // Each round either pushes or reaps at least one completion, which frees a place, so
+        // the loop ends within `depth + 1` rounds.
+        for _ in 0..=self.depth() {
+            match self.push(request) {
+                Ok(()) => return Ok(()),
+                Err(back) => request = back,
+            }
+            if self.wait(1, out)? == 0 {
+                break;
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Shutdown,
+            Op::Setup,
+            "the queue is full and nothing completes",
+        ))
+    }
+}
+
+impl<Q: Queue + ?Sized> Queue for Box<Q> {
+    fn depth(&self) -> usize {
+        (**self).depth()
+    }
+    fn in_flight(&self) -> usize {
+        (**self).in_flight()
+    }
+    fn push(&mut self, request: Request) -> std::result::Result<(), Request> {
+        (**self).push(request)
+    }
+    fn submit(&mut self) -> Result<usize> {
+        (**self).submit()
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        (**self).poll(out)
+    }
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        (**self).wait(min, out)
+    }
+}
