@@ -69,7 +69,7 @@ pub use metrics::{Metrics, MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
 pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;
 pub use registry::{Attempt, Diagnosis, Outcome, Plugin, Probe, SelectionReport};
-pub use request::{finish, prepare, Completion, OpKind, Prepared, RawResult, Request};
+pub use request::{finish, prepare, reject, Completion, OpKind, Prepared, RawResult, Request};
 pub use retry::{run_with_retries, RETRIES_MAX};
 pub use slots::{Acquire, Closed, SlotFuture, Slots};
 

@@ -292,6 +292,25 @@ pub fn prepare(engine_id: u64, request: &Request) -> Result<Prepared> {
     })
 }
 
+/// Completes a request that will not run (validation failed, or the engine shut down before
+/// it started) with `error`: releases its strict-mode range, records the error in `metrics`
+/// and hands the buffer back.
+pub fn reject(
+    request: Request,
+    prepared: Option<&Prepared>,
+    error: Error,
+    metrics: &Metrics,
+) -> Completion {
+    let started = prepared.map(|p| {
+        request.file.release_span(p.span_token);
+        p.started
+    });
+    let result = Err(error);
+    let latency = started.map(|s| s.elapsed()).unwrap_or_default();
+    metrics.record(request.kind, &result, latency, 0);
+    request.into_completion(result)
+}
+
 fn poisoned(file: &File, op: Op, errno: i32) -> Error {
     file.error(ErrorKind::Poisoned, op)
         .with_errno(errno)
