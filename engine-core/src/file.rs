@@ -90,6 +90,16 @@ impl OpenOptions {
         self.write
     }
 
+    /// True when creating was asked for.
+    pub fn is_create(&self) -> bool {
+        self.create
+    }
+
+    /// True when truncating was asked for.
+    pub fn is_truncate(&self) -> bool {
+        self.truncate
+    }
+
     /// True when `O_DIRECT` was asked for.
     pub fn is_direct(&self) -> bool {
         self.direct

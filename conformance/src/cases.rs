@@ -1,0 +1,1389 @@
+//! The cases. Each is a plain function over [`Engine`]; the contract point it pins is in its
+//! doc line.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use engine_core::{
+    block_on, AlignTarget, AlignedBuf, Completion, Engine, EngineExt, ErrorKind, FaultAction, File,
+    Geometry, OpKind, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request,
+    IO_BYTES_MAX,
+};
+
+use crate::{
+    buf, pattern, read_exact, rw, write_all, Case, CaseResult, Harness, Hook, Skip, DEPTH,
+};
+
+/// Every case, in order.
+pub fn all<E: Engine + 'static>() -> Vec<Case<E>> {
+    macro_rules! cases {
+        ($($name:ident),* $(,)?) => {
+            vec![$(Case { name: stringify!($name), run: $name::<E> }),*]
+        };
+    }
+    cases![
+        geometry_is_probed_and_sane,
+        geometry_matches_the_reference_probe,
+        misaligned_memory_rejected_at_512,
+        misaligned_offset_rejected_at_512,
+        misaligned_length_rejected_at_512,
+        misaligned_memory_rejected_at_4096,
+        misaligned_offset_rejected_at_4096,
+        misaligned_length_rejected_at_4096,
+        aligned_direct_io_round_trips,
+        read_at_eof_minus_one_returns_one_byte,
+        read_at_eof_returns_zero,
+        read_past_eof_by_a_block_returns_zero,
+        read_across_eof_returns_bytes_up_to_eof,
+        direct_read_across_eof_returns_bytes_up_to_eof,
+        read_exact_reports_unexpected_eof_with_count,
+        read_your_writes,
+        overwrite_in_the_middle_is_visible,
+        write_past_eof_leaves_a_zero_hole,
+        short_reads_are_looped_by_read_exact,
+        short_writes_are_looped_by_write_all,
+        single_read_returns_short_count,
+        write_of_zero_bytes_is_write_zero,
+        eintr_is_retried_inside_the_engine,
+        eagain_is_retried_inside_the_engine,
+        eio_on_read_surfaces_once_with_context,
+        enospc_on_write_is_no_space,
+        sync_data_and_sync_all_are_distinct_operations,
+        sync_after_writes_succeeds,
+        failed_sync_poisons_every_later_sync,
+        reopening_clears_the_poison,
+        failed_dsync_write_poisons_the_file,
+        batch_returns_one_result_per_request_in_order,
+        empty_batch_returns_nothing,
+        queue_hands_back_the_request_when_full,
+        queue_yields_one_completion_per_push,
+        queue_completes_invalid_requests_with_errors,
+        queue_wait_is_bounded_by_in_flight,
+        async_submitters_wait_when_the_queue_is_full,
+        many_in_flight_complete_out_of_order,
+        dropped_future_keeps_its_buffer_until_completion,
+        dropping_the_engine_completes_work_in_flight,
+        dropping_a_queue_with_work_in_flight_is_safe,
+        requests_after_shutdown_fail_typed,
+        closed_file_is_bad_file,
+        file_of_another_engine_is_bad_file,
+        write_to_read_only_file_is_typed,
+        read_from_write_only_file_is_typed,
+        huge_length_is_capped_at_io_bytes_max,
+        overflowing_offsets_are_out_of_range,
+        open_errors_are_typed,
+        zero_length_transfers_succeed,
+        buffer_comes_back_on_every_error,
+        strict_mode_rejects_overlap_in_flight,
+        caller_buffers_work_through_io_buf,
+        pool_buffers_work_with_direct_io,
+        metrics_count_operations_bytes_and_errors,
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Opens a new file with O_DIRECT and at least `align` alignment, or skips.
+fn direct_file<E: Engine>(
+    h: &Harness<E>,
+    engine: &E,
+    contents: &[u8],
+    align: u32,
+) -> Result<File, Skip> {
+    let path = h.path();
+    std::fs::write(&path, contents).expect("create file");
+    let options = rw().direct(true).align_min(align);
+    match engine.open(&path, &options) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            Err(Skip(format!("the scratch filesystem has no O_DIRECT: {e}")))
+        }
+        Err(e) => panic!("open with O_DIRECT: {e}"),
+    }
+}
+
+fn requires_hook<E: Engine>(engine: &E) -> CaseResult {
+    if engine.capabilities().fault_hook {
+        Ok(())
+    } else {
+        Err(Skip(format!("backend {} has no fault hook", engine.name())))
+    }
+}
+
+fn complete<E: Engine>(engine: &E, request: Request) -> Completion {
+    block_on(engine.submit(request))
+}
+
+fn expect_kind(completion: &Completion, kind: ErrorKind, what: &str) {
+    match &completion.result {
+        Ok(n) => panic!("{what}: expected {kind:?}, got Ok({n})"),
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract point 1: geometry and alignment
+
+/// Geometry is probed per file and internally consistent.
+pub fn geometry_is_probed_and_sane<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    let g = file.geometry();
+    assert!(g.mem_align.is_power_of_two(), "mem_align power of two: {g}");
+    assert!(
+        g.offset_align.is_power_of_two(),
+        "offset_align power of two: {g}"
+    );
+    assert!(
+        g.read_offset_align <= g.offset_align,
+        "read alignment at most write alignment: {g}"
+    );
+    assert!(
+        g.physical_block_size >= g.logical_block_size,
+        "physical >= logical: {g}"
+    );
+    assert_eq!(g.io_bytes_max, IO_BYTES_MAX, "io_bytes_max: {g}");
+    Ok(())
+}
+
+/// The geometry an engine reports is the one the shared probe gives for the same file, so
+/// every backend reports the same geometry.
+pub fn geometry_matches_the_reference_probe<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    for direct in [false, true] {
+        let path = h.path();
+        std::fs::write(&path, b"x").expect("create");
+        let options = rw().direct(direct);
+        let file = match engine.open(&path, &options) {
+            Ok(file) => file,
+            Err(e) if direct && e.kind() == ErrorKind::Unsupported => continue,
+            Err(e) => panic!("open: {e}"),
+        };
+        let (_, reference) = options.open_std(&path).expect("reference open");
+        assert_eq!(*file.geometry(), reference, "geometry direct={direct}");
+        let std = std::fs::File::open(&path).expect("std open");
+        let probed = Geometry::probe(std::os::fd::AsFd::as_fd(&std));
+        assert_eq!(
+            file.geometry().offset_align,
+            probed.offset_align,
+            "offset alignment"
+        );
+        assert_eq!(
+            file.geometry().mem_align,
+            probed.mem_align,
+            "memory alignment"
+        );
+    }
+    Ok(())
+}
+
+/// Submits a write and a read that break `target` at alignment `align`; both must fail with
+/// `Misaligned` before reaching the file.
+fn misaligned<E: Engine>(h: &Harness<E>, align: u32, target: AlignTarget) -> CaseResult {
+    let engine = h.engine();
+    let a = align as usize;
+    let original = pattern(4 * a, 1);
+    let file = direct_file(h, &engine, &original, align)?;
+    let g = *file.geometry();
+    if g.offset_align != align || g.mem_align != align {
+        return Err(Skip(format!(
+            "this device needs alignment {} > {align}: {g}",
+            g.offset_align
+        )));
+    }
+    for kind in [OpKind::Write, OpKind::Read] {
+        // Each shape breaks exactly one rule and keeps the other two.
+        let (offset, mut buffer, start) = match target {
+            AlignTarget::Memory => (
+                a as u64,
+                AlignedBuf::zeroed(a + a / 2, a).expect("buf"),
+                a / 2,
+            ),
+            AlignTarget::Offset => (a as u64 / 2, AlignedBuf::zeroed(a, a).expect("buf"), 0),
+            AlignTarget::Length => (0, AlignedBuf::zeroed(a + a / 2, a).expect("buf"), 0),
+        };
+        buffer.fill(0xEE);
+        let request = Request {
+            kind,
+            file: file.clone(),
+            offset,
+            buf: Some(buffer),
+            buf_start: start,
+            user_data: 9,
+        };
+        let completion = complete(&engine, request);
+        let what = format!("{kind:?} with misaligned {target:?} at {align}");
+        expect_kind(&completion, ErrorKind::Misaligned, &what);
+        let error = completion.result.as_ref().err().expect("error");
+        let m = error.misalignment().expect("misalignment details");
+        assert_eq!(m.target, target, "{what}: target");
+        assert_eq!(m.required, u64::from(align), "{what}: required");
+        assert_eq!(error.offset(), Some(offset), "{what}: offset in error");
+        assert!(error.len().is_some(), "{what}: length in error");
+        assert_eq!(
+            error.file().map(|f| f.id),
+            Some(file.id()),
+            "{what}: file in error"
+        );
+        assert!(completion.buf.is_some(), "{what}: buffer handed back");
+    }
+    assert_eq!(h.contents(&file), original, "nothing reached the file");
+    assert_eq!(engine.metrics().write.bytes, 0, "no bytes written");
+    Ok(())
+}
+
+/// Misaligned memory under O_DIRECT at 512 is rejected before submission.
+pub fn misaligned_memory_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 512, AlignTarget::Memory)
+}
+/// Misaligned offset under O_DIRECT at 512 is rejected before submission.
+pub fn misaligned_offset_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 512, AlignTarget::Offset)
+}
+/// Misaligned length under O_DIRECT at 512 is rejected before submission.
+pub fn misaligned_length_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 512, AlignTarget::Length)
+}
+/// Misaligned memory under O_DIRECT at 4096 is rejected before submission.
+pub fn misaligned_memory_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 4096, AlignTarget::Memory)
+}
+/// Misaligned offset under O_DIRECT at 4096 is rejected before submission.
+pub fn misaligned_offset_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 4096, AlignTarget::Offset)
+}
+/// Misaligned length under O_DIRECT at 4096 is rejected before submission.
+pub fn misaligned_length_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+    misaligned(h, 4096, AlignTarget::Length)
+}
+
+/// Aligned O_DIRECT writes and reads round-trip.
+pub fn aligned_direct_io_round_trips<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = direct_file(h, &engine, b"", 4096)?;
+    let data = pattern(3 * 4096, 2);
+    write_all(&engine, &file, 4096, &data, 4096);
+    assert_eq!(
+        read_exact(&engine, &file, 4096, data.len(), 4096),
+        data,
+        "read back"
+    );
+    let on_disk = h.contents(&file);
+    assert_eq!(&on_disk[4096..], &data[..], "on disk");
+    assert!(
+        on_disk[..4096].iter().all(|&b| b == 0),
+        "hole before the write"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract point 2: end of file
+
+const FILE_LEN: usize = 10_000;
+
+fn eof_file<E: Engine>(h: &Harness<E>, engine: &E) -> (File, Vec<u8>) {
+    let data = pattern(FILE_LEN, 3);
+    (h.file(engine, &data, &rw()), data)
+}
+
+fn read_at<E: Engine>(engine: &E, file: &File, offset: u64, len: usize) -> (usize, AlignedBuf) {
+    let (result, buf) =
+        block_on(engine.read_at(file, offset, AlignedBuf::zeroed(len, 8).expect("buf")));
+    (result.expect("read_at"), buf)
+}
+
+/// A read at EOF-1 returns exactly one byte.
+pub fn read_at_eof_minus_one_returns_one_byte<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, data) = eof_file(h, &engine);
+    let (n, buf) = read_at(&engine, &file, FILE_LEN as u64 - 1, 4096);
+    assert_eq!(n, 1, "bytes read at EOF-1");
+    assert_eq!(
+        buf.as_slice(),
+        &data[FILE_LEN - 1..],
+        "the last byte, and the length is the count"
+    );
+    Ok(())
+}
+
+/// A read at EOF returns 0.
+pub fn read_at_eof_returns_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, _) = eof_file(h, &engine);
+    let (n, buf) = read_at(&engine, &file, FILE_LEN as u64, 4096);
+    assert_eq!(n, 0, "bytes read at EOF");
+    assert!(buf.is_empty(), "no padding");
+    Ok(())
+}
+
+/// A read a block past EOF returns 0.
+pub fn read_past_eof_by_a_block_returns_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, _) = eof_file(h, &engine);
+    let (n, _) = read_at(&engine, &file, FILE_LEN as u64 + 4096, 4096);
+    assert_eq!(n, 0, "bytes read at EOF+block");
+    Ok(())
+}
+
+/// A read across EOF returns the bytes up to EOF and nothing more.
+pub fn read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, data) = eof_file(h, &engine);
+    let (n, buf) = read_at(&engine, &file, 8192, 4096);
+    assert_eq!(n, FILE_LEN - 8192, "bytes read across EOF");
+    assert_eq!(buf.as_slice(), &data[8192..], "bytes up to EOF");
+    Ok(())
+}
+
+/// Under O_DIRECT, an aligned read across an unaligned EOF returns the bytes up to EOF.
+pub fn direct_read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let data = pattern(2 * 4096 + 100, 4);
+    let file = direct_file(h, &engine, &data, 4096)?;
+    let (result, buf) =
+        block_on(engine.read_at(&file, 8192, AlignedBuf::zeroed(4096, 4096).expect("buf")));
+    assert_eq!(
+        result.expect("direct read"),
+        100,
+        "bytes read across EOF under O_DIRECT"
+    );
+    assert_eq!(buf.as_slice(), &data[8192..], "the tail");
+    Ok(())
+}
+
+/// `read_exact_at` across EOF fails with UnexpectedEof and says how much it read.
+pub fn read_exact_reports_unexpected_eof_with_count<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, data) = eof_file(h, &engine);
+    let (result, buf) =
+        block_on(engine.read_exact_at(&file, 8000, AlignedBuf::zeroed(4096, 8).expect("buf")));
+    let error = result.expect_err("EOF first");
+    assert_eq!(error.kind(), ErrorKind::UnexpectedEof, "{error}");
+    assert!(
+        error.message().contains("2000 of 4096"),
+        "count in message: {error}"
+    );
+    assert_eq!(buf.as_slice(), &data[8000..], "buffer holds what was read");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract point 6: read your writes
+
+/// A completed write is visible to every later read.
+pub fn read_your_writes<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    for i in 0..16u64 {
+        let data = pattern(1000 + i as usize, i);
+        write_all(&engine, &file, i * 5000, &data, 8);
+        assert_eq!(
+            read_exact(&engine, &file, i * 5000, data.len(), 8),
+            data,
+            "write {i}"
+        );
+    }
+    Ok(())
+}
+
+/// An overwrite of the middle of a file changes exactly that range.
+pub fn overwrite_in_the_middle_is_visible<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let mut expected = pattern(8192, 5);
+    let file = h.file(&engine, &expected, &rw());
+    let patch = pattern(1000, 6);
+    write_all(&engine, &file, 3000, &patch, 1);
+    expected[3000..4000].copy_from_slice(&patch);
+    assert_eq!(
+        read_exact(&engine, &file, 0, 8192, 1),
+        expected,
+        "through the engine"
+    );
+    assert_eq!(h.contents(&file), expected, "through std");
+    Ok(())
+}
+
+/// A write past EOF extends the file and the gap reads as zeros.
+pub fn write_past_eof_leaves_a_zero_hole<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"abc", &rw());
+    write_all(&engine, &file, 10_000, b"xyz", 1);
+    let all = read_exact(&engine, &file, 0, 10_003, 1);
+    assert_eq!(&all[..3], b"abc");
+    assert!(
+        all[3..10_000].iter().all(|&b| b == 0),
+        "hole reads as zeros"
+    );
+    assert_eq!(&all[10_000..], b"xyz");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract point 2: short transfers; point 3: retries and errors
+
+/// Short reads are resubmitted by `read_exact_at` until the buffer is full.
+pub fn short_reads_are_looped_by_read_exact<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Short(1000)));
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let data = pattern(8192, 7);
+    let file = h.file(&engine, &data, &rw());
+    assert_eq!(read_exact(&engine, &file, 0, 8192, 8), data, "looped reads");
+    let reads: Vec<u64> = hook
+        .calls()
+        .iter()
+        .filter(|c| c.kind == OpKind::Read)
+        .map(|c| c.offset)
+        .collect();
+    assert_eq!(
+        reads,
+        (0..9).map(|i| i * 1000).collect::<Vec<u64>>(),
+        "resubmitted at each remainder"
+    );
+    Ok(())
+}
+
+/// Short writes are resubmitted by `write_all_at` until everything is written.
+pub fn short_writes_are_looped_by_write_all<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Short(3000)));
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let data = pattern(10_000, 8);
+    write_all(&engine, &file, 0, &data, 8);
+    assert_eq!(h.contents(&file), data, "all bytes on disk");
+    let writes = hook
+        .calls()
+        .iter()
+        .filter(|c| c.kind == OpKind::Write)
+        .count();
+    assert_eq!(writes, 4, "3000 + 3000 + 3000 + 1000");
+    Ok(())
+}
+
+/// A single `read_at` may return fewer bytes than asked; that is not an error.
+pub fn single_read_returns_short_count<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Short(100)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let (file, data) = eof_file(h, &engine);
+    let (n, buf) = read_at(&engine, &file, 0, 4096);
+    assert_eq!(n, 100, "short count");
+    assert_eq!(buf.as_slice(), &data[..100], "buffer length is the count");
+    Ok(())
+}
+
+/// A write that makes no progress ends `write_all_at` with WriteZero, never a loop.
+pub fn write_of_zero_bytes_is_write_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Short(0)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let (result, buf) = block_on(engine.write_all_at(&file, 0, buf(b"data", 1)));
+    let error = result.expect_err("no progress");
+    assert_eq!(error.kind(), ErrorKind::WriteZero, "{error}");
+    assert_eq!(buf.as_slice(), b"data", "buffer handed back intact");
+    Ok(())
+}
+
+fn transient_retried<E: Engine>(h: &Harness<E>, errno: i32) -> CaseResult {
+    let hook = Hook::new(move |c| (c.attempt < 2).then_some(FaultAction::Fail(errno)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    write_all(&engine, &file, 0, b"retried", 1);
+    assert_eq!(read_exact(&engine, &file, 0, 7, 1), b"retried");
+    block_on(engine.sync_data(&file)).expect("sync retried");
+    let m = engine.metrics();
+    assert_eq!(
+        (m.write.retries, m.read.retries, m.sync_data.retries),
+        (2, 2, 2),
+        "two retries each"
+    );
+    assert_eq!(
+        m.write.errors + m.read.errors + m.sync_data.errors,
+        0,
+        "no errors surfaced"
+    );
+    Ok(())
+}
+
+/// EINTR is retried inside the engine and never surfaces.
+pub fn eintr_is_retried_inside_the_engine<E: Engine>(h: &Harness<E>) -> CaseResult {
+    transient_retried(h, libc::EINTR)
+}
+
+/// EAGAIN is retried inside the engine and never surfaces.
+pub fn eagain_is_retried_inside_the_engine<E: Engine>(h: &Harness<E>) -> CaseResult {
+    transient_retried(h, libc::EAGAIN)
+}
+
+/// EIO on a read surfaces once, typed, with op, file, offset, length and errno.
+pub fn eio_on_read_surfaces_once_with_context<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Fail(libc::EIO)));
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let (file, _) = eof_file(h, &engine);
+    let (result, _) =
+        block_on(engine.read_at(&file, 512, AlignedBuf::zeroed(1024, 8).expect("buf")));
+    let error = result.expect_err("EIO");
+    assert_eq!(error.kind(), ErrorKind::Io, "{error}");
+    assert_eq!(error.op(), engine_core::Op::Read);
+    assert_eq!(
+        (error.offset(), error.len()),
+        (Some(512), Some(1024)),
+        "range: {error}"
+    );
+    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+    assert_eq!(error.file().map(|f| f.id), Some(file.id()));
+    assert_eq!(hook.calls().len(), 1, "not retried");
+    assert_eq!(engine.metrics().read.errors, 1, "counted once");
+    let io: std::io::Error = error.into();
+    assert!(
+        io.to_string().contains("offset 512"),
+        "context kept in io::Error: {io}"
+    );
+    Ok(())
+}
+
+/// ENOSPC on a write is its own kind.
+pub fn enospc_on_write_is_no_space<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Fail(libc::ENOSPC)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let (result, _) = block_on(engine.write_all_at(&file, 0, buf(b"full", 1)));
+    assert_eq!(result.expect_err("ENOSPC").kind(), ErrorKind::NoSpace);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract points 4 and 5: syncs
+
+/// `sync_data` and `sync_all` reach the backend as fdatasync and fsync respectively.
+pub fn sync_data_and_sync_all_are_distinct_operations<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|_| None);
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    block_on(engine.sync_data(&file)).expect("sync_data");
+    block_on(engine.sync_all(&file)).expect("sync_all");
+    block_on(engine.sync_all(&file)).expect("sync_all");
+    let kinds: Vec<OpKind> = hook.calls().iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [OpKind::SyncData, OpKind::SyncAll, OpKind::SyncAll],
+        "operations issued"
+    );
+    let m = engine.metrics();
+    assert_eq!((m.sync_data.ops, m.sync_all.ops), (1, 2), "counted apart");
+    Ok(())
+}
+
+/// Syncs after completed writes succeed and leave the data readable.
+pub fn sync_after_writes_succeeds<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    let data = pattern(20_000, 9);
+    write_all(&engine, &file, 0, &data, 1);
+    block_on(engine.sync_data(&file)).expect("sync_data");
+    block_on(engine.sync_all(&file)).expect("sync_all");
+    assert_eq!(h.contents(&file), data);
+    Ok(())
+}
+
+fn fail_first_sync() -> Arc<Hook> {
+    let failed = AtomicU32::new(0);
+    Hook::new(move |c| {
+        (c.kind.is_sync() && failed.fetch_add(1, Ordering::Relaxed) == 0)
+            .then_some(FaultAction::Fail(libc::EIO))
+    })
+}
+
+/// After a failed sync, every later sync on that file fails as poisoned, carrying the
+/// original errno; the kernel is not even asked (a later success would re-acknowledge lost
+/// data).
+pub fn failed_sync_poisons_every_later_sync<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = fail_first_sync();
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    write_all(&engine, &file, 0, b"lost?", 1);
+    let first = block_on(engine.sync_data(&file)).expect_err("injected failure");
+    assert_eq!(
+        first.kind(),
+        ErrorKind::Io,
+        "first failure keeps its kind: {first}"
+    );
+    for (i, sync_all) in [false, true, false].into_iter().enumerate() {
+        let result = if sync_all {
+            block_on(engine.sync_all(&file))
+        } else {
+            block_on(engine.sync_data(&file))
+        };
+        let error = result.expect_err("poisoned");
+        assert_eq!(
+            error.kind(),
+            ErrorKind::Poisoned,
+            "sync {i} after the failure: {error}"
+        );
+        assert_eq!(error.raw_os_error(), Some(libc::EIO), "original errno");
+    }
+    assert_eq!(
+        hook.calls().iter().filter(|c| c.kind.is_sync()).count(),
+        1,
+        "later syncs never reached the OS"
+    );
+    // Reads and writes still work: only syncs are poisoned.
+    write_all(&engine, &file, 0, b"still", 1);
+    Ok(())
+}
+
+/// Reopening the file gives a fresh, unpoisoned handle.
+pub fn reopening_clears_the_poison<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine_with_hook(fail_first_sync());
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    block_on(engine.sync_data(&file)).expect_err("injected failure");
+    engine.close(&file).expect("close");
+    let reopened = engine.open(file.path(), &rw()).expect("reopen");
+    block_on(engine.sync_data(&reopened)).expect("fresh handle syncs");
+    Ok(())
+}
+
+/// A failed write on an O_DSYNC file poisons later syncs: its data may be lost.
+pub fn failed_dsync_write_poisons_the_file<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Fail(libc::EIO)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw().dsync(true));
+    let (result, _) = block_on(engine.write_at(&file, 0, buf(b"d", 1)));
+    assert_eq!(result.expect_err("EIO").kind(), ErrorKind::Io);
+    let error = block_on(engine.sync_all(&file)).expect_err("poisoned");
+    assert_eq!(error.kind(), ErrorKind::Poisoned, "{error}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches and queues; contract point 7
+
+/// A batch yields one completion per request, in request order, each with its own result.
+pub fn batch_returns_one_result_per_request_in_order<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, data) = eof_file(h, &engine);
+    let closed = h.file(&engine, b"", &rw());
+    engine.close(&closed).expect("close");
+    let requests = vec![
+        Request::read(&file, 0, AlignedBuf::zeroed(100, 8).expect("buf"), 10),
+        Request::write(&file, 5_000, buf(b"tail", 1), 11),
+        Request::read(&closed, 0, AlignedBuf::zeroed(8, 8).expect("buf"), 12),
+        Request::sync_data(&file, 13),
+        Request::read(
+            &file,
+            u64::MAX - 1,
+            AlignedBuf::zeroed(8, 8).expect("buf"),
+            14,
+        ),
+        Request::read(
+            &file,
+            FILE_LEN as u64,
+            AlignedBuf::zeroed(8, 8).expect("buf"),
+            15,
+        ),
+    ];
+    let completions = block_on(engine.submit_batch(requests));
+    let tags: Vec<u64> = completions.iter().map(|c| c.user_data).collect();
+    assert_eq!(tags, [10, 11, 12, 13, 14, 15], "one per request, in order");
+    assert_eq!(completions[0].result.as_ref().ok(), Some(&100));
+    assert_eq!(completions[0].buf.as_deref(), Some(&data[..100]));
+    assert_eq!(completions[1].result.as_ref().ok(), Some(&4));
+    expect_kind(
+        &completions[2],
+        ErrorKind::BadFile,
+        "closed file in a batch",
+    );
+    assert!(completions[3].result.is_ok(), "sync in a batch");
+    expect_kind(
+        &completions[4],
+        ErrorKind::OutOfRange,
+        "overflow in a batch",
+    );
+    assert_eq!(
+        completions[5].result.as_ref().ok(),
+        Some(&0),
+        "EOF in a batch"
+    );
+    Ok(())
+}
+
+/// An empty batch completes at once with nothing.
+pub fn empty_batch_returns_nothing<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    assert!(block_on(engine.submit_batch(Vec::new())).is_empty());
+    Ok(())
+}
+
+/// A full queue hands the request back untouched instead of failing or growing.
+pub fn queue_hands_back_the_request_when_full<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine_with(|c| c.queue_depth = 4);
+    let (file, _) = eof_file(h, &engine);
+    let mut queue = engine.queue().expect("queue");
+    assert_eq!(queue.depth(), 4);
+    for i in 0..4 {
+        queue
+            .push(Request::read(
+                &file,
+                0,
+                AlignedBuf::zeroed(16, 8).expect("buf"),
+                i,
+            ))
+            .expect("room");
+    }
+    let back = queue
+        .push(Request::read(
+            &file,
+            0,
+            AlignedBuf::zeroed(16, 8).expect("buf"),
+            99,
+        ))
+        .expect_err("full");
+    assert_eq!(back.user_data, 99, "the same request comes back");
+    assert_eq!(queue.in_flight(), 4);
+    let mut out = Vec::new();
+    queue.wait(1, &mut out).expect("wait");
+    assert!(!out.is_empty(), "at least one completion");
+    queue.push(back).expect("room after reaping");
+    while queue.in_flight() > 0 {
+        queue.wait(1, &mut out).expect("wait");
+    }
+    assert_eq!(out.len(), 5, "every request completed");
+    Ok(())
+}
+
+/// Ten times the depth of mixed requests through `push_or_wait`: in flight never exceeds the
+/// depth, nothing is lost or duplicated, and every buffer comes back.
+pub fn queue_yields_one_completion_per_push<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let depth = 8;
+    let engine = h.engine_with(|c| c.queue_depth = depth);
+    let file = h.file(&engine, &pattern(64 * 512, 10), &rw());
+    let mut queue = engine.queue().expect("queue");
+    let mut out = Vec::with_capacity(depth);
+    let total = 10 * depth as u64;
+    for i in 0..total {
+        let offset = (i % 64) * 512;
+        let request = match i % 3 {
+            0 => Request::read(&file, offset, AlignedBuf::zeroed(512, 512).expect("buf"), i),
+            1 => Request::write(&file, offset, buf(&pattern(512, i), 512), i),
+            _ => Request::sync_data(&file, i),
+        };
+        queue.push_or_wait(request, &mut out).expect("push");
+        assert!(
+            queue.in_flight() <= depth,
+            "in flight {} > depth",
+            queue.in_flight()
+        );
+        queue.submit().expect("submit");
+    }
+    while queue.in_flight() > 0 {
+        queue.wait(queue.in_flight(), &mut out).expect("wait");
+    }
+    let mut seen: Vec<u64> = out.iter().map(|c| c.user_data).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
+        "each request exactly once"
+    );
+    for c in &out {
+        assert!(c.result.is_ok(), "request {}: {:?}", c.user_data, c.result);
+        assert_eq!(
+            c.buf.is_some(),
+            c.kind != OpKind::SyncData,
+            "buffer back for {}",
+            c.user_data
+        );
+    }
+    Ok(())
+}
+
+/// Invalid requests pushed on a queue complete with their typed error, once each.
+pub fn queue_completes_invalid_requests_with_errors<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let read_only = h.file(&engine, b"ro", &OpenOptions::new().read(true));
+    let mut queue = engine.queue().expect("queue");
+    queue
+        .push(Request::write(&read_only, 0, buf(b"x", 1), 1))
+        .expect("room");
+    queue
+        .push(Request::read(
+            &read_only,
+            u64::MAX,
+            AlignedBuf::zeroed(1, 1).expect("buf"),
+            2,
+        ))
+        .expect("room");
+    queue
+        .push(Request::read(
+            &read_only,
+            0,
+            AlignedBuf::zeroed(2, 1).expect("buf"),
+            3,
+        ))
+        .expect("room");
+    let mut out = Vec::new();
+    queue.wait(3, &mut out).expect("wait");
+    out.sort_by_key(|c| c.user_data);
+    assert_eq!(out.len(), 3);
+    expect_kind(
+        &out[0],
+        ErrorKind::ReadOnly,
+        "write to read-only through the queue",
+    );
+    expect_kind(&out[1], ErrorKind::OutOfRange, "overflow through the queue");
+    assert_eq!(out[2].result.as_ref().ok(), Some(&2));
+    assert_eq!(queue.in_flight(), 0);
+    Ok(())
+}
+
+/// `wait` never waits for more completions than are in flight: it cannot hang.
+pub fn queue_wait_is_bounded_by_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, _) = eof_file(h, &engine);
+    let mut queue = engine.queue().expect("queue");
+    let mut out = Vec::new();
+    assert_eq!(
+        queue.wait(10, &mut out).expect("empty wait"),
+        0,
+        "nothing in flight"
+    );
+    queue
+        .push(Request::read(
+            &file,
+            0,
+            AlignedBuf::zeroed(8, 8).expect("buf"),
+            1,
+        ))
+        .expect("room");
+    queue
+        .push(Request::read(
+            &file,
+            8,
+            AlignedBuf::zeroed(8, 8).expect("buf"),
+            2,
+        ))
+        .expect("room");
+    assert_eq!(
+        queue.wait(100, &mut out).expect("wait"),
+        2,
+        "both, then return"
+    );
+    assert_eq!(queue.poll(&mut out), 0, "nothing more");
+    Ok(())
+}
+
+/// With depth 2, 64 concurrent async requests all complete: submitters wait, never fail.
+pub fn async_submitters_wait_when_the_queue_is_full<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine_with(|c| c.queue_depth = 2);
+    let file = h.file(&engine, b"", &rw());
+    let requests: Vec<Request> = (0..64u64)
+        .map(|i| Request::write(&file, i * 100, buf(&pattern(100, i), 1), i))
+        .collect();
+    let completions = block_on(engine.submit_batch(requests));
+    assert_eq!(completions.len(), 64);
+    for c in &completions {
+        assert_eq!(
+            c.result.as_ref().ok(),
+            Some(&100),
+            "request {}",
+            c.user_data
+        );
+    }
+    let on_disk = h.contents(&file);
+    for i in 0..64usize {
+        assert_eq!(
+            &on_disk[i * 100..][..100],
+            &pattern(100, i as u64)[..],
+            "block {i}"
+        );
+    }
+    Ok(())
+}
+
+/// Many requests in flight complete in whatever order the device finishes them, each with
+/// its own data.
+pub fn many_in_flight_complete_out_of_order<E: Engine>(h: &Harness<E>) -> CaseResult {
+    // Earlier offsets are slower, so a backend with parallelism finishes them last.
+    let hook = Hook::latency(|c| {
+        Duration::from_micros(if c.kind == OpKind::Read {
+            20_000 - c.offset.min(16) * 1000
+        } else {
+            0
+        })
+    });
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    if engine.capabilities().threads < 2 && !engine.capabilities().submit_may_block {
+        return Err(Skip(
+            "backend has no parallelism to reorder completions".into(),
+        ));
+    }
+    let data = pattern(16, 11);
+    let file = h.file(&engine, &data, &rw());
+    let mut queue = engine.queue().expect("queue");
+    for i in 0..16u64 {
+        queue
+            .push(Request::read(
+                &file,
+                i,
+                AlignedBuf::zeroed(1, 1).expect("buf"),
+                i,
+            ))
+            .expect("room");
+    }
+    let mut out = Vec::new();
+    while queue.in_flight() > 0 {
+        queue.wait(1, &mut out).expect("wait");
+    }
+    let order: Vec<u64> = out.iter().map(|c| c.user_data).collect();
+    for c in &out {
+        let byte = c.buf.as_ref().expect("buf")[0];
+        assert_eq!(
+            byte, data[c.user_data as usize],
+            "request {} got its own byte",
+            c.user_data
+        );
+    }
+    if engine.capabilities().threads >= 2 {
+        let sorted: Vec<u64> = (0..16).collect();
+        assert_ne!(
+            order, sorted,
+            "parallel backend completed strictly in submission order"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract points 8 and 9: drop and shutdown
+
+/// Polls a future once, so it has started, then returns it still pending or its output.
+fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// A write future dropped mid-flight still completes its write, with the buffer owned by the
+/// engine until then; the engine keeps working.
+pub fn dropped_future_keeps_its_buffer_until_completion<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook =
+        Hook::latency(|c| Duration::from_millis(if c.kind == OpKind::Write { 50 } else { 0 }));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let data = pattern(4096, 12);
+    for i in 0..4u64 {
+        // Started and then dropped: the request is with the engine, the future is gone.
+        let _ = poll_once(engine.write_at(&file, i * 4096, buf(&data, 4096)));
+    }
+    // Churn the allocator: if a buffer were freed early, these would reuse its memory.
+    let churn: Vec<AlignedBuf> = (0..64).map(|_| buf(&[0xAA; 4096], 4096)).collect();
+    engine.shutdown();
+    drop(churn);
+    let on_disk = h.contents(&file);
+    assert_eq!(
+        on_disk.len(),
+        4 * 4096,
+        "every started write completed before shutdown returned"
+    );
+    for i in 0..4 {
+        assert_eq!(&on_disk[i * 4096..][..4096], &data[..], "write {i} intact");
+    }
+    Ok(())
+}
+
+/// Dropping the engine with requests in flight completes them, joins its threads, and the
+/// queue still yields every completion: nothing hangs.
+pub fn dropping_the_engine_completes_work_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::latency(|_| Duration::from_millis(5));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let mut queue = engine.queue().expect("queue");
+    for i in 0..16u64 {
+        queue
+            .push(Request::write(&file, i * 8, buf(&i.to_le_bytes(), 8), i))
+            .expect("room");
+    }
+    queue.submit().expect("submit");
+    drop(engine);
+    let mut out = Vec::new();
+    while queue.in_flight() > 0 {
+        queue.wait(1, &mut out).expect("wait after engine drop");
+    }
+    assert_eq!(out.len(), 16, "every request completed");
+    for c in &out {
+        match &c.result {
+            Ok(n) => assert_eq!(*n, 8),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Shutdown, "only shutdown errors: {e}"),
+        }
+    }
+    // Requests pushed after the engine is gone fail typed, through the same queue.
+    queue.push(Request::sync_all(&file, 99)).expect("room");
+    let mut late = Vec::new();
+    let _ = queue.submit();
+    queue.wait(1, &mut late).expect("wait");
+    expect_kind(&late[0], ErrorKind::Shutdown, "request after engine drop");
+    Ok(())
+}
+
+/// Dropping a queue with requests in flight neither hangs nor disturbs the engine.
+pub fn dropping_a_queue_with_work_in_flight_is_safe<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::latency(|_| Duration::from_millis(2));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let mut queue = engine.queue().expect("queue");
+    for i in 0..8u64 {
+        queue
+            .push(Request::write(&file, i, buf(&[i as u8], 1), i))
+            .expect("room");
+    }
+    queue.submit().expect("submit");
+    drop(queue);
+    write_all(&engine, &file, 100, b"after", 1);
+    assert_eq!(read_exact(&engine, &file, 100, 5, 1), b"after");
+    Ok(())
+}
+
+/// After shutdown, opening, queue creation and every request fail with Shutdown.
+pub fn requests_after_shutdown_fail_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"data", &rw());
+    engine.shutdown();
+    engine.shutdown();
+    let error = engine
+        .open(file.path(), &rw())
+        .expect_err("open after shutdown");
+    assert_eq!(error.kind(), ErrorKind::Shutdown, "{error}");
+    assert_eq!(
+        engine.queue().err().map(|e| e.kind()),
+        Some(ErrorKind::Shutdown),
+        "queue after shutdown"
+    );
+    let (result, buf) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(4, 1).expect("buf")));
+    assert_eq!(
+        result.expect_err("read after shutdown").kind(),
+        ErrorKind::Shutdown
+    );
+    assert_eq!(buf.len(), 4, "buffer handed back");
+    let error = block_on(engine.sync_all(&file)).expect_err("sync after shutdown");
+    assert_eq!(error.kind(), ErrorKind::Shutdown);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract point 10: bad handles and arguments
+
+/// A closed handle is a typed error, and so is closing it twice.
+pub fn closed_file_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"data", &rw());
+    engine.close(&file).expect("close");
+    assert_eq!(
+        engine.close(&file).expect_err("twice").kind(),
+        ErrorKind::BadFile
+    );
+    let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(4, 1).expect("buf")));
+    assert_eq!(result.expect_err("read closed").kind(), ErrorKind::BadFile);
+    assert_eq!(
+        block_on(engine.sync_data(&file))
+            .expect_err("sync closed")
+            .kind(),
+        ErrorKind::BadFile
+    );
+    Ok(())
+}
+
+/// A handle from another engine is refused.
+pub fn file_of_another_engine_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let first = h.engine();
+    let second = h.engine();
+    let file = h.file(&first, b"data", &rw());
+    let (result, _) = block_on(second.read_at(&file, 0, AlignedBuf::zeroed(4, 1).expect("buf")));
+    assert_eq!(
+        result.expect_err("foreign handle").kind(),
+        ErrorKind::BadFile
+    );
+    assert_eq!(
+        second.close(&file).expect_err("foreign close").kind(),
+        ErrorKind::BadFile
+    );
+    Ok(())
+}
+
+/// A write to a file opened read-only is a typed error and changes nothing.
+pub fn write_to_read_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"keep", &OpenOptions::new().read(true));
+    let (result, _) = block_on(engine.write_all_at(&file, 0, buf(b"lose", 1)));
+    assert_eq!(result.expect_err("read-only").kind(), ErrorKind::ReadOnly);
+    assert_eq!(h.contents(&file), b"keep");
+    Ok(())
+}
+
+/// A read from a file opened write-only is a typed error.
+pub fn read_from_write_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"data", &OpenOptions::new().write(true));
+    let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(4, 1).expect("buf")));
+    assert_eq!(result.expect_err("write-only").kind(), ErrorKind::BadFile);
+    Ok(())
+}
+
+/// A request longer than the kernel's single-I/O maximum is split at that maximum (never
+/// truncated to 32 bits), and `read_at` returns what exists.
+pub fn huge_length_is_capped_at_io_bytes_max<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|_| None);
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let (file, data) = eof_file(h, &engine);
+    // 4 GiB + 4 KiB: would be 4 KiB if truncated to u32. Zeroed memory is mapped lazily.
+    let len = (4usize << 30) + 4096;
+    let huge = match AlignedBuf::zeroed(len, 4096) {
+        Ok(b) => b,
+        Err(e) => return Err(Skip(format!("cannot reserve {len} bytes here: {e}"))),
+    };
+    let (result, buf) = block_on(engine.read_at(&file, 0, huge));
+    assert_eq!(result.expect("huge read"), FILE_LEN, "bytes up to EOF");
+    assert_eq!(&buf[..], &data[..]);
+    let lens: Vec<usize> = hook.calls().iter().map(|c| c.len).collect();
+    assert_eq!(
+        lens,
+        [IO_BYTES_MAX as usize],
+        "submitted length capped, not truncated"
+    );
+    Ok(())
+}
+
+/// Offsets that overflow, or pass the largest file offset, are OutOfRange before submission.
+pub fn overflowing_offsets_are_out_of_range<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    for offset in [u64::MAX, u64::MAX - 3, i64::MAX as u64, i64::MAX as u64 - 2] {
+        let (result, _) = block_on(engine.write_at(&file, offset, buf(b"data", 1)));
+        let error = result.expect_err("overflow");
+        assert_eq!(
+            error.kind(),
+            ErrorKind::OutOfRange,
+            "offset {offset}: {error}"
+        );
+        assert_eq!(error.offset(), Some(offset));
+    }
+    assert!(h.contents(&file).is_empty(), "nothing written");
+    Ok(())
+}
+
+/// Open failures are typed: missing file, no access mode, create without write.
+pub fn open_errors_are_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let missing = h.path();
+    let error = engine.open(&missing, &rw()).expect_err("missing");
+    assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "path in error: {error}"
+    );
+    let error = engine
+        .open(&missing, &OpenOptions::new())
+        .expect_err("no mode");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    let error = engine
+        .open(&missing, &OpenOptions::new().read(true).create(true))
+        .expect_err("create read-only");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    let error = engine
+        .open(&missing, &rw().create(true).align_min(3000))
+        .expect_err("bad alignment");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    Ok(())
+}
+
+/// Zero-length reads and writes succeed with 0; the exact forms succeed at once.
+pub fn zero_length_transfers_succeed<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let (file, _) = eof_file(h, &engine);
+    let (r, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(0, 1).expect("buf")));
+    assert_eq!(r.expect("empty read"), 0);
+    let (w, _) = block_on(engine.write_at(&file, 0, AlignedBuf::zeroed(0, 1).expect("buf")));
+    assert_eq!(w.expect("empty write"), 0);
+    let (r, _) = block_on(engine.read_exact_at(&file, 0, AlignedBuf::zeroed(0, 1).expect("buf")));
+    r.expect("empty exact read");
+    let (w, _) = block_on(engine.write_all_at(&file, 0, AlignedBuf::zeroed(0, 1).expect("buf")));
+    w.expect("empty exact write");
+    assert_eq!(h.contents(&file).len(), FILE_LEN, "file unchanged");
+    Ok(())
+}
+
+/// Whatever the error, the completion hands back the very buffer that was submitted.
+pub fn buffer_comes_back_on_every_error<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let read_only = h.file(&engine, b"x", &OpenOptions::new().read(true));
+    let closed = h.file(&engine, b"x", &rw());
+    engine.close(&closed).expect("close");
+    let cases: Vec<(&str, File, u64)> = vec![
+        ("read-only", read_only.clone(), 0),
+        ("closed", closed, 0),
+        ("overflow", read_only, u64::MAX),
+    ];
+    for (what, file, offset) in cases {
+        let buffer = buf(b"canary", 8);
+        let address = buffer.as_ptr();
+        let completion = complete(&engine, Request::write(&file, offset, buffer, 0));
+        assert!(completion.result.is_err(), "{what}: must fail");
+        let back = completion.buf.expect("buffer back");
+        assert_eq!(back.as_ptr(), address, "{what}: same buffer");
+        assert_eq!(back.as_slice(), b"canary", "{what}: contents intact");
+    }
+    Ok(())
+}
+
+/// Strict mode rejects a write overlapping a request in flight, and accepts disjoint ones.
+pub fn strict_mode_rejects_overlap_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::latency(|c| Duration::from_millis(if c.offset == 0 { 100 } else { 0 }));
+    let engine = h.engine_with(|c| {
+        c.strict = true;
+        c.fault_hook = Some(hook);
+    });
+    if !engine.capabilities().strict_mode {
+        return Err(Skip(format!(
+            "backend {} has no strict mode",
+            engine.name()
+        )));
+    }
+    if engine.capabilities().submit_may_block {
+        return Err(Skip(
+            "requests complete at submit, so none is ever in flight".into(),
+        ));
+    }
+    let file = h.file(&engine, b"", &rw());
+    let mut queue = engine.queue().expect("queue");
+    queue
+        .push(Request::write(&file, 0, buf(&[1; 1000], 1), 1))
+        .expect("room");
+    queue.submit().expect("submit");
+    queue
+        .push(Request::write(&file, 500, buf(&[2; 1000], 1), 2))
+        .expect("room");
+    queue
+        .push(Request::read(
+            &file,
+            999,
+            AlignedBuf::zeroed(10, 1).expect("buf"),
+            3,
+        ))
+        .expect("room");
+    queue
+        .push(Request::write(&file, 1000, buf(&[4; 10], 1), 4))
+        .expect("room");
+    let mut out = Vec::new();
+    while queue.in_flight() > 0 {
+        queue.wait(1, &mut out).expect("wait");
+    }
+    out.sort_by_key(|c| c.user_data);
+    assert!(out[0].result.is_ok(), "first write");
+    expect_kind(&out[1], ErrorKind::Overlap, "overlapping write");
+    expect_kind(&out[2], ErrorKind::Overlap, "read overlapping a write");
+    assert!(out[3].result.is_ok(), "adjacent write does not overlap");
+    Ok(())
+}
+
+/// A caller's own memory (`Vec<u8>` through `IoBuf`) works for buffered I/O and comes back.
+pub fn caller_buffers_work_through_io_buf<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    let (w, back) =
+        block_on(engine.write_all_at(&file, 0, AlignedBuf::from_io_buf(b"own memory".to_vec())));
+    w.expect("write from a Vec");
+    let vec: Vec<u8> = back.into_io_buf().expect("the Vec comes back");
+    assert_eq!(vec, b"own memory");
+    let mut target = Vec::with_capacity(10);
+    target.resize(10, 0u8);
+    let (r, back) = block_on(engine.read_exact_at(&file, 0, AlignedBuf::from_io_buf(target)));
+    r.expect("read into a Vec");
+    assert_eq!(back.into_io_buf::<Vec<u8>>().expect("Vec"), b"own memory");
+    Ok(())
+}
+
+/// Buffers from the page pool meet O_DIRECT alignment and are reused after completion.
+pub fn pool_buffers_work_with_direct_io<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = direct_file(h, &engine, b"", 4096)?;
+    let pool = PagePool::new(PoolConfig {
+        limit_bytes: 1 << 20,
+        ..PoolConfig::default()
+    })
+    .expect("pool");
+    for i in 0..8u64 {
+        let mut b = pool.alloc(8192).expect("pool buffer");
+        b.copy_from_slice(&pattern(8192, i));
+        let (w, _) = block_on(engine.write_all_at(&file, i * 8192, b));
+        w.expect("pooled direct write");
+    }
+    for i in 0..8u64 {
+        let (r, b) = block_on(engine.read_exact_at(
+            &file,
+            i * 8192,
+            pool.alloc_for_overwrite(8192).expect("buf"),
+        ));
+        r.expect("pooled direct read");
+        assert_eq!(&b[..], &pattern(8192, i)[..], "block {i}");
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.allocations, 16);
+    assert!(
+        stats.reuses >= 14,
+        "buffers reused after completion: {stats:?}"
+    );
+    assert_eq!(stats.bytes_in_use, 0, "every buffer returned");
+    Ok(())
+}
+
+/// Metrics count operations, bytes and errors per kind, and record latencies.
+pub fn metrics_count_operations_bytes_and_errors<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    write_all(&engine, &file, 0, &[7; 3000], 1);
+    let _ = read_exact(&engine, &file, 0, 3000, 1);
+    block_on(engine.sync_all(&file)).expect("sync");
+    let (bad, _) = block_on(engine.write_at(&file, u64::MAX, buf(b"x", 1)));
+    assert!(bad.is_err());
+    let m = engine.metrics();
+    assert_eq!(
+        (m.write.ops, m.write.bytes, m.write.errors),
+        (2, 3000, 1),
+        "writes"
+    );
+    assert_eq!(
+        (m.read.ops, m.read.bytes, m.read.errors),
+        (1, 3000, 0),
+        "reads"
+    );
+    assert_eq!((m.sync_all.ops, m.sync_data.ops), (1, 0), "syncs");
+    assert!(m.read.latency_ns_quantile(0.5) > 0, "latency recorded");
+    Ok(())
+}
+
+/// The depth of engines in the suite, re-exported for cases that reason about it.
+pub const SUITE_DEPTH: usize = DEPTH;

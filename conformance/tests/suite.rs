@@ -1,0 +1,54 @@
+//! `cargo test -p conformance`: the whole case list against every backend compiled into the
+//! `engine` facade, then against the in-memory reference engine.
+
+use conformance::{cases, run_suite, Harness, MemEngine, Summary};
+use engine::{Engine, ErrorKind, BUILTIN_BACKENDS};
+
+fn main() {
+    let mut summaries: Vec<(String, Summary)> = Vec::new();
+    for name in BUILTIN_BACKENDS {
+        // Probe once: a backend that is not compiled in, or cannot run on this machine, is
+        // reported as such and not counted.
+        match Engine::with_backend(name, engine::EngineConfig::default()) {
+            Ok(engine) => drop(engine),
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                println!(
+                    "conformance: backend {name} not run: {}",
+                    e.message().lines().nth(2).unwrap_or("").trim()
+                );
+                continue;
+            }
+            Err(e) => {
+                println!("conformance: backend {name} cannot be built: {e}");
+                summaries.push((
+                    name.to_string(),
+                    Summary {
+                        failed: 1,
+                        ..Summary::default()
+                    },
+                ));
+                continue;
+            }
+        }
+        let backend = name.to_string();
+        let harness = Harness::new(
+            name,
+            Box::new(move |config| Engine::with_backend(&backend, config)),
+        );
+        summaries.push((name.to_string(), run_suite(harness, cases::all())));
+    }
+    let harness = Harness::new(conformance::mem::NAME, Box::new(MemEngine::new));
+    summaries.push((
+        conformance::mem::NAME.to_string(),
+        run_suite(harness, cases::all()),
+    ));
+
+    for (name, summary) in &summaries {
+        println!("{}", summary.line(name));
+    }
+    let failed: usize = summaries.iter().map(|(_, s)| s.failed).sum();
+    if failed > 0 {
+        eprintln!("conformance: {failed} case(s) failed");
+        std::process::exit(1);
+    }
+}
