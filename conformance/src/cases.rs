@@ -219,12 +219,12 @@ fn misaligned<E: Engine>(h: &Harness<E>, align: u32, target: AlignTarget) -> Cas
         let completion = complete(&engine, request);
         let what = format!("{kind:?} with misaligned {target:?} at {align}");
         expect_kind(&completion, ErrorKind::Misaligned, &what);
-        let error = completion.result.as_ref().err().expect("error");
+        let error = completion.result.as_ref().expect_err("error");
         let m = error.misalignment().expect("misalignment details");
         assert_eq!(m.target, target, "{what}: target");
         assert_eq!(m.required, u64::from(align), "{what}: required");
         assert_eq!(error.offset(), Some(offset), "{what}: offset in error");
-        assert!(error.len().is_some(), "{what}: length in error");
+        assert!(error.length().is_some(), "{what}: length in error");
         assert_eq!(
             error.file().map(|f| f.id),
             Some(file.id()),
@@ -536,7 +536,7 @@ pub fn eio_on_read_surfaces_once_with_context<E: Engine>(h: &Harness<E>) -> Case
     assert_eq!(error.kind(), ErrorKind::Io, "{error}");
     assert_eq!(error.op(), engine_core::Op::Read);
     assert_eq!(
-        (error.offset(), error.len()),
+        (error.offset(), error.length()),
         (Some(512), Some(1024)),
         "range: {error}"
     );
@@ -1318,8 +1318,7 @@ pub fn caller_buffers_work_through_io_buf<E: Engine>(h: &Harness<E>) -> CaseResu
     w.expect("write from a Vec");
     let vec: Vec<u8> = back.into_io_buf().expect("the Vec comes back");
     assert_eq!(vec, b"own memory");
-    let mut target = Vec::with_capacity(10);
-    target.resize(10, 0u8);
+    let target = vec![0u8; 10];
     let (r, back) = block_on(engine.read_exact_at(&file, 0, AlignedBuf::from_io_buf(target)));
     r.expect("read into a Vec");
     assert_eq!(back.into_io_buf::<Vec<u8>>().expect("Vec"), b"own memory");

@@ -205,11 +205,12 @@ pub struct HookCall {
 }
 
 type Decide = dyn Fn(&HookCall) -> Option<FaultAction> + Send + Sync;
+type Delay = dyn Fn(&HookCall) -> Duration + Send + Sync;
 
 /// A scripted [`FaultHook`] that records every call.
 pub struct Hook {
     decide: Box<Decide>,
-    delay: Option<Box<dyn Fn(&HookCall) -> Duration + Send + Sync>>,
+    delay: Option<Box<Delay>>,
     calls: Mutex<Vec<HookCall>>,
 }
 

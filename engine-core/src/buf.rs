@@ -366,7 +366,7 @@ impl AlignedBuf {
     /// [`ErrorKind::InvalidInput`] when the data does not fit the capacity; nothing is copied.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<()> {
         let start = self.len;
-        let end = start.checked_add(data.len()).unwrap_or(usize::MAX);
+        let end = start.saturating_add(data.len());
         self.resize(end)?;
         self.as_mut_slice()[start..].copy_from_slice(data);
         Ok(())

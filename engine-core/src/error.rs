@@ -278,7 +278,7 @@ impl Error {
     }
 
     /// The request's length, when the error belongs to a positional request.
-    pub fn len(&self) -> Option<u64> {
+    pub fn length(&self) -> Option<u64> {
         self.0.len
     }
 

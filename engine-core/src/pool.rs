@@ -432,8 +432,10 @@ mod tests {
 
     #[test]
     fn bad_configs_and_sizes_are_typed_errors() {
-        let mut config = PoolConfig::default();
-        config.class_size_min = 1000;
+        let config = PoolConfig {
+            class_size_min: 1000,
+            ..PoolConfig::default()
+        };
         assert_eq!(
             PagePool::new(config).expect_err("min").kind(),
             ErrorKind::InvalidInput

@@ -431,7 +431,7 @@ mod tests {
             Some(AlignTarget::Length)
         );
         assert_eq!(e.offset(), Some(0));
-        assert_eq!(e.len(), Some(4608));
+        assert_eq!(e.length(), Some(4608));
     }
 
     #[test]

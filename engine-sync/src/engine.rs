@@ -1,6 +1,5 @@
 //! The sync engine: the async API and file handling over the worker pool.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -124,27 +123,25 @@ impl Engine for SyncEngine {
         file.mark_closed()
     }
 
-    fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
-        async move {
-            let shared = &*self.shared;
-            let prepared = match prepare(shared.engine_id, &request) {
-                Ok(prepared) => prepared,
-                Err(error) => return reject(request, None, error, &shared.metrics),
-            };
-            let Ok(slot) = shared.slots.acquire().await else {
-                let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-                return reject(request, Some(&prepared), error, &shared.metrics);
-            };
-            // From here the slot receives exactly one completion: from a worker, or from
-            // `enqueue` itself when the engine shut down meanwhile.
-            let job = Job {
-                request,
-                prepared,
-                reply: Reply::Slot(slot),
-            };
-            shared.enqueue(std::iter::once(job));
-            SlotFuture::new(&shared.slots, slot).await
-        }
+    async fn submit(&self, request: Request) -> Completion {
+        let shared = &*self.shared;
+        let prepared = match prepare(shared.engine_id, &request) {
+            Ok(prepared) => prepared,
+            Err(error) => return reject(request, None, error, &shared.metrics),
+        };
+        let Ok(slot) = shared.slots.acquire().await else {
+            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
+            return reject(request, Some(&prepared), error, &shared.metrics);
+        };
+        // From here the slot receives exactly one completion: from a worker, or from `enqueue`
+        // itself when the engine shut down meanwhile.
+        let job = Job {
+            request,
+            prepared,
+            reply: Reply::Slot(slot),
+        };
+        shared.enqueue(std::iter::once(job));
+        SlotFuture::new(&shared.slots, slot).await
     }
 
     fn queue(&self) -> Result<SyncQueue> {

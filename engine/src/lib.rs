@@ -2,7 +2,6 @@
 
 mod env;
 
-use std::future::Future;
 use std::path::Path;
 
 pub use engine_core as core;
@@ -274,8 +273,8 @@ impl engine_core::Engine for Engine {
     fn close(&self, file: &File) -> Result<()> {
         Engine::close(self, file)
     }
-    fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
-        async move { dispatch!(&self.backend, e => CoreEngine::submit(e, request).await) }
+    async fn submit(&self, request: Request) -> Completion {
+        dispatch!(&self.backend, e => CoreEngine::submit(e, request).await)
     }
     fn queue(&self) -> Result<EngineQueue> {
         Engine::queue(self)
