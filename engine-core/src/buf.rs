@@ -296,6 +296,14 @@ impl AlignedBuf {
         matches!(self.owner, Owner::Pool(_))
     }
 
+    /// The id of the [`crate::PagePool`] the memory came from, if it came from one.
+    pub fn pool_id(&self) -> Option<u64> {
+        match &self.owner {
+            Owner::Pool(ret) => Some(ret.pool_id()),
+            _ => None,
+        }
+    }
+
     /// The start of the memory.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()

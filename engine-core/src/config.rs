@@ -47,6 +47,18 @@ pub struct EngineConfig {
     pub strict: bool,
     /// The test-only fault hook.
     pub fault_hook: Option<Arc<dyn FaultHook>>,
+    /// Kernel-side submission polling with this idle time in milliseconds (io_uring
+    /// `SQPOLL`); `None` submits with a syscall.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Polled completions (io_uring `IOPOLL`): only for O_DIRECT files on devices whose queue
+    /// supports polling; syncs cannot be polled and are refused.
+    pub iopoll: bool,
+    /// Size of the page pool a backend registers with the kernel (io_uring fixed buffers);
+    /// 0 registers nothing.
+    pub register_buffers_bytes: usize,
+    /// Restricted mode (io_uring `R_DISABLED` + `REGISTER_RESTRICTIONS`): the ring accepts only
+    /// reads, writes and fsyncs on registered files, for sandboxed processes.
+    pub restricted: bool,
 }
 
 impl EngineConfig {
@@ -56,6 +68,8 @@ impl EngineConfig {
     pub const QUEUE_DEPTH_MAX: usize = 32768;
     /// The largest number of worker threads accepted.
     pub const THREADS_MAX: usize = 1024;
+    /// The default size of a registered page pool: 32 MiB.
+    pub const REGISTER_BUFFERS_DEFAULT: usize = 32 << 20;
 }
 
 impl Default for EngineConfig {
@@ -65,6 +79,10 @@ impl Default for EngineConfig {
             threads: 0,
             strict: false,
             fault_hook: None,
+            sqpoll_idle_ms: None,
+            iopoll: false,
+            register_buffers_bytes: EngineConfig::REGISTER_BUFFERS_DEFAULT,
+            restricted: false,
         }
     }
 }
@@ -76,6 +94,10 @@ impl fmt::Debug for EngineConfig {
             .field("threads", &self.threads)
             .field("strict", &self.strict)
             .field("fault_hook", &self.fault_hook.is_some())
+            .field("sqpoll_idle_ms", &self.sqpoll_idle_ms)
+            .field("iopoll", &self.iopoll)
+            .field("register_buffers_bytes", &self.register_buffers_bytes)
+            .field("restricted", &self.restricted)
             .finish()
     }
 }

@@ -9,6 +9,7 @@ use crate::error::{ErrorKind, Result};
 use crate::executor::join_all;
 use crate::file::{File, OpenOptions};
 use crate::metrics::MetricsSnapshot;
+use crate::pool::PagePool;
 use crate::queue::Queue;
 use crate::request::{Completion, OpKind, Request};
 
@@ -84,6 +85,12 @@ pub trait Engine: Send + Sync {
 
     /// A copy of the counters.
     fn metrics(&self) -> MetricsSnapshot;
+
+    /// The page pool the backend registered with the kernel, if any: buffers allocated from
+    /// it take the fastest path (io_uring fixed buffers). Any other buffer works too.
+    fn pool(&self) -> Option<&PagePool> {
+        None
+    }
 
     /// Stops accepting requests, completes or cancels everything in flight and joins the
     /// backend's threads. Later requests fail with [`ErrorKind::Shutdown`]. Idempotent;
@@ -260,6 +267,8 @@ pub trait DynEngine: Send + Sync {
     fn queue(&self) -> Result<Box<dyn Queue + Send>>;
     /// See [`Engine::metrics`].
     fn metrics(&self) -> MetricsSnapshot;
+    /// See [`Engine::pool`].
+    fn pool(&self) -> Option<&PagePool>;
     /// See [`Engine::shutdown`].
     fn shutdown(&self);
 }
@@ -286,6 +295,9 @@ impl<E: Engine> DynEngine for E {
     }
     fn metrics(&self) -> MetricsSnapshot {
         Engine::metrics(self)
+    }
+    fn pool(&self) -> Option<&PagePool> {
+        Engine::pool(self)
     }
     fn shutdown(&self) {
         Engine::shutdown(self)
@@ -317,6 +329,9 @@ impl Engine for Box<dyn DynEngine> {
     }
     fn metrics(&self) -> MetricsSnapshot {
         (**self).metrics()
+    }
+    fn pool(&self) -> Option<&PagePool> {
+        (**self).pool()
     }
     fn shutdown(&self) {
         (**self).shutdown()

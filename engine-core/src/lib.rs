@@ -45,6 +45,7 @@
 
 mod buf;
 mod config;
+mod counting;
 mod engine;
 mod error;
 mod executor;
@@ -60,6 +61,7 @@ mod slots;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut, ALIGN_MAX};
 pub use config::{EngineConfig, FaultAction, FaultHook};
+pub use counting::CountingAllocator;
 pub use engine::{Capabilities, DynEngine, Engine, EngineExt};
 pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result};
 pub use executor::{block_on, join_all};
@@ -70,7 +72,7 @@ pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;
 pub use registry::{Attempt, Diagnosis, Outcome, Plugin, Probe, SelectionReport};
 pub use request::{finish, prepare, reject, Completion, OpKind, Prepared, RawResult, Request};
-pub use retry::{run_with_retries, RETRIES_MAX};
+pub use retry::{hook_gate, run_with_retries, HookGate, RETRIES_MAX};
 pub use slots::{Acquire, Closed, SlotFuture, Slots};
 
 /// A process-unique number for a new engine, so files can be checked against the engine that

@@ -43,6 +43,11 @@ pub struct PoolConfig {
     pub class_size_max: usize,
     /// The most memory, in use plus cached, the pool may hold.
     pub limit_bytes: usize,
+    /// Carve every buffer from one region of `limit_bytes`, reserved at creation (and backed
+    /// by memory only as it is touched), so a backend can register the whole pool with the
+    /// kernel at once (io_uring fixed buffers). Cached blocks are then never freed before the
+    /// pool is, and [`PagePool::trim`] releases nothing.
+    pub contiguous: bool,
 }
 
 impl Default for PoolConfig {
@@ -52,6 +57,7 @@ impl Default for PoolConfig {
             class_size_min: 4096,
             class_size_max: 64 << 20,
             limit_bytes: 1 << 30,
+            contiguous: false,
         }
     }
 }
@@ -87,8 +93,24 @@ struct Class {
     free: Mutex<Vec<FreePtr>>,
 }
 
+/// The one region a contiguous pool carves its blocks from.
+struct Region {
+    base: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the region is plain memory owned by the pool; blocks carved from it are handed to
+// one buffer at a time, and the base pointer itself is only read.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` exposes only the base address and the size.
+unsafe impl Sync for Region {}
+
+static POOL_IDS: AtomicU64 = AtomicU64::new(1);
+
 struct Shared {
+    id: u64,
     config: PoolConfig,
+    region: Option<Region>,
     classes: Vec<Class>,
     /// Guards the bound: bytes in use plus cached. Changed only under `reserve`.
     bytes_held: Mutex<u64>,
@@ -124,6 +146,10 @@ pub(crate) struct PoolReturn {
 }
 
 impl PoolReturn {
+    pub(crate) fn pool_id(&self) -> u64 {
+        self.shared.id
+    }
+
     pub(crate) fn give_back(self, ptr: NonNull<u8>, initialized: usize) {
         let class = &self.shared.classes[self.class];
         debug_assert_eq!(
@@ -171,6 +197,24 @@ impl PagePool {
                 config.class_size_max, config.class_size_min
             )));
         }
+        let region = if config.contiguous {
+            let layout = std::alloc::Layout::from_size_align(config.limit_bytes, config.align)
+                .ok()
+                .filter(|l| l.size() > 0)
+                .ok_or_else(|| invalid(format!("region of {} bytes", config.limit_bytes)))?;
+            // SAFETY: the layout has a non-zero size, checked just above.
+            let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+            let base = NonNull::new(raw).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NoMemory,
+                    Op::Setup,
+                    format!("reserving a pool region of {} bytes", config.limit_bytes),
+                )
+            })?;
+            Some(Region { base, layout })
+        } else {
+            None
+        };
         let mut classes = Vec::new();
         let mut size = config.class_size_min;
         while size <= config.class_size_max {
@@ -182,7 +226,9 @@ impl PagePool {
         }
         Ok(PagePool {
             shared: Arc::new(Shared {
+                id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
                 config,
+                region,
                 classes,
                 bytes_held: Mutex::new(0),
                 allocations: AtomicU64::new(0),
@@ -200,6 +246,20 @@ impl PagePool {
         &self.shared.config
     }
 
+    /// A number unique to this pool in the process; see [`AlignedBuf::pool_id`].
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// For a contiguous pool, the start and size of its region: every buffer it hands out lies
+    /// inside it.
+    pub fn region(&self) -> Option<(*mut u8, usize)> {
+        self.shared
+            .region
+            .as_ref()
+            .map(|r| (r.base.as_ptr(), r.layout.size()))
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> PoolStats {
         let s = &self.shared;
@@ -214,8 +274,12 @@ impl PagePool {
         }
     }
 
-    /// Frees every cached buffer, returning the bytes released.
+    /// Frees every cached buffer, returning the bytes released (always 0 for a contiguous
+    /// pool, whose blocks stay carved until the pool is dropped).
     pub fn trim(&self) -> u64 {
+        if self.shared.region.is_some() {
+            return 0;
+        }
         let mut released = 0;
         for class in &self.shared.classes {
             let drained: Vec<FreePtr> =
@@ -303,6 +367,18 @@ impl PagePool {
                 ));
             }
         }
+        if let Some(region) = &s.region {
+            // Carve the next block: `held` is also the bump offset, since a contiguous pool
+            // never frees a block. Every size is a multiple of the alignment, and so is every
+            // offset.
+            let offset = *held as usize;
+            debug_assert_eq!(offset % s.config.align, 0, "carve offset aligned");
+            // SAFETY: `offset + size <= limit_bytes`, the region's size, checked above.
+            let ptr = unsafe { region.base.add(offset) };
+            *held += size as u64;
+            s.bytes_peak.fetch_max(*held, Ordering::Relaxed);
+            return Ok(ptr);
+        }
         let layout = block_layout(size, s.config.align);
         // SAFETY: the layout's size is a class size, which is non-zero.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
@@ -348,6 +424,12 @@ impl PageAllocator for PagePool {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if let Some(region) = &self.region {
+            // SAFETY: the region was allocated in `PagePool::new` with this layout; the last
+            // reference to the pool is going away, so no buffer points into it.
+            unsafe { std::alloc::dealloc(region.base.as_ptr(), region.layout) };
+            return;
+        }
         for class in &mut self.classes {
             let layout = block_layout(class.size, self.config.align);
             let free = class.free.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -379,6 +461,7 @@ mod tests {
             class_size_min: 4096,
             class_size_max: 1 << 20,
             limit_bytes: limit,
+            contiguous: false,
         })
         .expect("valid config")
     }
@@ -445,6 +528,35 @@ mod tests {
             pool.alloc(2 << 20).expect_err("too big").kind(),
             ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn contiguous_pools_carve_one_region() {
+        let pool = PagePool::new(PoolConfig {
+            align: 4096,
+            class_size_min: 4096,
+            class_size_max: 1 << 16,
+            limit_bytes: 1 << 16,
+            contiguous: true,
+        })
+        .expect("valid config");
+        let (base, size) = pool.region().expect("a region");
+        assert_eq!(size, 1 << 16);
+        let a = pool.alloc(4096).expect("alloc");
+        let b = pool.alloc(8192).expect("alloc");
+        for buf in [&a, &b] {
+            let addr = buf.as_ptr() as usize;
+            assert!(addr >= base as usize && addr + buf.capacity() <= base as usize + size);
+            assert_eq!(buf.pool_id(), Some(pool.id()));
+        }
+        drop(a);
+        assert_eq!(pool.trim(), 0, "contiguous pools keep their blocks");
+        let big = pool.alloc(1 << 15).expect("fits the rest");
+        assert_eq!(
+            pool.alloc(1 << 15).expect_err("region exhausted").kind(),
+            ErrorKind::NoMemory
+        );
+        drop((b, big));
     }
 
     #[test]

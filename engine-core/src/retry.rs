@@ -4,7 +4,7 @@
 use crate::config::{FaultAction, FaultHook};
 use crate::error::ErrorKind;
 use crate::file::File;
-use crate::request::{OpKind, RawResult};
+use crate::request::{OpKind, RawResult, Request};
 
 /// The most retries of one request on EINTR/EAGAIN before the errno is returned. Real
 /// EINTR/EAGAIN on files are rare and short-lived; the bound keeps a pathological device (or a
@@ -38,6 +38,57 @@ pub fn run_with_retries(
                 }
             }
             other => return (other, retries),
+        }
+    }
+}
+
+/// What the fault hook decided for a request an asynchronous backend is about to submit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookGate {
+    /// Submit it, transferring `len` bytes.
+    Submit {
+        /// The length to submit.
+        len: usize,
+        /// Injected EINTR/EAGAIN retried before this decision.
+        retries: u32,
+    },
+    /// Do not submit it: it fails with `errno`.
+    Fail {
+        /// The injected errno.
+        errno: i32,
+        /// Injected EINTR/EAGAIN retried before this decision.
+        retries: u32,
+    },
+}
+
+/// Consults `hook` for a request about to be submitted by a backend that does not run the
+/// syscall itself (io_uring, AIO), retrying injected EINTR/EAGAIN like real ones, at most
+/// [`RETRIES_MAX`] times. `retries` is how many retries the request already had.
+pub fn hook_gate(
+    hook: Option<&dyn FaultHook>,
+    request: &Request,
+    len: usize,
+    retries: u32,
+) -> HookGate {
+    let mut retries = retries;
+    let Some(hook) = hook else {
+        return HookGate::Submit { len, retries };
+    };
+    loop {
+        match hook.before(request.kind, &request.file, request.offset, len, retries) {
+            None => return HookGate::Submit { len, retries },
+            Some(FaultAction::Short(n)) => {
+                return HookGate::Submit {
+                    len: len.min(n),
+                    retries,
+                }
+            }
+            Some(FaultAction::Fail(errno))
+                if ErrorKind::errno_is_transient(errno) && retries < RETRIES_MAX =>
+            {
+                retries += 1;
+            }
+            Some(FaultAction::Fail(errno)) => return HookGate::Fail { errno, retries },
         }
     }
 }

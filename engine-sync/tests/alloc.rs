@@ -4,46 +4,23 @@
 //! included). After a warm-up that lets every queue and list reach its working size, a long
 //! run of reads and writes through the queue API must allocate nothing at all.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use engine_core::{AlignedBuf, Completion, Engine, EngineConfig, OpenOptions, Queue, Request};
+use engine_core::{
+    AlignedBuf, Completion, CountingAllocator, Engine, EngineConfig, File, OpenOptions, Queue,
+    Request,
+};
 use engine_sync::SyncEngine;
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 const DEPTH: usize = 16;
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 256;
 
-/// Runs `rounds` rounds of `DEPTH` requests (alternating reads and writes) and returns the
-/// buffers for reuse.
+/// Runs `rounds` rounds of `DEPTH` requests (alternating reads and writes), reusing buffers.
 fn run(
     queue: &mut impl Queue,
-    file: &engine_core::File,
+    file: &File,
     bufs: &mut Vec<AlignedBuf>,
     out: &mut Vec<Completion>,
     rounds: u64,
@@ -88,18 +65,18 @@ fn main() {
     let mut out = Vec::with_capacity(DEPTH);
 
     // The counter must see allocations, or a zero below would prove nothing.
-    let probe_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let probe_before = ALLOC.allocations();
     drop(std::hint::black_box(Box::new(1u64)));
     assert!(
-        ALLOCATIONS.load(Ordering::Relaxed) > probe_before,
+        ALLOC.allocations() > probe_before,
         "counting allocator is live"
     );
 
     run(&mut queue, &file, &mut bufs, &mut out, 200);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOC.allocations();
     let rounds = 2000;
     run(&mut queue, &file, &mut bufs, &mut out, rounds);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = ALLOC.allocations() - before;
     let ops = rounds * DEPTH as u64;
     println!("sync queue API: {allocations} allocations over {ops} operations");
     assert_eq!(

@@ -21,6 +21,22 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "ENGINE_STRICT",
         "`1`/`true` rejects overlapping requests in flight with an Overlap error; `0`/`false` (default) does not",
     ),
+    (
+        "ENGINE_REGISTER_BUFFERS",
+        "size of the page pool io_uring registers as fixed buffers, bytes with optional k/m/g (default 32m, at most 1g); `0` registers none",
+    ),
+    (
+        "ENGINE_SQPOLL",
+        "io_uring kernel submission polling: idle time in milliseconds before the poller sleeps; `0` or unset (default) is off",
+    ),
+    (
+        "ENGINE_IOPOLL",
+        "`1` polls io_uring completions; only O_DIRECT files on devices whose queue polls, and syncs are refused; `0` (default) is off",
+    ),
+    (
+        "ENGINE_RESTRICTED",
+        "`1` restricts io_uring rings to read, write and fsync on registered files (R_DISABLED + REGISTER_RESTRICTIONS); `0` (default) is off",
+    ),
 ];
 
 /// What to try, in what order.
@@ -86,16 +102,15 @@ impl Settings {
                 "ENGINE_THREADS" => {
                     settings.config.threads = number(name, value, EngineConfig::THREADS_MAX, 0)?;
                 }
-                "ENGINE_STRICT" => {
-                    settings.config.strict = match value.trim() {
-                        "1" | "true" => true,
-                        "0" | "false" | "" => false,
-                        _ => {
-                            return Err(invalid(format!(
-                                "ENGINE_STRICT={value:?} is not valid: use 1, true, 0 or false"
-                            )))
-                        }
-                    };
+                "ENGINE_STRICT" => settings.config.strict = flag(name, value)?,
+                "ENGINE_IOPOLL" => settings.config.iopoll = flag(name, value)?,
+                "ENGINE_RESTRICTED" => settings.config.restricted = flag(name, value)?,
+                "ENGINE_SQPOLL" => {
+                    let idle = number(name, value, 60_000, 0)?;
+                    settings.config.sqpoll_idle_ms = (idle > 0).then_some(idle as u32);
+                }
+                "ENGINE_REGISTER_BUFFERS" => {
+                    settings.config.register_buffers_bytes = bytes(name, value)?
                 }
                 other if other.starts_with("ENGINE_") => {
                     let known: Vec<&str> = VARIABLES.iter().map(|(n, _)| *n).collect();
@@ -108,6 +123,43 @@ impl Settings {
             }
         }
         Ok(settings)
+    }
+}
+
+fn flag(name: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "1" | "true" => Ok(true),
+        "0" | "false" | "" => Ok(false),
+        _ => Err(invalid(format!(
+            "{name}={value:?} is not valid: use 1, true, 0 or false"
+        ))),
+    }
+}
+
+/// A byte count with an optional k, m or g suffix (powers of 1024), at most 1 GiB.
+fn bytes(name: &str, value: &str) -> Result<usize> {
+    let text = value.trim().to_ascii_lowercase();
+    let (digits, shift) = match text.strip_suffix(['k', 'm', 'g']) {
+        Some(digits) => (
+            digits,
+            match text.as_bytes()[text.len() - 1] {
+                b'k' => 10,
+                b'm' => 20,
+                _ => 30,
+            },
+        ),
+        None => (text.as_str(), 0),
+    };
+    let parsed = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n <= 1 << 30);
+    match parsed {
+        Some(n) => Ok(n as usize),
+        None => Err(invalid(format!(
+            "{name}={value:?} is not valid: expected bytes with an optional k, m or g suffix, at most 1g"
+        ))),
     }
 }
 
@@ -152,9 +204,16 @@ mod tests {
             ("ENGINE_QUEUE_DEPTH", "64"),
             ("ENGINE_THREADS", "8"),
             ("ENGINE_STRICT", "true"),
+            ("ENGINE_REGISTER_BUFFERS", "8m"),
+            ("ENGINE_SQPOLL", "100"),
+            ("ENGINE_IOPOLL", "0"),
+            ("ENGINE_RESTRICTED", "1"),
             ("PATH", "/bin"),
         ];
         let s = Settings::parse(vars, VALID).expect("valid");
+        assert_eq!(s.config.register_buffers_bytes, 8 << 20);
+        assert_eq!(s.config.sqpoll_idle_ms, Some(100));
+        assert!(!s.config.iopoll && s.config.restricted);
         assert_eq!(s.choice, Choice::List(vec!["aio".into(), "sync".into()]));
         assert_eq!(
             (s.config.queue_depth, s.config.threads, s.config.strict),
@@ -175,6 +234,10 @@ mod tests {
         assert!(e.to_string().contains("from 1 to 32768"), "{e}");
         let e = Settings::parse([("ENGINE_THREADS", "many")], VALID).expect_err("bad");
         assert!(e.to_string().contains("ENGINE_THREADS"), "{e}");
+        let e = Settings::parse([("ENGINE_REGISTER_BUFFERS", "2g")], VALID).expect_err("bad");
+        assert!(e.to_string().contains("at most 1g"), "{e}");
+        let e = Settings::parse([("ENGINE_SQPOLL", "-1")], VALID).expect_err("bad");
+        assert!(e.to_string().contains("ENGINE_SQPOLL"), "{e}");
         let e = Settings::parse([("ENGINE_STRICT", "yes")], VALID).expect_err("bad");
         assert!(e.to_string().contains("use 1, true, 0 or false"), "{e}");
         let e = Settings::parse([("ENGINE_QUEUE_DEPT", "8")], VALID).expect_err("typo");

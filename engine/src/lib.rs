@@ -16,6 +16,9 @@ pub use env::{Choice, Settings, VARIABLES};
 /// The sync backend's crate, for its own types.
 #[cfg(feature = "sync")]
 pub use engine_sync as sync;
+/// The io_uring backend's crate, for its own types.
+#[cfg(feature = "uring")]
+pub use engine_uring as uring;
 
 use engine_core::{Engine as CoreEngine, Op};
 
@@ -25,6 +28,9 @@ pub const BUILTIN_BACKENDS: [&str; 3] = ["uring", "aio", "sync"];
 /// The backend behind an [`Engine`]: one variant per compiled-in backend, so the built-in
 /// path dispatches with a match and allocates nothing, plus one for registered plugins.
 pub enum Backend {
+    /// The io_uring backend.
+    #[cfg(feature = "uring")]
+    Uring(engine_uring::UringEngine),
     /// The pread/pwrite backend.
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncEngine),
@@ -33,7 +39,13 @@ pub enum Backend {
 }
 
 /// The queue of an [`Engine`]'s backend.
+// Queues are made once per thread and used on the hot path: an inline variant saves a pointer
+// chase per request, which matters more than the enum's size.
+#[allow(clippy::large_enum_variant)]
 pub enum EngineQueue {
+    /// The io_uring backend's queue.
+    #[cfg(feature = "uring")]
+    Uring(engine_uring::UringQueue),
     /// The sync backend's queue.
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncQueue),
@@ -53,6 +65,8 @@ pub struct Engine {
 macro_rules! dispatch {
     ($backend:expr, $e:ident => $body:expr) => {
         match $backend {
+            #[cfg(feature = "uring")]
+            Backend::Uring($e) => $body,
             #[cfg(feature = "sync")]
             Backend::Sync($e) => $body,
             Backend::Plugin($e) => $body,
@@ -70,6 +84,14 @@ enum Attempted {
 
 fn attempt(name: &str, config: &EngineConfig) -> Attempted {
     match name {
+        #[cfg(feature = "uring")]
+        "uring" => match engine_uring::UringPlugin.probe(config) {
+            Probe::Available(detail) => match engine_uring::UringEngine::new(config.clone()) {
+                Ok(engine) => Attempted::Built(Backend::Uring(engine), detail),
+                Err(error) => Attempted::Failed(error),
+            },
+            Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
+        },
         #[cfg(feature = "sync")]
         "sync" => match engine_sync::SyncPlugin.probe(config) {
             Probe::Available(detail) => match engine_sync::SyncEngine::new(config.clone()) {
@@ -241,6 +263,8 @@ impl Engine {
     /// As [`engine_core::Engine::queue`].
     pub fn queue(&self) -> Result<EngineQueue> {
         match &self.backend {
+            #[cfg(feature = "uring")]
+            Backend::Uring(e) => CoreEngine::queue(e).map(EngineQueue::Uring),
             #[cfg(feature = "sync")]
             Backend::Sync(e) => CoreEngine::queue(e).map(EngineQueue::Sync),
             Backend::Plugin(e) => CoreEngine::queue(e).map(EngineQueue::Plugin),
@@ -250,6 +274,11 @@ impl Engine {
     /// See [`engine_core::Engine::metrics`].
     pub fn metrics(&self) -> MetricsSnapshot {
         dispatch!(&self.backend, e => CoreEngine::metrics(e))
+    }
+
+    /// See [`engine_core::Engine::pool`].
+    pub fn pool(&self) -> Option<&PagePool> {
+        dispatch!(&self.backend, e => CoreEngine::pool(e))
     }
 
     /// See [`engine_core::Engine::shutdown`].
@@ -282,6 +311,9 @@ impl engine_core::Engine for Engine {
     fn metrics(&self) -> MetricsSnapshot {
         Engine::metrics(self)
     }
+    fn pool(&self) -> Option<&PagePool> {
+        Engine::pool(self)
+    }
     fn shutdown(&self) {
         Engine::shutdown(self)
     }
@@ -291,6 +323,8 @@ impl engine_core::Engine for Engine {
 macro_rules! dispatch_queue {
     ($queue:expr, $q:ident => $body:expr) => {
         match $queue {
+            #[cfg(feature = "uring")]
+            EngineQueue::Uring($q) => $body,
             #[cfg(feature = "sync")]
             EngineQueue::Sync($q) => $body,
             EngineQueue::Plugin($q) => $body,

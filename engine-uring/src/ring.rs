@@ -1,0 +1,409 @@
+//! What the async engine's ring and every queue's ring share: setup with flag fallbacks,
+//! registration of the page pool and of files, turning a request into an SQE, and turning a
+//! CQE back into a completion.
+
+use std::io;
+
+use engine_core::{
+    finish, hook_gate, Completion, EngineConfig, Error, ErrorKind, FaultHook, HookGate, Metrics,
+    Op, OpKind, PagePool, PoolConfig, Prepared, Request, RETRIES_MAX,
+};
+use io_uring::{opcode, register, squeue, types, IoUring};
+
+/// user_data of the NOP that wakes the async engine's reaper.
+pub(crate) const WAKE: u64 = u64::MAX;
+
+/// Files a ring can register; requests on others use their plain descriptor.
+pub(crate) const FILES_MAX: u32 = 1024;
+
+/// The largest registered pool: one fixed buffer may span at most 1 GiB.
+pub(crate) const REGISTER_BYTES_MAX: usize = 1 << 30;
+
+/// A built ring and what it ended up with.
+pub(crate) struct Ring {
+    /// Declared first so it is dropped first: the kernel lets go of the registered pool
+    /// memory before `pool` can free it.
+    pub(crate) ring: IoUring,
+    /// The flags the kernel accepted, for the report.
+    pub(crate) flags: Vec<&'static str>,
+    /// The id of the registered pool, when registration worked.
+    pub(crate) fixed_pool: Option<u64>,
+    /// True when files are registered (the sparse table was accepted).
+    pub(crate) fixed_files: bool,
+    /// True when the ring was created disabled and still needs enabling.
+    pub(crate) disabled: bool,
+    _pool: Option<PagePool>,
+}
+
+/// How a ring is used.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Shared by submitting threads, reaped by the engine's own thread.
+    Shared,
+    /// One thread submits and reaps (a queue): SINGLE_ISSUER and DEFER_TASKRUN where the
+    /// kernel has them, bound to the thread that first submits.
+    PerThread,
+}
+
+/// The errno of an `io::Error`, EIO when it has none.
+pub(crate) fn errno(error: &io::Error) -> i32 {
+    error.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Creates a ring of `entries` for `usage`, trying the best flags first and falling back when
+/// the kernel refuses them with EINVAL.
+pub(crate) fn build(
+    entries: u32,
+    config: &EngineConfig,
+    usage: Use,
+) -> io::Result<(IoUring, Vec<&'static str>, bool)> {
+    // Each attempt: the flag names, and whether the ring starts disabled.
+    let mut attempts: Vec<(Vec<&'static str>, bool)> = Vec::new();
+    if usage == Use::PerThread && config.sqpoll_idle_ms.is_none() {
+        attempts.push((vec!["SINGLE_ISSUER", "DEFER_TASKRUN", "TASKRUN_FLAG"], true));
+    }
+    attempts.push((vec!["COOP_TASKRUN", "TASKRUN_FLAG"], false));
+    attempts.push((Vec::new(), false));
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    for (mut names, mut disabled) in attempts {
+        let mut builder = IoUring::builder();
+        builder
+            .setup_cqsize(entries.saturating_mul(2))
+            .setup_clamp();
+        for name in &names {
+            match *name {
+                "SINGLE_ISSUER" => builder.setup_single_issuer(),
+                "DEFER_TASKRUN" => builder.setup_defer_taskrun(),
+                "COOP_TASKRUN" => builder.setup_coop_taskrun(),
+                _ => builder.setup_taskrun_flag(),
+            };
+        }
+        if let Some(idle) = config.sqpoll_idle_ms {
+            builder.setup_sqpoll(idle);
+            names.push("SQPOLL");
+        }
+        if config.iopoll {
+            builder.setup_iopoll();
+            names.push("IOPOLL");
+        }
+        if config.restricted {
+            disabled = true;
+        }
+        if disabled {
+            builder.setup_r_disabled();
+            names.push("R_DISABLED");
+        }
+        match builder.build(entries) {
+            Ok(ring) => return Ok((ring, names, disabled)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+impl Ring {
+    /// Builds and prepares a ring: file table, pool registration, restrictions.
+    pub(crate) fn new(
+        entries: u32,
+        config: &EngineConfig,
+        usage: Use,
+        pool: Option<&PagePool>,
+    ) -> Result<(Ring, Option<String>), Error> {
+        let (ring, flags, disabled) = build(entries, config, usage).map_err(|e| {
+            Error::from_io(&e, Op::Setup)
+                .with_message(format!("io_uring_setup with {entries} entries"))
+        })?;
+        let fixed_files = ring.submitter().register_files_sparse(FILES_MAX).is_ok();
+        let mut why_unregistered = None;
+        let mut fixed_pool = None;
+        if let Some(pool) = pool {
+            match register_pool(&ring, pool) {
+                Ok(()) => fixed_pool = Some(pool.id()),
+                Err(e) => why_unregistered = Some(e),
+            }
+        }
+        if config.restricted {
+            if !fixed_files {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    Op::Setup,
+                    "restricted mode needs registered files, which this kernel refused",
+                ));
+            }
+            restrict(&ring).map_err(|e| {
+                Error::from_io(&e, Op::Setup)
+                    .with_message("io_uring_register(REGISTER_RESTRICTIONS)")
+            })?;
+        }
+        let ring = Ring {
+            ring,
+            flags,
+            fixed_pool,
+            fixed_files,
+            disabled,
+            _pool: pool.cloned(),
+        };
+        Ok((ring, why_unregistered))
+    }
+
+    /// Enables a ring created disabled; for SINGLE_ISSUER rings this binds it to the calling
+    /// thread.
+    pub(crate) fn enable(&mut self) -> io::Result<()> {
+        if self.disabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.disabled = false;
+        }
+        Ok(())
+    }
+
+    /// Registers descriptor `fd` at `slot`.
+    pub(crate) fn register_fd(&self, slot: u32, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd])
+            .map(drop)
+    }
+
+    /// Clears registered slot `slot`.
+    pub(crate) fn unregister_file(&self, slot: u32) {
+        // -1 empties the slot; requests in flight keep their own reference to the file.
+        let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+    }
+}
+
+/// Creates the contiguous page pool a backend registers, sized by the configuration.
+pub(crate) fn pool_for(config: &EngineConfig) -> Result<Option<PagePool>, Error> {
+    if config.register_buffers_bytes == 0 {
+        return Ok(None);
+    }
+    if config.register_buffers_bytes > REGISTER_BYTES_MAX {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            Op::Setup,
+            format!(
+                "a registered pool of {} bytes is above the kernel's 1 GiB per fixed buffer",
+                config.register_buffers_bytes
+            ),
+        ));
+    }
+    let limit = config.register_buffers_bytes.next_multiple_of(4096);
+    let pool = PagePool::new(PoolConfig {
+        align: 4096,
+        class_size_min: 4096,
+        class_size_max: limit.next_power_of_two().clamp(4096, 64 << 20),
+        limit_bytes: limit,
+        contiguous: true,
+    })?;
+    Ok(Some(pool))
+}
+
+/// Registers a contiguous pool's region as fixed buffer 0.
+fn register_pool(ring: &IoUring, pool: &PagePool) -> Result<(), String> {
+    let Some((base, len)) = pool.region() else {
+        return Err("the pool is not contiguous".into());
+    };
+    let iovec = libc::iovec {
+        iov_base: base.cast(),
+        iov_len: len,
+    };
+    // SAFETY: the region stays allocated while the ring holds the pool (`Ring::_pool`), and
+    // the ring is dropped, unregistering it, before that pool handle.
+    match unsafe { ring.submitter().register_buffers(&[iovec]) } {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let memlock = memlock_limit().map_or("unknown".into(), |b| format!("{b} bytes"));
+            Err(format!(
+                "registering the {len}-byte pool failed ({e}); RLIMIT_MEMLOCK is {memlock}: \
+                 raise it (ulimit -l, LimitMEMLOCK=) or set ENGINE_REGISTER_BUFFERS=0"
+            ))
+        }
+    }
+}
+
+/// The soft `RLIMIT_MEMLOCK`, if it can be read.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the valid pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    (rc == 0).then_some(limit.rlim_cur)
+}
+
+/// `IORING_REGISTER_FILES_UPDATE` and `IORING_REGISTER_FILES_UPDATE2` from
+/// `linux/io_uring.h`; the io-uring crate does not re-export them.
+const IORING_REGISTER_FILES_UPDATE: u8 = 6;
+const IORING_REGISTER_FILES_UPDATE2: u8 = 14;
+
+/// Restricted mode: only reads, writes, fsyncs and the reaper's NOP, only on registered
+/// files, and only file-table updates as registrations.
+fn restrict(ring: &IoUring) -> io::Result<()> {
+    let mut restrictions = [
+        register::Restriction::sqe_op(opcode::Read::CODE),
+        register::Restriction::sqe_op(opcode::Write::CODE),
+        register::Restriction::sqe_op(opcode::ReadFixed::CODE),
+        register::Restriction::sqe_op(opcode::WriteFixed::CODE),
+        register::Restriction::sqe_op(opcode::Fsync::CODE),
+        register::Restriction::sqe_op(opcode::Nop::CODE),
+        register::Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
+        register::Restriction::register_op(IORING_REGISTER_FILES_UPDATE),
+        register::Restriction::register_op(IORING_REGISTER_FILES_UPDATE2),
+    ];
+    ring.submitter().register_restrictions(&mut restrictions)
+}
+
+/// A request the kernel holds: it owns the buffer until its CQE is reaped.
+pub(crate) struct Inflight {
+    pub(crate) request: Request,
+    pub(crate) prepared: Prepared,
+    /// The length in the SQE.
+    pub(crate) len: usize,
+    /// EINTR/EAGAIN retries so far.
+    pub(crate) retries: u32,
+}
+
+/// Where the SQE's file and buffer come from.
+#[derive(Clone, Copy)]
+pub(crate) struct Fixed {
+    /// The registered file slot, if the file is registered in this ring.
+    pub(crate) file: Option<u32>,
+    /// The registered pool's id in this ring, if any.
+    pub(crate) pool: Option<u64>,
+}
+
+/// Builds the SQE for an in-flight request.
+pub(crate) fn entry(inflight: &mut Inflight, fixed: Fixed, user_data: u64) -> squeue::Entry {
+    let request = &mut inflight.request;
+    let offset = request.offset;
+    // `prepare` capped the length at `io_bytes_max`, below `u32::MAX`.
+    let len = u32::try_from(inflight.len).unwrap_or(engine_core::IO_BYTES_MAX as u32);
+    let start = request.buf_start;
+    let raw_fd = request.file.raw_fd();
+    macro_rules! with_fd {
+        ($op:ident, $($arg:expr),*) => {
+            match fixed.file {
+                Some(slot) => opcode::$op::new(types::Fixed(slot), $($arg),*),
+                None => opcode::$op::new(types::Fd(raw_fd), $($arg),*),
+            }
+        };
+    }
+    let sqe = match (request.kind, request.buf.as_mut()) {
+        (OpKind::Read, Some(buf)) => {
+            // SAFETY: `start <= buf.len()`, checked by `prepare`, so the pointer stays within
+            // the buffer, which the request owns until the CQE is reaped.
+            let ptr = unsafe { buf.as_mut_ptr().add(start) };
+            if fixed.pool.is_some() && buf.pool_id() == fixed.pool {
+                with_fd!(ReadFixed, ptr, len, 0).offset(offset).build()
+            } else {
+                with_fd!(Read, ptr, len).offset(offset).build()
+            }
+        }
+        (OpKind::Write, Some(buf)) => {
+            // SAFETY: as above.
+            let ptr = unsafe { buf.as_mut_ptr().add(start) };
+            if fixed.pool.is_some() && buf.pool_id() == fixed.pool {
+                with_fd!(WriteFixed, ptr, len, 0).offset(offset).build()
+            } else {
+                with_fd!(Write, ptr.cast_const(), len)
+                    .offset(offset)
+                    .build()
+            }
+        }
+        (OpKind::SyncData, _) => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),
+        (OpKind::SyncAll, _) => with_fd!(Fsync,).build(),
+        // `prepare` refuses reads and writes without a buffer; a NOP keeps the slot's
+        // accounting whole if that ever changes.
+        (OpKind::Read | OpKind::Write, None) => opcode::Nop::new().build(),
+    };
+    let sqe = if fixed.file.is_some() {
+        sqe.flags(squeue::Flags::FIXED_FILE)
+    } else {
+        sqe
+    };
+    sqe.user_data(user_data)
+}
+
+/// The NOP that wakes the reaper; carries FIXED_FILE so restricted rings accept it.
+pub(crate) fn wake_entry() -> squeue::Entry {
+    opcode::Nop::new()
+        .build()
+        .flags(squeue::Flags::FIXED_FILE)
+        .user_data(WAKE)
+}
+
+/// What to do with a reaped CQE.
+pub(crate) enum Reaped {
+    /// EINTR/EAGAIN: submit the same request again.
+    Resubmit(Inflight),
+    /// Finished.
+    Done(Completion),
+}
+
+/// Maps a CQE's result into the request's completion, or a resubmission on EINTR/EAGAIN
+/// (contract point 3).
+pub(crate) fn reap(
+    mut inflight: Inflight,
+    res: i32,
+    hook: Option<&dyn FaultHook>,
+    metrics: &Metrics,
+) -> Reaped {
+    let errno = -res;
+    if res < 0 && ErrorKind::errno_is_transient(errno) && inflight.retries < RETRIES_MAX {
+        inflight.retries += 1;
+        match hook_gate(
+            hook,
+            &inflight.request,
+            inflight.prepared.len,
+            inflight.retries,
+        ) {
+            HookGate::Submit { len, retries } => {
+                inflight.len = len;
+                inflight.retries = retries;
+                return Reaped::Resubmit(inflight);
+            }
+            HookGate::Fail { errno, retries } => {
+                return Reaped::Done(complete(inflight, Err(errno), retries, metrics));
+            }
+        }
+    }
+    let raw = if res < 0 {
+        Err(errno)
+    } else {
+        Ok(res as usize)
+    };
+    let retries = inflight.retries;
+    Reaped::Done(complete(inflight, raw, retries, metrics))
+}
+
+/// Finishes a request through the shared layer and builds its completion.
+pub(crate) fn complete(
+    inflight: Inflight,
+    raw: engine_core::RawResult,
+    retries: u32,
+    metrics: &Metrics,
+) -> Completion {
+    let Inflight {
+        mut request,
+        prepared,
+        ..
+    } = inflight;
+    let result = finish(&mut request, &prepared, raw, retries, metrics);
+    Completion {
+        user_data: request.user_data,
+        kind: request.kind,
+        result,
+        buf: request.buf,
+    }
+}
+
+/// Refuses requests an IOPOLL ring cannot run: syncs cannot be polled.
+pub(crate) fn iopoll_refuses(config: &EngineConfig, request: &Request) -> Option<Error> {
+    (config.iopoll && request.kind.is_sync()).then(|| {
+        request
+            .file
+            .error(ErrorKind::Unsupported, request.kind.op())
+            .with_message("an IOPOLL engine cannot sync: fsync cannot be polled; use an engine without ENGINE_IOPOLL for syncs")
+    })
+}
