@@ -37,6 +37,24 @@ fn main() {
         );
         summaries.push((name.to_string(), run_suite(harness, cases::all())));
     }
+    // io_uring's optional ring modes keep the same contract.
+    if summaries.iter().any(|(name, _)| name == "uring") {
+        type Adjust = fn(&mut engine::EngineConfig);
+        let variants: [(&str, Adjust); 2] = [
+            ("uring+sqpoll", |c| c.sqpoll_idle_ms = Some(50)),
+            ("uring+restricted", |c| c.restricted = true),
+        ];
+        for (name, adjust) in variants {
+            let harness = Harness::new(
+                name,
+                Box::new(move |mut config| {
+                    adjust(&mut config);
+                    Engine::with_backend("uring", config)
+                }),
+            );
+            summaries.push((name.to_string(), run_suite(harness, cases::all())));
+        }
+    }
     let harness = Harness::new(conformance::mem::NAME, Box::new(MemEngine::new));
     summaries.push((
         conformance::mem::NAME.to_string(),

@@ -77,8 +77,9 @@ impl UringEngine {
             return Err(Error::from_errno(errno, Op::Setup).with_message(diagnosis.to_string()));
         }
         let pool = ring::pool_for(&config)?;
-        // One more entry than the depth, for the reaper's wake-up NOP.
-        let entries = (config.queue_depth + 1).next_power_of_two() as u32;
+        // Twice the depth: room for the reaper's wake-up NOPs and resubmissions while the kernel
+        // has not yet moved the SQ head past entries it already took.
+        let entries = (2 * config.queue_depth).next_power_of_two() as u32;
         let (mut ring, pool_note) = Ring::new(entries, &config, Use::Shared, pool.as_ref())?;
         ring.enable()
             .map_err(|e| Error::from_io(&e, Op::Setup).with_message("enabling the ring"))?;
@@ -164,17 +165,19 @@ impl Shared {
         {
             let _guard = lock(&self.sq);
             // SAFETY: the submission queue is only touched under `sq`, so this is the only
-            // live handle to it.
+            // live handle to it. The SQE's buffer and file belong to a request held in
+            // `inflight` until its CQE is reaped.
             let mut sq = unsafe { self.ring.ring.submission_shared() };
-            // The SQ has more entries than requests can be in flight (depth + 1 for the wake
-            // NOP), and every entry is submitted right after it is pushed, so it has room;
-            // if a failed enter left entries behind, submit them first.
-            // SAFETY: the SQE's buffer and file belong to a request held in `inflight` until
-            // its CQE is reaped.
-            while unsafe { sq.push(sqe) }.is_err() {
+            // The SQ has twice as many entries as requests can be in flight, but under SQPOLL
+            // the kernel may not have moved its head yet: wait for room, a bounded number of
+            // times.
+            let mut attempts = 0;
+            // SAFETY: as above.
+            while unsafe { sq.push(sqe) }.is_err() && attempts < ring::PUSH_ATTEMPTS_MAX {
+                attempts += 1;
                 sq.sync();
                 drop(sq);
-                let _ = self.ring.ring.submit();
+                ring::make_room(&self.ring.ring);
                 // SAFETY: as above.
                 sq = unsafe { self.ring.ring.submission_shared() };
             }

@@ -38,7 +38,9 @@ pub struct UringQueue {
 impl UringQueue {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<UringQueue> {
         let depth = shared.config.queue_depth;
-        let entries = depth.next_power_of_two() as u32;
+        // Twice the depth: under SQPOLL the kernel moves the SQ head only after a batch, so
+        // entries of completed requests can still occupy the ring.
+        let entries = (2 * depth).next_power_of_two() as u32;
         let (ring, _) = Ring::new(
             entries,
             &shared.config,
@@ -83,9 +85,11 @@ impl UringQueue {
         Some(slot)
     }
 
-    fn push_sqe(&mut self, slot: u32) {
+    /// Pushes the SQE of the request in `slot`. Returns false, leaving the request in its
+    /// slot, when no room appears in the submission queue.
+    fn push_sqe(&mut self, slot: u32) -> bool {
         let Some(inflight) = self.inflight[slot as usize].as_mut() else {
-            return;
+            return false;
         };
         let file = inflight.request.file.clone();
         let fixed = Fixed {
@@ -93,20 +97,41 @@ impl UringQueue {
             pool: self.ring.fixed_pool,
         };
         let Some(inflight) = self.inflight[slot as usize].as_mut() else {
-            return;
+            return false;
         };
         let sqe = entry(inflight, fixed, u64::from(slot));
-        let mut sq = self.ring.ring.submission();
-        // SAFETY: the SQE's buffer and file belong to the request held in `inflight` until
-        // its CQE is reaped. The SQ has `depth` or more entries and at most `depth` requests
-        // are pushed and not reaped, so it has room.
-        let pushed = unsafe { sq.push(&sqe) };
-        debug_assert!(
-            pushed.is_ok(),
-            "submission queue full with {} in flight",
-            self.in_flight
-        );
-        self.unsubmitted += 1;
+        for _ in 0..ring::PUSH_ATTEMPTS_MAX {
+            let mut sq = self.ring.ring.submission();
+            // SAFETY: the SQE's buffer and file belong to the request held in `inflight` until
+            // its CQE is reaped.
+            if unsafe { sq.push(&sqe) }.is_ok() {
+                self.unsubmitted += 1;
+                return true;
+            }
+            drop(sq);
+            let _ = self.ring.enable();
+            ring::make_room(&self.ring.ring);
+        }
+        false
+    }
+
+    /// Fails the request in `slot` that could not be pushed, as a completion.
+    fn fail_unpushed(&mut self, slot: u32) {
+        if let Some(held) = self.inflight[slot as usize].take() {
+            self.free.push(slot);
+            let error = held
+                .request
+                .file
+                .error(ErrorKind::Other, held.request.kind.op())
+                .with_errno(libc::EBUSY)
+                .with_message("the submission queue stayed full");
+            self.rejected.push_back(reject(
+                held.request,
+                Some(&held.prepared),
+                error,
+                &self.shared.metrics,
+            ));
+        }
     }
 
     fn enter(&mut self, want: usize) -> std::io::Result<()> {
@@ -152,8 +177,11 @@ impl UringQueue {
             ) {
                 Reaped::Resubmit(inflight) => {
                     self.inflight[slot as usize] = Some(inflight);
-                    self.push_sqe(slot);
-                    resubmit = true;
+                    if self.push_sqe(slot) {
+                        resubmit = true;
+                    } else {
+                        self.fail_unpushed(slot);
+                    }
                 }
                 Reaped::Done(completion) => {
                     self.free.push(slot);

@@ -325,6 +325,23 @@ pub(crate) fn entry(inflight: &mut Inflight, fixed: Fixed, user_data: u64) -> sq
     sqe.user_data(user_data)
 }
 
+/// Makes room in a full submission queue: with SQPOLL the kernel thread may not have
+/// consumed entries yet (it moves the head after a whole batch, possibly after completions
+/// were posted), so wait for it; otherwise submit what is queued.
+pub(crate) fn make_room(ring: &IoUring) {
+    let result = if ring.params().is_setup_sqpoll() {
+        ring.submitter().squeue_wait()
+    } else {
+        ring.submit()
+    };
+    if result.is_err() {
+        std::thread::yield_now();
+    }
+}
+
+/// The most attempts to find room in the submission queue before giving up on a request.
+pub(crate) const PUSH_ATTEMPTS_MAX: u32 = 10_000;
+
 /// The NOP that wakes the reaper; carries FIXED_FILE so restricted rings accept it.
 pub(crate) fn wake_entry() -> squeue::Entry {
     opcode::Nop::new()
