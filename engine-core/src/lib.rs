@@ -51,6 +51,7 @@ mod error;
 mod executor;
 mod file;
 mod geometry;
+mod inflight;
 mod metrics;
 mod pool;
 mod queue;
@@ -67,6 +68,7 @@ pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result
 pub use executor::{block_on, join_all};
 pub use file::{File, OpenOptions};
 pub use geometry::{DirectIo, Geometry, GeometrySource, ALIGN_FALLBACK, IO_BYTES_MAX};
+pub use inflight::{Admission, InFlight, InFlightTable, Settled};
 pub use metrics::{Metrics, MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
 pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;

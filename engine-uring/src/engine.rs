@@ -3,21 +3,18 @@
 //! per wake-up, and wakes the waiting tasks through their completion slots.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use engine_core::{
-    hook_gate, next_engine_id, prepare, reject, Capabilities, Completion, Engine, EngineConfig,
-    Error, ErrorKind, File, HookGate, Metrics, MetricsSnapshot, Op, OpenOptions, PagePool, Request,
-    Result, SlotFuture, Slots,
+    next_engine_id, Admission, Capabilities, Completion, Engine, EngineConfig, Error, ErrorKind,
+    File, InFlightTable, Metrics, MetricsSnapshot, Op, OpenOptions, PagePool, Request, Result,
+    Settled,
 };
 use io_uring::squeue;
 
 use crate::queue::UringQueue;
-use crate::ring::{
-    self, complete, entry, errno, Fixed, Inflight, Reaped, Ring, Use, FILES_MAX, WAKE,
-};
+use crate::ring::{self, entry, errno, Fixed, Ring, Use, FILES_MAX, WAKE};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a take, a store or a push: consistent even after a panic.
@@ -30,18 +27,11 @@ pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
     pub(crate) pool: Option<PagePool>,
-    /// Set once, by `shutdown`: no request is accepted after it.
-    pub(crate) shutdown: AtomicBool,
-    slots: Slots<Completion>,
+    /// Requests in flight through the async API, by slot (the SQE's user data).
+    pub(crate) table: InFlightTable,
     ring: Ring,
     /// Serialises writers of the submission queue (the reaper resubmits too).
     sq: Mutex<()>,
-    /// The request each slot's SQE belongs to, owned here until its CQE is reaped.
-    inflight: Mutex<Vec<Option<Inflight>>>,
-    /// Requests accepted and not yet completed; the reaper exits at shutdown once it is 0.
-    pending: AtomicUsize,
-    /// Set when the reaper died: every later request fails.
-    dead: AtomicBool,
     /// Free registered-file slots.
     file_slots: Mutex<Vec<u32>>,
 }
@@ -122,11 +112,7 @@ impl UringEngine {
             engine_id: next_engine_id(),
             metrics: Metrics::default(),
             pool,
-            shutdown: AtomicBool::new(false),
-            slots: Slots::new(config.queue_depth),
-            inflight: Mutex::new((0..config.queue_depth).map(|_| None).collect()),
-            pending: AtomicUsize::new(0),
-            dead: AtomicBool::new(false),
+            table: InFlightTable::new(config.queue_depth),
             file_slots: Mutex::new(file_slots),
             sq: Mutex::new(()),
             ring,
@@ -217,12 +203,16 @@ impl Shared {
             Ok(Err(e)) => format!("io_uring_enter failed in the reaper: {e}"),
             Err(_) => "the reaper thread panicked".to_string(),
         };
-        self.die(&reason);
+        tracing::error!(
+            reason,
+            "io_uring reaper died; failing every request in flight"
+        );
+        self.table.die(&reason, &self.metrics);
     }
 
     fn reap_until_drained(&self) -> std::io::Result<()> {
         loop {
-            if self.shutdown.load(Ordering::SeqCst) && self.pending.load(Ordering::SeqCst) == 0 {
+            if self.table.drained() {
                 return Ok(());
             }
             match self.ring.ring.submit_and_wait(1) {
@@ -245,54 +235,25 @@ impl Shared {
     }
 
     fn on_cqe(&self, slot: u32, res: i32) {
-        let taken = lock(&self.inflight)[slot as usize].take();
-        let Some(inflight) = taken else {
+        let Some(inflight) = self.table.take(slot) else {
             debug_assert!(false, "CQE for empty slot {slot}");
             return;
         };
-        match ring::reap(inflight, res, self.hook(), &self.metrics) {
-            Reaped::Resubmit(mut inflight) => {
+        match inflight.settle(i64::from(res), self.hook(), &self.metrics) {
+            Settled::Resubmit(mut inflight) => {
                 let fixed = self.fixed(&inflight.request.file);
                 let sqe = entry(&mut inflight, fixed, u64::from(slot));
-                lock(&self.inflight)[slot as usize] = Some(inflight);
+                self.table.store(slot, inflight);
                 self.push(&sqe);
             }
-            Reaped::Done(completion) => self.finish_slot(slot, completion),
+            Settled::Done(completion) => self.finish(slot, completion),
         }
     }
 
-    fn finish_slot(&self, slot: u32, completion: Completion) {
-        let before = self.pending.fetch_sub(1, Ordering::SeqCst);
-        self.slots.complete(slot, completion);
-        if before == 1 && self.shutdown.load(Ordering::SeqCst) {
+    fn finish(&self, slot: u32, completion: Completion) {
+        if self.table.finish(slot, completion) {
             // The reaper may be waiting for this request; the last one out wakes it to exit.
             self.push(&ring::wake_entry());
-        }
-    }
-
-    /// The reaper cannot go on: fail every waiter instead of leaving it hanging. Buffers the
-    /// kernel may still hold are leaked rather than freed.
-    fn die(&self, reason: &str) {
-        tracing::error!(
-            reason,
-            "io_uring reaper died; failing every request in flight"
-        );
-        self.dead.store(true, Ordering::SeqCst);
-        self.slots.close();
-        let mut inflight = lock(&self.inflight);
-        for (slot, entry) in inflight.iter_mut().enumerate() {
-            if let Some(mut held) = entry.take() {
-                if let Some(buf) = held.request.buf.take() {
-                    std::mem::forget(buf);
-                }
-                let error = held
-                    .request
-                    .file
-                    .error(ErrorKind::Shutdown, held.request.kind.op())
-                    .with_message(format!("the completion path died: {reason}"));
-                let completion = reject(held.request, Some(&held.prepared), error, &self.metrics);
-                self.finish_slot(slot as u32, completion);
-            }
         }
     }
 }
@@ -310,7 +271,7 @@ impl Engine for UringEngine {
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         let s = &*self.shared;
-        if s.shutdown.load(Ordering::SeqCst) || s.dead.load(Ordering::SeqCst) {
+        if s.table.is_shut_down() {
             return Err(UringEngine::shutdown_error(Op::Open));
         }
         let (std, geometry) = options.open_std(path)?;
@@ -364,54 +325,25 @@ impl Engine for UringEngine {
 
     async fn submit(&self, request: Request) -> Completion {
         let s = &*self.shared;
-        if let Some(error) = ring::iopoll_refuses(&s.config, &request) {
-            return reject(request, None, error, &s.metrics);
-        }
-        let prepared = match prepare(s.engine_id, &request) {
-            Ok(prepared) => prepared,
-            Err(error) => return reject(request, None, error, &s.metrics),
-        };
-        let Ok(slot) = s.slots.acquire().await else {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            return reject(request, Some(&prepared), error, &s.metrics);
-        };
-        // Count the request before looking at the shutdown flag, so the reaper cannot exit
-        // between the two (it exits only when the flag is set and nothing is pending).
-        s.pending.fetch_add(1, Ordering::SeqCst);
-        let (len, retries) = match hook_gate(s.hook(), &request, prepared.len, 0) {
-            HookGate::Submit { len, retries } => (len, retries),
-            HookGate::Fail { errno, retries } => {
-                let inflight = Inflight {
-                    request,
-                    prepared,
-                    len: 0,
-                    retries,
-                };
-                s.finish_slot(slot, complete(inflight, Err(errno), retries, &s.metrics));
-                return SlotFuture::new(&s.slots, slot).await;
-            }
-        };
-        if s.shutdown.load(Ordering::SeqCst) || s.dead.load(Ordering::SeqCst) {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            s.finish_slot(slot, reject(request, Some(&prepared), error, &s.metrics));
-            return SlotFuture::new(&s.slots, slot).await;
-        }
-        let mut inflight = Inflight {
-            request,
-            prepared,
-            len,
-            retries,
+        let refuse = ring::iopoll_refuses(&s.config, &request);
+        let admission = s
+            .table
+            .admit(s.engine_id, request, refuse, s.hook(), &s.metrics)
+            .await;
+        let (slot, mut inflight) = match admission {
+            Admission::Submit { slot, inflight } => (slot, inflight),
+            Admission::Done(completion) => return completion,
         };
         let fixed = s.fixed(&inflight.request.file);
         let sqe = entry(&mut inflight, fixed, u64::from(slot));
         // Stored before the push: the reaper may see the CQE as soon as the kernel has it.
-        lock(&s.inflight)[slot as usize] = Some(inflight);
+        s.table.store(slot, inflight);
         s.push(&sqe);
-        SlotFuture::new(&s.slots, slot).await
+        s.table.wait(slot).await
     }
 
     fn queue(&self) -> Result<UringQueue> {
-        if self.shared.shutdown.load(Ordering::SeqCst) {
+        if self.shared.table.is_shut_down() {
             return Err(UringEngine::shutdown_error(Op::Setup));
         }
         UringQueue::new(Arc::clone(&self.shared))
@@ -427,8 +359,7 @@ impl Engine for UringEngine {
 
     fn shutdown(&self) {
         let s = &*self.shared;
-        if !s.shutdown.swap(true, Ordering::SeqCst) {
-            s.slots.close();
+        if s.table.begin_shutdown() {
             // Wake the reaper so it sees the flag even with nothing in flight.
             s.push(&ring::wake_entry());
         }

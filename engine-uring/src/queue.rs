@@ -3,16 +3,15 @@
 //! request: in-flight requests live in a table sized to the depth, indexed by user data.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use engine_core::{
-    hook_gate, prepare, reject, Completion, Error, ErrorKind, File, HookGate, Op, Queue, Request,
-    Result,
+    hook_gate, prepare, reject, Completion, Error, ErrorKind, File, HookGate, InFlight, Op, Queue,
+    Request, Result, Settled,
 };
 
 use crate::engine::Shared;
-use crate::ring::{self, complete, entry, errno, Fixed, Inflight, Reaped, Ring, Use, FILES_MAX};
+use crate::ring::{self, entry, errno, Fixed, Ring, Use, FILES_MAX};
 
 /// A per-thread io_uring queue. See [`Queue`].
 ///
@@ -22,7 +21,7 @@ pub struct UringQueue {
     shared: Arc<Shared>,
     ring: Ring,
     /// The request of each in-flight slot.
-    inflight: Vec<Option<Inflight>>,
+    inflight: Vec<Option<InFlight>>,
     free: Vec<u32>,
     /// Requests completed without reaching the kernel, not yet reaped.
     rejected: VecDeque<Completion>,
@@ -125,12 +124,8 @@ impl UringQueue {
                 .error(ErrorKind::Other, held.request.kind.op())
                 .with_errno(libc::EBUSY)
                 .with_message("the submission queue stayed full");
-            self.rejected.push_back(reject(
-                held.request,
-                Some(&held.prepared),
-                error,
-                &self.shared.metrics,
-            ));
+            self.rejected
+                .push_back(held.reject(error, &self.shared.metrics));
         }
     }
 
@@ -169,13 +164,12 @@ impl UringQueue {
                 debug_assert!(false, "CQE for empty slot {slot}");
                 continue;
             };
-            match ring::reap(
-                inflight,
-                res,
+            match inflight.settle(
+                i64::from(res),
                 self.shared.config.fault_hook.as_deref(),
                 &self.shared.metrics,
             ) {
-                Reaped::Resubmit(inflight) => {
+                Settled::Resubmit(inflight) => {
                     self.inflight[slot as usize] = Some(inflight);
                     if self.push_sqe(slot) {
                         resubmit = true;
@@ -183,7 +177,7 @@ impl UringQueue {
                         self.fail_unpushed(slot);
                     }
                 }
-                Reaped::Done(completion) => {
+                Settled::Done(completion) => {
                     self.free.push(slot);
                     out.push(completion);
                     count += 1;
@@ -227,7 +221,7 @@ impl Queue for UringQueue {
                 return Ok(());
             }
         };
-        if shared.shutdown.load(Ordering::SeqCst) {
+        if shared.table.is_shut_down() {
             let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
             self.rejected
                 .push_back(reject(request, Some(&prepared), error, &shared.metrics));
@@ -241,14 +235,14 @@ impl Queue for UringQueue {
         ) {
             HookGate::Submit { len, retries } => (len, retries),
             HookGate::Fail { errno, retries } => {
-                let inflight = Inflight {
+                let inflight = InFlight {
                     request,
                     prepared,
                     len: 0,
                     retries,
                 };
                 self.rejected
-                    .push_back(complete(inflight, Err(errno), retries, &shared.metrics));
+                    .push_back(inflight.complete(Err(errno), retries, &shared.metrics));
                 return Ok(());
             }
         };
@@ -257,7 +251,7 @@ impl Queue for UringQueue {
             self.in_flight -= 1;
             return Err(request);
         };
-        self.inflight[slot as usize] = Some(Inflight {
+        self.inflight[slot as usize] = Some(InFlight {
             request,
             prepared,
             len,

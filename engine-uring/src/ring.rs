@@ -5,8 +5,7 @@
 use std::io;
 
 use engine_core::{
-    finish, hook_gate, Completion, EngineConfig, Error, ErrorKind, FaultHook, HookGate, Metrics,
-    Op, OpKind, PagePool, PoolConfig, Prepared, Request, RETRIES_MAX,
+    EngineConfig, Error, ErrorKind, InFlight, Op, OpKind, PagePool, PoolConfig, Request,
 };
 use io_uring::{opcode, register, squeue, types, IoUring};
 
@@ -254,16 +253,6 @@ fn restrict(ring: &IoUring) -> io::Result<()> {
     ring.submitter().register_restrictions(&mut restrictions)
 }
 
-/// A request the kernel holds: it owns the buffer until its CQE is reaped.
-pub(crate) struct Inflight {
-    pub(crate) request: Request,
-    pub(crate) prepared: Prepared,
-    /// The length in the SQE.
-    pub(crate) len: usize,
-    /// EINTR/EAGAIN retries so far.
-    pub(crate) retries: u32,
-}
-
 /// Where the SQE's file and buffer come from.
 #[derive(Clone, Copy)]
 pub(crate) struct Fixed {
@@ -274,7 +263,7 @@ pub(crate) struct Fixed {
 }
 
 /// Builds the SQE for an in-flight request.
-pub(crate) fn entry(inflight: &mut Inflight, fixed: Fixed, user_data: u64) -> squeue::Entry {
+pub(crate) fn entry(inflight: &mut InFlight, fixed: Fixed, user_data: u64) -> squeue::Entry {
     let request = &mut inflight.request;
     let offset = request.offset;
     // `prepare` capped the length at `io_bytes_max`, below `u32::MAX`.
@@ -348,71 +337,6 @@ pub(crate) fn wake_entry() -> squeue::Entry {
         .build()
         .flags(squeue::Flags::FIXED_FILE)
         .user_data(WAKE)
-}
-
-/// What to do with a reaped CQE.
-pub(crate) enum Reaped {
-    /// EINTR/EAGAIN: submit the same request again.
-    Resubmit(Inflight),
-    /// Finished.
-    Done(Completion),
-}
-
-/// Maps a CQE's result into the request's completion, or a resubmission on EINTR/EAGAIN
-/// (contract point 3).
-pub(crate) fn reap(
-    mut inflight: Inflight,
-    res: i32,
-    hook: Option<&dyn FaultHook>,
-    metrics: &Metrics,
-) -> Reaped {
-    let errno = -res;
-    if res < 0 && ErrorKind::errno_is_transient(errno) && inflight.retries < RETRIES_MAX {
-        inflight.retries += 1;
-        match hook_gate(
-            hook,
-            &inflight.request,
-            inflight.prepared.len,
-            inflight.retries,
-        ) {
-            HookGate::Submit { len, retries } => {
-                inflight.len = len;
-                inflight.retries = retries;
-                return Reaped::Resubmit(inflight);
-            }
-            HookGate::Fail { errno, retries } => {
-                return Reaped::Done(complete(inflight, Err(errno), retries, metrics));
-            }
-        }
-    }
-    let raw = if res < 0 {
-        Err(errno)
-    } else {
-        Ok(res as usize)
-    };
-    let retries = inflight.retries;
-    Reaped::Done(complete(inflight, raw, retries, metrics))
-}
-
-/// Finishes a request through the shared layer and builds its completion.
-pub(crate) fn complete(
-    inflight: Inflight,
-    raw: engine_core::RawResult,
-    retries: u32,
-    metrics: &Metrics,
-) -> Completion {
-    let Inflight {
-        mut request,
-        prepared,
-        ..
-    } = inflight;
-    let result = finish(&mut request, &prepared, raw, retries, metrics);
-    Completion {
-        user_data: request.user_data,
-        kind: request.kind,
-        result,
-        buf: request.buf,
-    }
 }
 
 /// Refuses requests an IOPOLL ring cannot run: syncs cannot be polled.
