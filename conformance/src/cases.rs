@@ -1263,30 +1263,21 @@ pub fn buffer_comes_back_on_every_error<E: Engine>(h: &Harness<E>) -> CaseResult
     Ok(())
 }
 
-/// Strict mode rejects a write overlapping a request in flight, and accepts disjoint ones.
+/// Strict mode rejects a write overlapping a request in flight (pushed and not yet reaped),
+/// and a read overlapping a write in flight, and accepts adjacent ones.
 pub fn strict_mode_rejects_overlap_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::latency(|c| Duration::from_millis(if c.offset == 0 { 100 } else { 0 }));
-    let engine = h.engine_with(|c| {
-        c.strict = true;
-        c.fault_hook = Some(hook);
-    });
+    let engine = h.engine_with(|c| c.strict = true);
     if !engine.capabilities().strict_mode {
         return Err(Skip(format!(
             "backend {} has no strict mode",
             engine.name()
         )));
     }
-    if engine.capabilities().submit_may_block {
-        return Err(Skip(
-            "requests complete at submit, so none is ever in flight".into(),
-        ));
-    }
     let file = h.file(&engine, b"", &rw());
     let mut queue = engine.queue().expect("queue");
     queue
         .push(Request::write(&file, 0, buf(&[1; 1000], 1), 1))
         .expect("room");
-    queue.submit().expect("submit");
     queue
         .push(Request::write(&file, 500, buf(&[2; 1000], 1), 2))
         .expect("room");
@@ -1306,10 +1297,17 @@ pub fn strict_mode_rejects_overlap_in_flight<E: Engine>(h: &Harness<E>) -> CaseR
         queue.wait(1, &mut out).expect("wait");
     }
     out.sort_by_key(|c| c.user_data);
-    assert!(out[0].result.is_ok(), "first write");
+    assert!(out[0].result.is_ok(), "first write: {:?}", out[0].result);
     expect_kind(&out[1], ErrorKind::Overlap, "overlapping write");
     expect_kind(&out[2], ErrorKind::Overlap, "read overlapping a write");
-    assert!(out[3].result.is_ok(), "adjacent write does not overlap");
+    assert!(
+        out[3].result.is_ok(),
+        "adjacent write does not overlap: {:?}",
+        out[3].result
+    );
+    // Once reaped, the range is free again.
+    let (again, _) = block_on(engine.write_at(&file, 500, buf(&[5; 10], 1)));
+    assert_eq!(again.expect("after reaping"), 10);
     Ok(())
 }
 

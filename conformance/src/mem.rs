@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use engine_core::{
     finish, next_engine_id, prepare, reject, run_with_retries, Capabilities, Completion, Engine,
-    EngineConfig, Error, ErrorKind, File, Metrics, MetricsSnapshot, Op, OpKind, OpenOptions, Queue,
-    RawResult, Request, Result,
+    EngineConfig, Error, ErrorKind, File, Metrics, MetricsSnapshot, Op, OpKind, OpenOptions,
+    Prepared, Queue, RawResult, Request, Result,
 };
 
 /// The registry name of the reference engine.
@@ -93,15 +93,19 @@ impl Inner {
         Arc::clone(&images[file.backend_index() as usize])
     }
 
-    fn execute(&self, mut request: Request) -> Completion {
+    /// Validates a request, as every backend does before submission.
+    fn admit(&self, request: Request) -> Result<(Request, Prepared), Completion> {
         if self.shut.load(Ordering::Acquire) {
             let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            return reject(request, None, error, &self.metrics);
+            return Err(reject(request, None, error, &self.metrics));
         }
-        let prepared = match prepare(self.id, &request) {
-            Ok(prepared) => prepared,
-            Err(error) => return reject(request, None, error, &self.metrics),
-        };
+        match prepare(self.id, &request) {
+            Ok(prepared) => Ok((request, prepared)),
+            Err(error) => Err(reject(request, None, error, &self.metrics)),
+        }
+    }
+
+    fn execute(&self, mut request: Request, prepared: Prepared) -> Completion {
         let image = self.image(&request.file);
         let hook = self.config.fault_hook.as_deref();
         let (kind, offset, start) = (request.kind, request.offset, request.buf_start);
@@ -227,7 +231,10 @@ impl Engine for MemEngine {
     }
 
     fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
-        let completion = self.inner.execute(request);
+        let completion = match self.inner.admit(request) {
+            Ok((request, prepared)) => self.inner.execute(request, prepared),
+            Err(completion) => completion,
+        };
         std::future::ready(completion)
     }
 
@@ -262,11 +269,12 @@ impl Drop for MemEngine {
     }
 }
 
-/// The reference engine's queue: requests run at submit, in order.
+/// The reference engine's queue: requests are validated at push and run at submit, in
+/// order.
 pub struct MemQueue {
     inner: Arc<Inner>,
     depth: usize,
-    pending: Vec<Request>,
+    pending: Vec<(Request, Prepared)>,
     done: VecDeque<Completion>,
 }
 
@@ -281,13 +289,16 @@ impl Queue for MemQueue {
         if self.in_flight() >= self.depth {
             return Err(request);
         }
-        self.pending.push(request);
+        match self.inner.admit(request) {
+            Ok(admitted) => self.pending.push(admitted),
+            Err(completion) => self.done.push_back(completion),
+        }
         Ok(())
     }
     fn submit(&mut self) -> Result<usize> {
         let count = self.pending.len();
-        for request in self.pending.drain(..) {
-            self.done.push_back(self.inner.execute(request));
+        for (request, prepared) in self.pending.drain(..) {
+            self.done.push_back(self.inner.execute(request, prepared));
         }
         Ok(count)
     }

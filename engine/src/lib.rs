@@ -13,6 +13,9 @@ pub use engine_core::{
 };
 pub use env::{Choice, Settings, VARIABLES};
 
+/// The Linux AIO backend's crate, for its own types.
+#[cfg(feature = "aio")]
+pub use engine_aio as aio;
 /// The sync backend's crate, for its own types.
 #[cfg(feature = "sync")]
 pub use engine_sync as sync;
@@ -31,6 +34,9 @@ pub enum Backend {
     /// The io_uring backend.
     #[cfg(feature = "uring")]
     Uring(engine_uring::UringEngine),
+    /// The Linux AIO backend.
+    #[cfg(feature = "aio")]
+    Aio(engine_aio::AioEngine),
     /// The pread/pwrite backend.
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncEngine),
@@ -46,6 +52,9 @@ pub enum EngineQueue {
     /// The io_uring backend's queue.
     #[cfg(feature = "uring")]
     Uring(engine_uring::UringQueue),
+    /// The Linux AIO backend's queue.
+    #[cfg(feature = "aio")]
+    Aio(engine_aio::AioQueue),
     /// The sync backend's queue.
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncQueue),
@@ -67,6 +76,8 @@ macro_rules! dispatch {
         match $backend {
             #[cfg(feature = "uring")]
             Backend::Uring($e) => $body,
+            #[cfg(feature = "aio")]
+            Backend::Aio($e) => $body,
             #[cfg(feature = "sync")]
             Backend::Sync($e) => $body,
             Backend::Plugin($e) => $body,
@@ -88,6 +99,14 @@ fn attempt(name: &str, config: &EngineConfig) -> Attempted {
         "uring" => match engine_uring::UringPlugin.probe(config) {
             Probe::Available(detail) => match engine_uring::UringEngine::new(config.clone()) {
                 Ok(engine) => Attempted::Built(Backend::Uring(engine), detail),
+                Err(error) => Attempted::Failed(error),
+            },
+            Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
+        },
+        #[cfg(feature = "aio")]
+        "aio" => match engine_aio::AioPlugin.probe(config) {
+            Probe::Available(detail) => match engine_aio::AioEngine::new(config.clone()) {
+                Ok(engine) => Attempted::Built(Backend::Aio(engine), detail),
                 Err(error) => Attempted::Failed(error),
             },
             Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
@@ -265,6 +284,8 @@ impl Engine {
         match &self.backend {
             #[cfg(feature = "uring")]
             Backend::Uring(e) => CoreEngine::queue(e).map(EngineQueue::Uring),
+            #[cfg(feature = "aio")]
+            Backend::Aio(e) => CoreEngine::queue(e).map(EngineQueue::Aio),
             #[cfg(feature = "sync")]
             Backend::Sync(e) => CoreEngine::queue(e).map(EngineQueue::Sync),
             Backend::Plugin(e) => CoreEngine::queue(e).map(EngineQueue::Plugin),
@@ -325,6 +346,8 @@ macro_rules! dispatch_queue {
         match $queue {
             #[cfg(feature = "uring")]
             EngineQueue::Uring($q) => $body,
+            #[cfg(feature = "aio")]
+            EngineQueue::Aio($q) => $body,
             #[cfg(feature = "sync")]
             EngineQueue::Sync($q) => $body,
             EngineQueue::Plugin($q) => $body,

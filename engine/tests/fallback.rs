@@ -2,7 +2,7 @@
 //! for exactly `uring` fails with it. One test function: it changes process-wide state (the
 //! simulated setup failure, and for real the `kernel.io_uring_disabled` sysctl).
 
-#![cfg(feature = "uring")]
+#![cfg(all(feature = "uring", feature = "aio"))]
 
 use engine::{Choice, Engine, EngineConfig, ErrorKind, Outcome, Settings};
 
@@ -15,13 +15,19 @@ fn settings(choice: Choice) -> Settings {
 }
 
 fn assert_falls_back(errno: i32, cause: &str) {
+    assert_backend_falls_back("uring", 0, errno, cause);
+}
+
+/// `backend`, attempt number `index` under `auto`, is unavailable with `errno` and `cause`,
+/// and asking for exactly it fails with the same diagnosis.
+fn assert_backend_falls_back(backend: &str, index: usize, errno: i32, cause: &str) {
     let engine = Engine::from_settings(settings(Choice::Auto)).expect("auto falls back");
     let report = engine.report();
-    assert_ne!(engine.name(), "uring", "{report}");
-    let first = &report.attempts[0];
-    assert_eq!(first.backend, "uring");
-    let Outcome::Unavailable(diagnosis) = &first.outcome else {
-        panic!("uring must be unavailable: {report}");
+    assert_ne!(engine.name(), backend, "{report}");
+    let attempt = &report.attempts[index];
+    assert_eq!(attempt.backend, backend, "{report}");
+    let Outcome::Unavailable(diagnosis) = &attempt.outcome else {
+        panic!("{backend} must be unavailable: {report}");
     };
     assert_eq!(diagnosis.errno, Some(errno), "{report}");
     assert!(
@@ -31,22 +37,13 @@ fn assert_falls_back(errno: i32, cause: &str) {
     assert!(!diagnosis.remedy.is_empty(), "a remedy: {report}");
     assert!(report.to_string().contains("remedy:"), "printed: {report}");
 
-    let only = Engine::from_settings(settings(Choice::List(vec!["uring".into()])));
-    let error = only.expect_err("exactly uring must fail");
+    let only = Engine::from_settings(settings(Choice::List(vec![backend.into()])));
+    let error = only.expect_err("exactly the unavailable backend must fail");
     assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
     assert!(
         error.to_string().contains(cause),
         "the error carries the diagnosis: {error}"
     );
-}
-
-/// Restores the sysctl even if an assertion fails.
-struct Sysctl(String);
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(SYSCTL, &self.0);
-    }
 }
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
@@ -73,19 +70,57 @@ fn unavailable_io_uring_falls_back_with_a_diagnosis() {
     // For real, when this process may change the sysctl (root on Linux 6.6+).
     match std::fs::read_to_string(SYSCTL) {
         Ok(old) if std::fs::write(SYSCTL, "2").is_ok() => {
-            let _restore = Sysctl(old);
+            let _restore = Restore(SYSCTL, old);
             assert_falls_back(libc_eperm(), "kernel.io_uring_disabled=2");
         }
         Ok(_) => println!("real sysctl check skipped: cannot write {SYSCTL} (not root)"),
         Err(e) => println!("real sysctl check skipped: {SYSCTL}: {e} (kernel before 6.6)"),
     }
-    assert_eq!(
-        Engine::from_settings(settings(Choice::Auto))
-            .expect("auto")
-            .name(),
-        "uring",
-        "restored"
-    );
+    assert_eq!(auto_name(), "uring", "restored");
+
+    // With io_uring blocked, AIO is next; block it too and sync is chosen, with both reasons.
+    engine::uring::simulate_setup_failure(Some(libc_eperm()));
+    assert_eq!(auto_name(), "aio");
+    engine::aio::simulate_setup_failure(Some(EAGAIN));
+    assert_backend_falls_back("aio", 1, EAGAIN, "fs.aio-max-nr is exhausted");
+    let engine = Engine::from_settings(settings(Choice::Auto)).expect("auto");
+    assert_eq!(engine.name(), "sync", "{}", engine.report());
+    assert_eq!(engine.report().attempts.len(), 3, "{}", engine.report());
+    drop(engine);
+    engine::aio::simulate_setup_failure(None);
+
+    // For real: exhaust fs.aio-max-nr (root only) and AIO must explain it.
+    match (
+        std::fs::read_to_string(AIO_MAX),
+        std::fs::read_to_string(AIO_NR),
+    ) {
+        (Ok(old), Ok(nr)) if std::fs::write(AIO_MAX, nr.trim()).is_ok() => {
+            let _restore = Restore(AIO_MAX, old);
+            assert_backend_falls_back("aio", 1, EAGAIN, "fs.aio-max-nr is exhausted");
+        }
+        _ => println!("real aio-max-nr check skipped: cannot write {AIO_MAX} (not root)"),
+    }
+    engine::uring::simulate_setup_failure(None);
+    assert_eq!(auto_name(), "uring", "restored");
+}
+
+const EAGAIN: i32 = 11;
+const AIO_MAX: &str = "/proc/sys/fs/aio-max-nr";
+const AIO_NR: &str = "/proc/sys/fs/aio-nr";
+
+fn auto_name() -> &'static str {
+    Engine::from_settings(settings(Choice::Auto))
+        .expect("auto")
+        .name()
+}
+
+/// Restores a sysctl even if an assertion fails.
+struct Restore(&'static str, String);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
 }
 
 fn libc_eperm() -> i32 {
