@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::OnceLock;
 
 use engine_core::{Error, ErrorKind, InFlight, Op, OpKind};
@@ -52,6 +53,60 @@ fn setup_error(errno: i32, diagnosis: String) -> Error {
         .with_errno(errno)
     } else {
         error
+    }
+}
+
+/// `AIO_RING_MAGIC` from `fs/aio.c`: the context id is the address of the completion ring the
+/// kernel maps into the process, which starts with this header.
+const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
+
+/// The header of `struct aio_ring` (`fs/aio.c`): id, nr, head, tail, magic, compat_features,
+/// incompat_features, header_length; the events follow.
+const RING_NR: usize = 1;
+const RING_HEAD: usize = 2;
+const RING_TAIL: usize = 3;
+const RING_MAGIC: usize = 4;
+const RING_INCOMPAT: usize = 6;
+const RING_HEADER_BYTES: usize = 32;
+
+impl Context {
+    /// Reaps ready events from the completion ring the kernel maps into this process, without
+    /// a syscall (what libaio and fio call user-space reaping). Returns `None` when the ring
+    /// layout is not the one this code knows, so the caller uses `io_getevents` instead.
+    ///
+    /// Only one thread may reap a context at a time; each owner of a `Context` here does.
+    pub(crate) fn reap_user(&self, events: &mut [IoEvent]) -> Option<usize> {
+        let base = self.id as usize as *const u8;
+        if base.is_null() {
+            return None;
+        }
+        // SAFETY: the context id is the address of the kernel's `struct aio_ring` mapping,
+        // which stays mapped until `io_destroy` (our drop); its header is eight u32 fields at
+        // 4-byte alignment, read and written atomically as the kernel does.
+        let word = |i: usize| unsafe { &*(base.add(i * 4) as *const std::sync::atomic::AtomicU32) };
+        if word(RING_MAGIC).load(Ordering::Relaxed) != AIO_RING_MAGIC || word(RING_INCOMPAT).load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let nr = word(RING_NR).load(Ordering::Relaxed) as usize;
+        if nr == 0 {
+            return None;
+        }
+        let mut head = word(RING_HEAD).load(Ordering::Relaxed) as usize % nr;
+        // Acquire: the kernel fills events before it publishes the tail.
+        let tail = word(RING_TAIL).load(Ordering::Acquire) as usize % nr;
+        let mut count = 0;
+        while head != tail && count < events.len() {
+            // SAFETY: `head < nr`, and the ring holds `nr` events after the header; the event
+            // at `head` was published by the tail loaded above.
+            events[count] = unsafe { std::ptr::read_volatile((base.add(RING_HEADER_BYTES) as *const IoEvent).add(head)) };
+            head = (head + 1) % nr;
+            count += 1;
+        }
+        if count > 0 {
+            // Release: the events are copied out before the kernel may reuse their slots.
+            word(RING_HEAD).store(head as u32, Ordering::Release);
+        }
+        Some(count)
     }
 }
 

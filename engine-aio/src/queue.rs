@@ -121,15 +121,17 @@ impl AioQueue {
         out.extend(self.rejected.drain(..));
         if self.in_kernel > 0 {
             let min = min.min(self.in_kernel);
-            let got = loop {
-                match io_getevents(self.ctx.id, min, &mut self.events, min == 0) {
-                    Ok(got) => break got,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => {
-                        return Err(Error::from_io(&e, Op::Setup).with_message("io_getevents"))
+            // First what the mapped ring already holds (no syscall); io_getevents only to wait.
+            let mut got = self.ctx.reap_user(&mut self.events).unwrap_or(0);
+            if got < min || (got == 0 && self.ctx.reap_user(&mut []).is_none()) {
+                got += loop {
+                    match io_getevents(self.ctx.id, min - got.min(min), &mut self.events[got..], min <= got) {
+                        Ok(n) => break n,
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                        Err(e) => return Err(Error::from_io(&e, Op::Setup).with_message("io_getevents")),
                     }
-                }
-            };
+                };
+            }
             self.in_kernel -= got;
             for i in 0..got {
                 let IoEvent { data, res, .. } = self.events[i];

@@ -1,0 +1,178 @@
+//! `engine-bench`: a fio-like benchmark for the storage I/O engine.
+//!
+//! It runs a workload (fio's flag names: `--rw`, `--bs`, `--iodepth`, `--numjobs`,
+//! `--direct`, `--size`, `--runtime`, ...) on any engine of this library, through the queue
+//! API or the async API, and on fio itself or tokio's file I/O with the identical job,
+//! interleaving repetitions, and reports IOPS, bandwidth, latency percentiles, CPU time and
+//! heap allocations per operation, with each engine's median ratio against the first.
+
+pub mod args;
+pub mod fio;
+pub mod peers;
+pub mod report;
+pub mod run;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use engine::{Engine, EngineConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use args::{Api, Args, Format, Job};
+use report::{Latency, RunResult};
+
+/// Everything a bench run produced.
+pub struct Outcome {
+    /// One record per engine run.
+    pub results: Vec<RunResult>,
+    /// The selection report of `Engine::from_env()` here, for people.
+    pub selection: String,
+}
+
+/// Builds engine `name` for `job`: the queue depth covers the job's, and the registered pool
+/// holds every buffer the job keeps in flight.
+pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
+    if name == "auto" {
+        return Engine::from_env().map_err(|e| e.to_string());
+    }
+    let in_flight = u64::from(job.iodepth) * u64::from(job.numjobs);
+    let pool = (2 * in_flight * job.bs).clamp(32 << 20, 1 << 30);
+    let config = EngineConfig {
+        queue_depth: (job.iodepth as usize).max(1),
+        register_buffers_bytes: pool as usize,
+        ..EngineConfig::default()
+    };
+    Engine::with_backend(name, config).map_err(|e| e.to_string())
+}
+
+/// True for names this library's engines answer to (not fio or a peer).
+pub fn is_library_engine(name: &str) -> bool {
+    !name.starts_with("fio") && name != "tokio-fs"
+}
+
+/// Prepares the page cache for a buffered job the way fio does: dropped for
+/// `--invalidate=1`, warmed by reading the file for `--invalidate=0`.
+fn settle_cache(path: &Path, job: &Job) {
+    if job.direct {
+        return;
+    }
+    let Ok(file) = std::fs::File::open(path) else { return };
+    if job.invalidate {
+        // SAFETY: posix_fadvise takes a descriptor we own and plain integers.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    } else {
+        let _ = std::io::copy(&mut std::io::BufReader::new(file), &mut std::io::sink());
+    }
+}
+
+/// Runs one engine on one job.
+fn run_one(name: &str, api: Api, job: &Job, path: &Path, allocations: Option<fn() -> u64>, repetition: u32, seed: u64) -> Result<RunResult, String> {
+    settle_cache(path, job);
+    if let Some(ioengine) = name.strip_prefix("fio") {
+        let ioengine = ioengine.strip_prefix(':').filter(|s| !s.is_empty()).unwrap_or("io_uring");
+        let r = fio::run(job, path, ioengine)?;
+        let mut result = RunResult::new(name, ioengine, job, 0, 0, r.runtime_s, Latency { p50: r.lat_ns[0], p99: r.lat_ns[1], p999: r.lat_ns[2] }, (r.cpu_user_s, r.cpu_sys_s), None, repetition);
+        result.iops = r.iops;
+        result.bw_bytes = r.bw_bytes;
+        let ops = r.iops * r.runtime_s;
+        result.cpu_ns_per_op = if ops > 0.0 { (r.cpu_user_s + r.cpu_sys_s) * 1e9 / ops } else { 0.0 };
+        return Ok(result);
+    }
+    let (measured, api_name) = if name == "tokio-fs" {
+        (peers::tokio_fs(job, path, seed)?, "blocking-pool")
+    } else {
+        let engine = build_engine(name, job)?;
+        let api_name = match api {
+            Api::Queue => "queue",
+            Api::Async => "async",
+        };
+        (run::run(&engine, path, job, api, allocations, seed)?, api_name)
+    };
+    let h = &measured.latency_ns;
+    let lat = Latency {
+        p50: h.value_at_quantile(0.50),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+    };
+    Ok(RunResult::new(
+        name,
+        api_name,
+        job,
+        measured.ops,
+        measured.bytes,
+        measured.elapsed.as_secs_f64(),
+        lat,
+        (measured.cpu_user_s, measured.cpu_sys_s),
+        measured.allocations,
+        repetition,
+    ))
+}
+
+/// The file to run on, and the temporary file to remove afterwards if it is one.
+fn target(args: &Args) -> Result<(PathBuf, Option<tempfile::TempPath>), String> {
+    match &args.filename {
+        Some(path) => Ok((path.clone(), None)),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix(".engine-bench-")
+                .tempfile_in(".")
+                .map_err(|e| format!("creating a temporary file in the current directory: {e}"))?
+                .into_temp_path();
+            Ok((temp.to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+/// Runs the benchmark described by `args`. `allocations` reads the process's allocation
+/// counter, when the binary installed one.
+///
+/// # Errors
+///
+/// A one-line message for bad arguments, a missing engine, or a failed run.
+pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, String> {
+    let jobs = args.jobs()?;
+    let fio_available = fio::available();
+    let engines = args.engines(fio_available);
+    let (path, _temp) = target(args)?;
+    let size = jobs.iter().map(|j| j.size).max().unwrap_or(1 << 30);
+    run::prepare_file(&path, size)?;
+
+    let mut verified = Vec::new();
+    if args.verify {
+        for name in engines.iter().filter(|n| is_library_engine(n)) {
+            let engine = build_engine(name, &jobs[0])?;
+            let bytes = run::verify(&engine, &path, size, jobs[0].direct, 0xC0FFEE)?;
+            verified.push((name.clone(), bytes));
+        }
+    }
+
+    let total = u64::from(args.repeat) * (jobs.len() * engines.len()) as u64;
+    let progress = if std::io::stdout().is_terminal() && args.output_format == Format::Text {
+        let bar = ProgressBar::new(total);
+        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut results = Vec::new();
+    for repetition in 0..args.repeat {
+        for job in &jobs {
+            for name in &engines {
+                progress.set_message(format!("{name}: {}", job.label()));
+                let seed = 0x5EED ^ u64::from(repetition);
+                let mut result = run_one(name, args.api, job, &path, allocations, repetition, seed)
+                    .map_err(|e| format!("{name} on {}: {e}", job.label()))?;
+                result.verified_bytes = verified.iter().find(|(n, _)| n == name).map(|(_, b)| *b);
+                results.push(result);
+                progress.inc(1);
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let selection = match Engine::from_env() {
+        Ok(engine) => engine.report().to_string(),
+        Err(e) => format!("Engine::from_env() fails here: {e}"),
+    };
+    Ok(Outcome { results, selection })
+}
