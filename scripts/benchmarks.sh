@@ -40,14 +40,15 @@ run() {
 RR=(--rw randread --bs 4k --iodepth 32 --direct 1 --size 1g --filename "$BIG")
 run randread-uring "4k random read, depth 32, O_DIRECT: io_uring" fio,uring "${RR[@]}"
 run randread-aio "4k random read, depth 32, O_DIRECT: Linux AIO" fio:libaio,aio "${RR[@]}"
-run randread-sync "4k random read, depth 32 (32 threads), O_DIRECT: sync" fio:psync,sync "${RR[@]}"
+run randread-sync "4k random read, 32 threads each with one request, O_DIRECT: sync inline" fio:psync,sync --rw randread --bs 4k --iodepth 1 --numjobs 32 --threads inline --direct 1 --size 1g --filename "$BIG"
+run randread-sync-pool "4k random read, depth 32 on one queue, O_DIRECT: sync worker pool (32 threads) against psync (32 threads)" fio:psync,sync "${RR[@]}"
 run randread-async "4k random read, depth 32, O_DIRECT: async API" fio,uring "${RR[@]}" --api async
 run randread-tokio "4k random read, depth 32, O_DIRECT: against tokio's file I/O" tokio-fs,uring "${RR[@]}"
 run write-1m "1 MiB sequential write, depth 8, O_DIRECT" fio,uring,fio:libaio,aio --rw write --bs 1m --iodepth 8 --direct 1 --size 1g --filename "$BIG"
 run read-1m "1 MiB sequential read, depth 8, O_DIRECT" fio,uring,fio:libaio,aio --rw read --bs 1m --iodepth 8 --direct 1 --size 1g --filename "$BIG"
-run qd1 "4k random read, depth 1, O_DIRECT: latency" fio,uring,fio:libaio,aio,fio:psync,sync --rw randread --bs 4k --iodepth 1 --direct 1 --size 1g --filename "$BIG"
+run qd1 "4k random read, depth 1, O_DIRECT: latency" fio,uring,fio:libaio,aio,fio:psync,sync --rw randread --bs 4k --iodepth 1 --threads inline --direct 1 --size 1g --filename "$BIG"
 run cached-uring "4k random read of a cached 16 MiB file, buffered, depth 32: io_uring" fio,uring --rw randread --bs 4k --iodepth 32 --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
-run cached-sync "4k random read of a cached 16 MiB file, buffered, depth 1: sync" fio:psync,sync --rw randread --bs 4k --iodepth 1 --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
+run cached-sync "4k random read of a cached 16 MiB file, buffered, depth 1: sync inline" fio:psync,sync --rw randread --bs 4k --iodepth 1 --threads inline --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
 
 python3 - "$WORK" "$REPEAT" "$sections" <<'PY'
 import json, statistics, sys, platform, subprocess, os
@@ -75,7 +76,8 @@ def allocs(name, engine):
 targets = [
     ("4k randread QD32: uring vs fio io_uring", ratios("randread-uring", "uring", "fio"), ">= 1.00", 1.0),
     ("4k randread QD32: aio vs fio libaio", ratios("randread-aio", "aio", "fio:libaio"), ">= 1.00", 1.0),
-    ("4k randread QD32: sync vs fio psync, 32 threads each", ratios("randread-sync", "sync", "fio:psync"), ">= 0.95", 0.95),
+    ("4k randread, 32 threads: sync (inline) vs fio psync", ratios("randread-sync", "sync", "fio:psync"), ">= 0.95", 0.95),
+    ("4k randread QD32 on one queue: sync worker pool (32 threads) vs fio psync (32 threads)", ratios("randread-sync-pool", "sync", "fio:psync"), ">= 0.95", 0.95),
     ("4k randread QD32: async API (uring) vs fio io_uring", ratios("randread-async", "uring", "fio"), ">= 0.95", 0.95),
     ("4k randread QD32: uring vs tokio's file I/O", ratios("randread-tokio", "uring", "tokio-fs"), ">= 1.50", 1.5),
     ("1 MiB seq write QD8: uring vs fio io_uring", ratios("write-1m", "uring", "fio"), ">= 0.98", 0.98),
@@ -86,7 +88,7 @@ targets = [
     ("QD1 median latency: aio / fio libaio", ratios("qd1", "aio", "fio:libaio", key="p50"), "<= 1.05", -1.05),
     ("QD1 median latency: sync / fio psync", ratios("qd1", "sync", "fio:psync", key="p50"), "<= 1.05", -1.05),
     ("cached 16 MiB buffered 4k randread QD32: uring vs fio io_uring", ratios("cached-uring", "uring", "fio"), ">= 1.00", 1.0),
-    ("cached 16 MiB buffered 4k randread QD1: sync vs fio psync", ratios("cached-sync", "sync", "fio:psync"), ">= 1.00", 1.0),
+    ("cached 16 MiB buffered 4k randread QD1: sync (inline) vs fio psync", ratios("cached-sync", "sync", "fio:psync"), ">= 1.00", 1.0),
 ]
 def met(value, bound):
     return value <= -bound if bound < 0 else value >= bound

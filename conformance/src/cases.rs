@@ -54,6 +54,7 @@ pub fn all<E: Engine + 'static>() -> Vec<Case<E>> {
         enospc_on_write_is_no_space,
         sync_data_and_sync_all_are_distinct_operations,
         sync_after_writes_succeeds,
+        syncs_on_direct_files_reach_the_os,
         failed_sync_poisons_every_later_sync,
         reopening_clears_the_poison,
         failed_dsync_write_poisons_the_file,
@@ -583,6 +584,21 @@ pub fn sync_data_and_sync_all_are_distinct_operations<E: Engine>(h: &Harness<E>)
     );
     let m = engine.metrics();
     assert_eq!((m.sync_data.ops, m.sync_all.ops), (1, 2), "counted apart");
+    Ok(())
+}
+
+/// Syncs of O_DIRECT files reach the OS too: a direct write's completion is not durability
+/// (the device cache may still hold it).
+pub fn syncs_on_direct_files_reach_the_os<E: Engine>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|_| None);
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let file = direct_file(h, &engine, b"", 4096)?;
+    write_all(&engine, &file, 0, &pattern(4096, 21), 4096);
+    block_on(engine.sync_data(&file)).expect("sync_data");
+    block_on(engine.sync_all(&file)).expect("sync_all");
+    let syncs: Vec<OpKind> = hook.calls().iter().filter(|c| c.kind.is_sync()).map(|c| c.kind).collect();
+    assert_eq!(syncs, [OpKind::SyncData, OpKind::SyncAll], "both syncs reached the OS");
     Ok(())
 }
 

@@ -9,7 +9,11 @@
 //! `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
 
 pub mod cases;
+pub mod crash;
+pub mod faulty;
 pub mod mem;
+pub mod mutants;
+pub mod oracle;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,64 +288,80 @@ pub struct Summary {
 /// The longest a case may run before it is reported as hung.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How one case ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaseOutcome {
+    /// It passed.
+    Passed,
+    /// It could not run here; the reason.
+    Skipped(String),
+    /// It failed; the message (at most 600 characters).
+    Failed(String),
+}
+
+/// Runs one case on its own thread, with a time limit: a case still running after `timeout`
+/// fails as hung (its thread is left behind).
+pub fn run_case<E: Engine + 'static>(harness: &Arc<Harness<E>>, case: &Case<E>, timeout: Duration) -> CaseOutcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = Arc::clone(harness);
+    let run = case.run;
+    let spawned = std::thread::Builder::new().name(case.name.to_string()).spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&h)));
+        let _ = tx.send(outcome);
+    });
+    if let Err(e) = spawned {
+        return CaseOutcome::Failed(format!("cannot spawn the case thread: {e}"));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(Ok(()))) => CaseOutcome::Passed,
+        Ok(Ok(Err(Skip(reason)))) => CaseOutcome::Skipped(reason),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            CaseOutcome::Failed(message.chars().take(600).collect())
+        }
+        Err(_) => CaseOutcome::Failed(format!("hung for more than {timeout:?}")),
+    }
+}
+
+/// Silences the default panic output while `body` runs (failures are reported one line
+/// each by the runner), then restores it.
+pub fn quietly<T>(body: impl FnOnce() -> T) -> T {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = body();
+    std::panic::set_hook(default_hook);
+    result
+}
+
 /// Runs every case against one backend, printing one line per case; the caller prints
 /// [`Summary::line`] at the end of the whole run.
-/// A case that panics fails; one that runs past [`CASE_TIMEOUT`] fails as hung.
 pub fn run_suite<E: Engine + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) -> Summary {
     let harness = Arc::new(harness);
     let backend = harness.backend().to_string();
-    // Failures are reported below, one line each; the default hook would also dump them.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     let mut summary = Summary::default();
-    println!(
-        "conformance: running {} cases on backend {backend}",
-        cases.len()
-    );
-    for case in cases {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = Arc::clone(&harness);
-        let run = case.run;
-        let spawned = std::thread::Builder::new()
-            .name(case.name.to_string())
-            .spawn(move || {
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&h)));
-                let _ = tx.send(outcome);
-            });
-        let outcome = match spawned {
-            Ok(_) => rx.recv_timeout(CASE_TIMEOUT),
-            Err(e) => {
-                println!("  FAIL {}: cannot spawn the case thread: {e}", case.name);
-                summary.failed += 1;
-                continue;
-            }
-        };
-        match outcome {
-            Ok(Ok(Ok(()))) => {
-                summary.passed += 1;
-                println!("  ok   {}", case.name);
-            }
-            Ok(Ok(Err(Skip(reason)))) => {
-                summary.skipped += 1;
-                println!("  skip {}: {reason}", case.name);
-            }
-            Ok(Err(panic)) => {
-                summary.failed += 1;
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panicked".into());
-                let message: String = message.chars().take(600).collect();
-                println!("  FAIL {}: {message}", case.name);
-            }
-            Err(_) => {
-                summary.failed += 1;
-                println!("  FAIL {}: hung for more than {CASE_TIMEOUT:?}", case.name);
+    println!("conformance: running {} cases on backend {backend}", cases.len());
+    quietly(|| {
+        for case in &cases {
+            match run_case(&harness, case, CASE_TIMEOUT) {
+                CaseOutcome::Passed => {
+                    summary.passed += 1;
+                    println!("  ok   {}", case.name);
+                }
+                CaseOutcome::Skipped(reason) => {
+                    summary.skipped += 1;
+                    println!("  skip {}: {reason}", case.name);
+                }
+                CaseOutcome::Failed(message) => {
+                    summary.failed += 1;
+                    println!("  FAIL {}: {message}", case.name);
+                }
             }
         }
-    }
-    std::panic::set_hook(default_hook);
+    });
     println!("conformance: finished backend {backend}");
     summary
 }

@@ -55,6 +55,18 @@ fn main() {
             summaries.push((name.to_string(), run_suite(harness, cases::all())));
         }
     }
+    // The sync backend without a pool: requests run on the submitting thread.
+    if summaries.iter().any(|(name, _)| name == "sync") {
+        let name = "sync+inline";
+        let harness = Harness::new(
+            name,
+            Box::new(|mut config: engine::EngineConfig| {
+                config.inline = true;
+                Engine::with_backend("sync", config)
+            }),
+        );
+        summaries.push((name.to_string(), run_suite(harness, cases::all())));
+    }
     // Linux AIO without kernel fsync support (before 4.18) runs syncs on a thread: same contract.
     if summaries.iter().any(|(name, _)| name == "aio") {
         engine::aio::force_threaded_sync(true);

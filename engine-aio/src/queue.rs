@@ -199,31 +199,21 @@ impl Queue for AioQueue {
                 .push_back(reject(request, Some(&prepared), error, &shared.metrics));
             return Ok(());
         }
-        let (len, retries) = match hook_gate(
+        let (len, retries, fail_after) = match hook_gate(
             shared.config.fault_hook.as_deref(),
             &request,
             prepared.len,
             0,
         ) {
-            HookGate::Submit { len, retries } => (len, retries),
+            HookGate::Submit { len, retries, fail_after } => (len, retries, fail_after),
             HookGate::Fail { errno, retries } => {
-                let inflight = InFlight {
-                    request,
-                    prepared,
-                    len: 0,
-                    retries,
-                };
+                let inflight = InFlight::new(request, prepared, (0, retries, None));
                 self.rejected
                     .push_back(inflight.complete(Err(errno), retries, &shared.metrics));
                 return Ok(());
             }
         };
-        let inflight = InFlight {
-            request,
-            prepared,
-            len,
-            retries,
-        };
+        let inflight = InFlight::new(request, prepared, (len, retries, fail_after));
         if inflight.request.kind.is_sync() && !shared.native_fsync {
             // No AIO fsync in this kernel: run it here, now, which covers exactly the writes
             // completed before it was pushed.

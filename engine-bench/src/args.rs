@@ -90,6 +90,10 @@ pub struct Args {
     /// request at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub iodepth_batch_submit: u32,
+    /// Worker threads of this library's engines that use them (the sync engine): a number, or
+    /// `inline` to run each request on the job's own thread, as fio's psync does.
+    #[arg(long, value_parser = parse_threads)]
+    pub threads: Option<Threads>,
     /// Jobs (threads), each with its own queue.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub numjobs: u32,
@@ -124,6 +128,32 @@ pub struct Args {
     /// 0 keeps the page cache (fio's --invalidate=0), for cached buffered workloads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub invalidate: u8,
+}
+
+/// The engines' worker threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Threads {
+    /// This many.
+    Count(usize),
+    /// None: requests run on the submitting thread.
+    Inline,
+}
+
+/// Parses `--threads`: a number or `inline`.
+///
+/// # Errors
+///
+/// A message naming what is accepted.
+pub fn parse_threads(text: &str) -> Result<Threads, String> {
+    match text.trim() {
+        "inline" => Ok(Threads::Inline),
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n <= 1024)
+            .map(Threads::Count)
+            .ok_or_else(|| format!("{text:?} is not a thread count: use 0 to 1024 or inline")),
+    }
 }
 
 /// Parses a size such as `4k`, `1m`, `1G` or `512` (powers of 1024).
@@ -188,6 +218,9 @@ pub struct Job {
     pub runtime: Duration,
     /// Keep the page cache warm.
     pub invalidate: bool,
+    /// The engines' worker threads, if set.
+    #[serde(skip)]
+    pub threads: Option<Threads>,
 }
 
 impl Job {
@@ -239,6 +272,7 @@ impl Args {
             size,
             runtime,
             invalidate: self.invalidate == 1,
+            threads: self.threads,
         };
         let jobs = if self.is_default_run() {
             vec![

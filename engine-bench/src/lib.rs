@@ -37,11 +37,16 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
     }
     let in_flight = u64::from(job.iodepth) * u64::from(job.numjobs);
     let pool = (2 * in_flight * job.bs).clamp(32 << 20, 1 << 30);
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         queue_depth: (job.iodepth as usize).max(1),
         register_buffers_bytes: pool as usize,
         ..EngineConfig::default()
     };
+    match job.threads {
+        Some(args::Threads::Inline) => config.inline = true,
+        Some(args::Threads::Count(n)) => config.threads = n,
+        None => {}
+    }
     Engine::with_backend(name, config).map_err(|e| e.to_string())
 }
 

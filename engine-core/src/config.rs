@@ -14,6 +14,14 @@ pub enum FaultAction {
     Fail(i32),
     /// Transfer at most this many bytes (a short read or write).
     Short(usize),
+    /// A torn write: transfer at most `persist` bytes, then fail with `errno` anyway, as a
+    /// device that lost power part-way would.
+    Torn {
+        /// Bytes that reach the file.
+        persist: usize,
+        /// The error reported.
+        errno: i32,
+    },
 }
 
 /// A test hook consulted before each operation reaches the OS.
@@ -59,6 +67,10 @@ pub struct EngineConfig {
     /// Restricted mode (io_uring `R_DISABLED` + `REGISTER_RESTRICTIONS`): the ring accepts only
     /// reads, writes and fsyncs on registered files, for sandboxed processes.
     pub restricted: bool,
+    /// Run each request on the thread that submits it, with no worker pool (the sync
+    /// backend): no hand-off between threads, and no parallelism inside one queue, like fio's
+    /// psync. For cached data, or one queue per thread.
+    pub inline: bool,
 }
 
 impl EngineConfig {
@@ -83,6 +95,7 @@ impl Default for EngineConfig {
             iopoll: false,
             register_buffers_bytes: EngineConfig::REGISTER_BUFFERS_DEFAULT,
             restricted: false,
+            inline: false,
         }
     }
 }
@@ -98,6 +111,7 @@ impl fmt::Debug for EngineConfig {
             .field("iopoll", &self.iopoll)
             .field("register_buffers_bytes", &self.register_buffers_bytes)
             .field("restricted", &self.restricted)
+            .field("inline", &self.inline)
             .finish()
     }
 }

@@ -24,6 +24,17 @@ pub struct InFlight {
     pub len: usize,
     /// EINTR/EAGAIN retries so far.
     pub retries: u32,
+    /// A torn write injected by the fault hook: the errno to report once the (shortened)
+    /// transfer is done.
+    pub fail_after: Option<i32>,
+}
+
+impl InFlight {
+    /// A request about to be submitted as the fault hook's `gate` decided.
+    pub fn new(request: Request, prepared: Prepared, gate: (usize, u32, Option<i32>)) -> InFlight {
+        let (len, retries, fail_after) = gate;
+        InFlight { request, prepared, len, retries, fail_after }
+    }
 }
 
 /// What to do with a request whose kernel completion arrived.
@@ -43,9 +54,10 @@ impl InFlight {
         if res < 0 && ErrorKind::errno_is_transient(errno) && self.retries < RETRIES_MAX {
             self.retries += 1;
             return match hook_gate(hook, &self.request, self.prepared.len, self.retries) {
-                HookGate::Submit { len, retries } => {
+                HookGate::Submit { len, retries, fail_after } => {
                     self.len = len;
                     self.retries = retries;
+                    self.fail_after = fail_after;
                     Settled::Resubmit(self)
                 }
                 HookGate::Fail { errno, retries } => {
@@ -53,10 +65,11 @@ impl InFlight {
                 }
             };
         }
-        let raw = if res < 0 {
-            Err(errno)
-        } else {
-            Ok(usize::try_from(res).unwrap_or(usize::MAX))
+        let raw = match (res < 0, self.fail_after) {
+            (true, _) => Err(errno),
+            // A torn write: the shortened transfer happened, and still reports its error.
+            (false, Some(torn)) => Err(torn),
+            (false, None) => Ok(usize::try_from(res).unwrap_or(usize::MAX)),
         };
         let retries = self.retries;
         Settled::Done(self.complete(raw, retries, metrics))
@@ -155,26 +168,17 @@ impl InFlightTable {
         // pending.
         self.pending.fetch_add(1, Ordering::SeqCst);
         let completion = match hook_gate(hook, &request, prepared.len, 0) {
-            HookGate::Submit { len, retries } => {
+            HookGate::Submit { len, retries, fail_after } => {
                 if !self.is_shut_down() {
-                    let inflight = InFlight {
-                        request,
-                        prepared,
-                        len,
-                        retries,
-                    };
+                    let inflight = InFlight::new(request, prepared, (len, retries, fail_after));
                     return Admission::Submit { slot, inflight };
                 }
                 let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
                 reject(request, Some(&prepared), error, metrics)
             }
-            HookGate::Fail { errno, retries } => InFlight {
-                request,
-                prepared,
-                len: 0,
-                retries,
+            HookGate::Fail { errno, retries } => {
+                InFlight::new(request, prepared, (0, retries, None)).complete(Err(errno), retries, metrics)
             }
-            .complete(Err(errno), retries, metrics),
         };
         // The slot was taken and counted: hand the completion through it like any other.
         self.finish(slot, completion);

@@ -9,7 +9,7 @@ use crate::file::File;
 use crate::metrics::Metrics;
 
 /// The kind of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpKind {
     /// `pread`: fill `buf[buf_start..len]` from `offset`.
     Read,

@@ -28,6 +28,7 @@ pub fn run_with_retries(
         let raw = match fault {
             Some(FaultAction::Fail(errno)) => Err(errno),
             Some(FaultAction::Short(n)) => attempt(len.min(n)),
+            Some(FaultAction::Torn { persist, errno }) => attempt(len.min(persist)).and(Err(errno)),
             None => attempt(len),
         };
         match raw {
@@ -51,6 +52,8 @@ pub enum HookGate {
         len: usize,
         /// Injected EINTR/EAGAIN retried before this decision.
         retries: u32,
+        /// A torn write: report this errno even when the transfer succeeds.
+        fail_after: Option<i32>,
     },
     /// Do not submit it: it fails with `errno`.
     Fail {
@@ -72,16 +75,16 @@ pub fn hook_gate(
 ) -> HookGate {
     let mut retries = retries;
     let Some(hook) = hook else {
-        return HookGate::Submit { len, retries };
+        return HookGate::Submit { len, retries, fail_after: None };
     };
     loop {
         match hook.before(request.kind, &request.file, request.offset, len, retries) {
-            None => return HookGate::Submit { len, retries },
+            None => return HookGate::Submit { len, retries, fail_after: None },
             Some(FaultAction::Short(n)) => {
-                return HookGate::Submit {
-                    len: len.min(n),
-                    retries,
-                }
+                return HookGate::Submit { len: len.min(n), retries, fail_after: None };
+            }
+            Some(FaultAction::Torn { persist, errno }) => {
+                return HookGate::Submit { len: len.min(persist), retries, fail_after: Some(errno) };
             }
             Some(FaultAction::Fail(errno))
                 if ErrorKind::errno_is_transient(errno) && retries < RETRIES_MAX =>

@@ -55,25 +55,32 @@ impl SyncEngine {
                 ),
             ));
         }
-        let threads = match config.threads {
-            0 => config.queue_depth.min(THREADS_DEFAULT_MAX),
-            n => n,
+        let threads = match (config.inline, config.threads) {
+            (true, _) => 0,
+            (false, 0) => config.queue_depth.min(THREADS_DEFAULT_MAX),
+            (false, n) => n,
         };
         let capabilities = Capabilities {
             backend: crate::NAME,
             queue_depth: config.queue_depth,
             threads,
             op_occupies_thread: true,
-            submit_may_block: false,
+            submit_may_block: config.inline,
             direct_io: true,
             dsync: true,
             fault_hook: true,
             strict_mode: true,
             registered_buffers: Some("not applicable: pread and pwrite take plain pointers".into()),
-            notes: vec![format!(
-                "each request in flight occupies one of {threads} worker threads; \
-                 depth beyond that only queues"
-            )],
+            notes: vec![if config.inline {
+                "inline: each request runs on the thread that submits it, inside submit; no \
+                 parallelism within a queue"
+                    .to_string()
+            } else {
+                format!(
+                    "each request in flight occupies one of {threads} worker threads; \
+                     depth beyond that only queues"
+                )
+            }],
         };
         let shared = Shared::start(next_engine_id(), config, threads)?;
         Ok(SyncEngine {

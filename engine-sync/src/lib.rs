@@ -52,6 +52,9 @@ impl Plugin for SyncPlugin {
     }
 
     fn probe(&self, config: &EngineConfig) -> Probe {
+        if config.inline {
+            return Probe::Available("pread/pwrite inline on the submitting thread".into());
+        }
         let threads = match config.threads {
             0 => config.queue_depth.min(THREADS_DEFAULT_MAX),
             n => n,

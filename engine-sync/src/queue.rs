@@ -8,19 +8,31 @@ use engine_core::{prepare, reject, Completion, ErrorKind, Queue, Request, Result
 
 use crate::worker::{Job, Reply, Shared};
 
+/// Completions delivered by workers to one queue, and whether its owner sleeps waiting.
+struct Delivered {
+    list: VecDeque<Completion>,
+    /// The owner is asleep in `wait`: only then does a delivery need a wake-up (a futex call).
+    waiting: bool,
+}
+
 /// Completions delivered by workers to one queue.
 pub(crate) struct Completions {
-    list: Mutex<VecDeque<Completion>>,
+    delivered: Mutex<Delivered>,
     ready: Condvar,
 }
 
 impl Completions {
     pub(crate) fn push(&self, completion: Completion) {
-        self.list
+        let mut delivered = self
+            .delivered
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(completion);
-        self.ready.notify_one();
+            .unwrap_or_else(PoisonError::into_inner);
+        delivered.list.push_back(completion);
+        let wake = delivered.waiting;
+        drop(delivered);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -44,7 +56,10 @@ impl SyncQueue {
         SyncQueue {
             shared,
             completions: Arc::new(Completions {
-                list: Mutex::new(VecDeque::with_capacity(depth)),
+                delivered: Mutex::new(Delivered {
+                    list: VecDeque::with_capacity(depth),
+                    waiting: false,
+                }),
                 ready: Condvar::new(),
             }),
             pending: Vec::with_capacity(depth),
@@ -57,14 +72,14 @@ impl SyncQueue {
     fn drain(&mut self, out: &mut Vec<Completion>) -> usize {
         let mut count = self.rejected.len();
         out.extend(self.rejected.drain(..));
-        let mut list = self
+        let mut delivered = self
             .completions
-            .list
+            .delivered
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        count += list.len();
-        out.extend(list.drain(..));
-        drop(list);
+        count += delivered.list.len();
+        out.extend(delivered.list.drain(..));
+        drop(delivered);
         debug_assert!(
             count <= self.in_flight,
             "reaped {count} > in flight {}",
@@ -132,17 +147,19 @@ impl Queue for SyncQueue {
         // Workers complete every accepted job, even during shutdown, so each wait below ends
         // with at least one more completion; the loop runs at most `target` times.
         while got < target {
-            let list = self
+            let mut delivered = self
                 .completions
-                .list
+                .delivered
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let list = self
+            delivered.waiting = true;
+            let mut delivered = self
                 .completions
                 .ready
-                .wait_while(list, |l| l.is_empty())
+                .wait_while(delivered, |d| d.list.is_empty())
                 .unwrap_or_else(PoisonError::into_inner);
-            drop(list);
+            delivered.waiting = false;
+            drop(delivered);
             got += self.drain(out);
         }
         Ok(got)

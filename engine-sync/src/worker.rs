@@ -34,6 +34,9 @@ struct Jobs {
     /// Set once, under the lock: no job is accepted after it, and workers exit when the
     /// queue is empty.
     shutdown: bool,
+    /// Workers asleep on the condition variable: only they need a wake-up (a futex call),
+    /// busy workers find new jobs when they come back for the next one.
+    idle: usize,
 }
 
 /// State shared by the engine handle, its queues and its workers.
@@ -67,6 +70,7 @@ impl Shared {
             jobs: Mutex::new(Jobs {
                 queue: VecDeque::with_capacity(config.queue_depth),
                 shutdown: false,
+                idle: 0,
             }),
             work: Condvar::new(),
             workers: Mutex::new(Vec::with_capacity(threads)),
@@ -89,9 +93,17 @@ impl Shared {
         Ok(shared)
     }
 
-    /// Hands jobs to the workers; after shutdown they complete with [`ErrorKind::Shutdown`]
-    /// instead, through their reply.
+    /// Hands jobs to the workers (or, inline, runs them here); after shutdown they complete
+    /// with [`ErrorKind::Shutdown`] instead, through their reply.
     pub(crate) fn enqueue(&self, jobs: impl Iterator<Item = Job>) -> usize {
+        if self.config.inline && !self.is_shut_down() {
+            let mut count = 0;
+            for job in jobs {
+                count += 1;
+                self.run_job(job);
+            }
+            return count;
+        }
         let mut guard = lock(&self.jobs);
         if guard.shutdown {
             drop(guard);
@@ -110,10 +122,11 @@ impl Shared {
         let before = guard.queue.len();
         guard.queue.extend(jobs);
         let added = guard.queue.len() - before;
+        let wake = added.min(guard.idle);
         drop(guard);
-        if added == 1 {
+        if wake == 1 {
             self.work.notify_one();
-        } else if added > 1 {
+        } else if wake > 1 {
             self.work.notify_all();
         }
         added
@@ -150,35 +163,41 @@ impl Shared {
             if guard.shutdown {
                 return None;
             }
+            guard.idle += 1;
             guard = self
                 .work
                 .wait(guard)
                 .unwrap_or_else(PoisonError::into_inner);
+            guard.idle -= 1;
         }
     }
 
     fn run(&self) {
         while let Some(job) = self.next_job() {
-            let Job {
-                request,
-                prepared,
-                reply,
-            } = job;
-            let (user_data, kind) = (request.user_data, request.kind);
-            // A panic in the syscall path must not strand the waiter: it gets an error.
-            let completion = catch_unwind(AssertUnwindSafe(|| self.execute(request, &prepared)))
-                .unwrap_or_else(|_| Completion {
-                    user_data,
-                    kind,
-                    result: Err(Error::new(
-                        ErrorKind::Shutdown,
-                        kind.op(),
-                        "the worker panicked while running this request",
-                    )),
-                    buf: None,
-                });
-            self.deliver(reply, completion);
+            self.run_job(job);
         }
+    }
+
+    fn run_job(&self, job: Job) {
+        let Job {
+            request,
+            prepared,
+            reply,
+        } = job;
+        let (user_data, kind) = (request.user_data, request.kind);
+        // A panic in the syscall path must not strand the waiter: it gets an error.
+        let completion = catch_unwind(AssertUnwindSafe(|| self.execute(request, &prepared)))
+            .unwrap_or_else(|_| Completion {
+                user_data,
+                kind,
+                result: Err(Error::new(
+                    ErrorKind::Shutdown,
+                    kind.op(),
+                    "the worker panicked while running this request",
+                )),
+                buf: None,
+            });
+        self.deliver(reply, completion);
     }
 
     fn execute(&self, mut request: Request, prepared: &Prepared) -> Completion {

@@ -227,20 +227,15 @@ impl Queue for UringQueue {
                 .push_back(reject(request, Some(&prepared), error, &shared.metrics));
             return Ok(());
         }
-        let (len, retries) = match hook_gate(
+        let (len, retries, fail_after) = match hook_gate(
             shared.config.fault_hook.as_deref(),
             &request,
             prepared.len,
             0,
         ) {
-            HookGate::Submit { len, retries } => (len, retries),
+            HookGate::Submit { len, retries, fail_after } => (len, retries, fail_after),
             HookGate::Fail { errno, retries } => {
-                let inflight = InFlight {
-                    request,
-                    prepared,
-                    len: 0,
-                    retries,
-                };
+                let inflight = InFlight::new(request, prepared, (0, retries, None));
                 self.rejected
                     .push_back(inflight.complete(Err(errno), retries, &shared.metrics));
                 return Ok(());
@@ -251,12 +246,7 @@ impl Queue for UringQueue {
             self.in_flight -= 1;
             return Err(request);
         };
-        self.inflight[slot as usize] = Some(InFlight {
-            request,
-            prepared,
-            len,
-            retries,
-        });
+        self.inflight[slot as usize] = Some(InFlight::new(request, prepared, (len, retries, fail_after)));
         self.push_sqe(slot);
         Ok(())
     }

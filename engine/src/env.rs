@@ -15,7 +15,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "ENGINE_THREADS",
-        "worker threads for backends that use them, 0 to 1024; 0 (default) lets the backend decide",
+        "worker threads for backends that use them, 0 to 1024; 0 (default) lets the backend decide; `inline` runs each request on the submitting thread (sync backend)",
     ),
     (
         "ENGINE_STRICT",
@@ -99,6 +99,7 @@ impl Settings {
                     settings.config.queue_depth =
                         number(name, value, EngineConfig::QUEUE_DEPTH_MAX, 1)?;
                 }
+                "ENGINE_THREADS" if value.trim() == "inline" => settings.config.inline = true,
                 "ENGINE_THREADS" => {
                     settings.config.threads = number(name, value, EngineConfig::THREADS_MAX, 0)?;
                 }

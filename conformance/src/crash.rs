@@ -1,0 +1,573 @@
+//! The crash simulator: `CrashSim<E>` wraps any engine, keeps a durable image of every file
+//! (what a successful sync found in the file), the writes that completed after it, and a
+//! ledger of acknowledged writes (contract point 4: a sync acknowledges the writes that
+//! completed before it was submitted; a write to an `O_DSYNC` file is acknowledged when it
+//! completes). `crash(policy)` throws the engine away and rewrites each file as power loss
+//! could have left it; `verify()` then checks that every sector holds its last acknowledged
+//! write or a write that came after it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use engine_core::{
+    Capabilities, Completion, Engine, EngineConfig, File, MetricsSnapshot, OpKind, OpenOptions,
+    PagePool, Queue, Request, Result,
+};
+
+/// How much of the unsynced state survives a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPolicy {
+    /// Nothing written since the last sync survives.
+    DropAll,
+    /// A random prefix (in completion order) of the unsynced writes survives.
+    RandomPrefix,
+    /// Each unsynced write survives as a random subset of its sectors.
+    TornSectors,
+    /// A random subset of the unsynced writes survives, applied in a random order.
+    Reorder,
+}
+
+impl CrashPolicy {
+    /// Every policy.
+    pub const ALL: [CrashPolicy; 4] = [CrashPolicy::DropAll, CrashPolicy::RandomPrefix, CrashPolicy::TornSectors, CrashPolicy::Reorder];
+}
+
+/// A completed write the simulator remembers.
+#[derive(Clone, Debug)]
+struct WriteRecord {
+    /// Completion order, over the whole simulator.
+    done_at: u64,
+    offset: usize,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct FileState {
+    /// The file as the last successful sync left it (or as first opened).
+    durable: Vec<u8>,
+    /// Writes completed after `durable` was taken, in completion order.
+    unsynced: Vec<WriteRecord>,
+    /// Every completed write, for the ledger.
+    writes: Vec<WriteRecord>,
+    /// Per sector: the completion time of the last acknowledged write covering it.
+    acked: Vec<Option<u64>>,
+    /// The clock at the last crash: writes that completed before it and were not yet
+    /// acknowledged died with it (or survived by chance), and no later sync acknowledges them.
+    crashed_at: u64,
+}
+
+struct Ledger {
+    sector: usize,
+    clock: u64,
+    files: HashMap<PathBuf, FileState>,
+}
+
+fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ledger {
+    fn state(&mut self, path: &Path) -> &mut FileState {
+        self.files.entry(path.to_path_buf()).or_insert_with(|| FileState {
+            durable: std::fs::read(path).unwrap_or_default(),
+            ..FileState::default()
+        })
+    }
+
+    /// Records a completed write; acknowledges it at once on an O_DSYNC file.
+    fn write_done(&mut self, path: &Path, offset: u64, data: &[u8], dsync: bool) {
+        self.clock += 1;
+        let done_at = self.clock;
+        let sector = self.sector;
+        let state = self.state(path);
+        let record = WriteRecord { done_at, offset: offset as usize, data: data.to_vec() };
+        if dsync {
+            let end = record.offset + record.data.len();
+            if state.durable.len() < end {
+                state.durable.resize(end, 0);
+            }
+            state.durable[record.offset..end].copy_from_slice(&record.data);
+            acknowledge(state, &record, sector);
+        } else {
+            state.unsynced.push(record.clone());
+        }
+        state.writes.push(record);
+    }
+
+    /// A successful sync submitted at `submitted_at`: acknowledges what completed before,
+    /// and takes the file's present contents as durable.
+    fn sync_done(&mut self, path: &Path, submitted_at: u64) {
+        let sector = self.sector;
+        let state = self.state(path);
+        let covered: Vec<WriteRecord> = state
+            .writes
+            .iter()
+            .filter(|w| w.done_at <= submitted_at && w.done_at > state.crashed_at)
+            .cloned()
+            .collect();
+        for w in &covered {
+            acknowledge(state, w, sector);
+        }
+        state.durable = std::fs::read(path).unwrap_or_default();
+        state.unsynced.clear();
+    }
+}
+
+fn acknowledge(state: &mut FileState, write: &WriteRecord, sector: usize) {
+    let first = write.offset / sector;
+    let last = (write.offset + write.data.len()).div_ceil(sector);
+    if state.acked.len() < last {
+        state.acked.resize(last, None);
+    }
+    for s in first..last {
+        if state.acked[s].is_none_or(|t| t < write.done_at) {
+            state.acked[s] = Some(write.done_at);
+        }
+    }
+}
+
+/// Any engine, with the crash simulator's bookkeeping around it.
+pub struct CrashSim<E> {
+    inner: E,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl<E: Engine> CrashSim<E> {
+    /// Wraps `inner`; `sector` is the granularity of torn writes and of the check (the
+    /// logical block size).
+    pub fn new(inner: E, sector: usize) -> CrashSim<E> {
+        CrashSim {
+            inner,
+            ledger: Arc::new(Mutex::new(Ledger { sector: sector.max(1), clock: 0, files: HashMap::new() })),
+        }
+    }
+
+    /// Simulates power loss: drops the engine (closing never syncs), and rewrites every file
+    /// the simulator knows as `policy` decides from the durable image and the unsynced
+    /// writes, using `seed` for the random choices. Returns the ledger, for a new engine.
+    pub fn crash(self, policy: CrashPolicy, seed: u64) -> CrashLedger {
+        let CrashSim { inner, ledger } = self;
+        drop(inner);
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        {
+            let mut ledger = lock(&ledger);
+            let sector = ledger.sector;
+            let now = ledger.clock;
+            for (path, state) in &mut ledger.files {
+                state.crashed_at = now;
+                let mut image = state.durable.clone();
+                let mut survivors: Vec<WriteRecord> = match policy {
+                    CrashPolicy::DropAll => Vec::new(),
+                    CrashPolicy::RandomPrefix => {
+                        let keep = (next() % (state.unsynced.len() as u64 + 1)) as usize;
+                        state.unsynced[..keep].to_vec()
+                    }
+                    CrashPolicy::TornSectors => state
+                        .unsynced
+                        .iter()
+                        .flat_map(|w| {
+                            let pieces: Vec<WriteRecord> = w
+                                .data
+                                .chunks(sector)
+                                .enumerate()
+                                .filter(|_| next() % 2 == 0)
+                                .map(|(i, chunk)| WriteRecord { done_at: w.done_at, offset: w.offset + i * sector, data: chunk.to_vec() })
+                                .collect();
+                            pieces
+                        })
+                        .collect(),
+                    CrashPolicy::Reorder => {
+                        let mut chosen: Vec<WriteRecord> = state.unsynced.iter().filter(|_| next() % 2 == 0).cloned().collect();
+                        for i in (1..chosen.len()).rev() {
+                            let j = (next() % (i as u64 + 1)) as usize;
+                            chosen.swap(i, j);
+                        }
+                        chosen
+                    }
+                };
+                for w in survivors.drain(..) {
+                    let end = w.offset + w.data.len();
+                    if image.len() < end {
+                        image.resize(end, 0);
+                    }
+                    image[w.offset..end].copy_from_slice(&w.data);
+                }
+                let _ = std::fs::write(path, &image);
+                state.durable = image;
+                state.unsynced.clear();
+            }
+        }
+        CrashLedger { ledger }
+    }
+
+    /// The wrapped engine.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+}
+
+/// The simulator's memory across a crash: the ledger to check, and to keep using with a new
+/// engine.
+pub struct CrashLedger {
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// A sector that lost acknowledged data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// The file.
+    pub path: PathBuf,
+    /// The sector number.
+    pub sector: usize,
+    /// When the acknowledged write that should be there completed.
+    pub acked_write_done_at: u64,
+}
+
+impl CrashLedger {
+    /// Checks every acknowledged sector of every file: it must hold the bytes of its last
+    /// acknowledged write, or of a write that completed after it.
+    pub fn verify(&self) -> Vec<Loss> {
+        let ledger = lock(&self.ledger);
+        let sector = ledger.sector;
+        let mut losses = Vec::new();
+        for (path, state) in &ledger.files {
+            let content = std::fs::read(path).unwrap_or_default();
+            for (s, acked) in state.acked.iter().enumerate() {
+                let Some(acked_at) = *acked else { continue };
+                let lo = s * sector;
+                let hi = lo + sector;
+                // Each candidate gives the bytes it wrote into this sector; bytes it did not
+                // cover must match the acknowledged write's... which is checked byte by byte:
+                // every byte must come from the acknowledged write or a later one.
+                let ok = (lo..hi).all(|b| {
+                    let got = content.get(b).copied();
+                    let mut candidates = state
+                        .writes
+                        .iter()
+                        .filter(|w| w.done_at >= acked_at && w.offset <= b && b < w.offset + w.data.len());
+                    let Some(got) = got else {
+                        // Past the end of the file: only acceptable if no acknowledged write
+                        // covers this byte.
+                        return !state.writes.iter().any(|w| w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len());
+                    };
+                    let covered_by_ack = state.writes.iter().any(|w| w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len());
+                    !covered_by_ack || candidates.any(|w| w.data[b - w.offset] == got)
+                });
+                if !ok {
+                    losses.push(Loss { path: path.clone(), sector: s, acked_write_done_at: acked_at });
+                }
+            }
+        }
+        losses
+    }
+
+    /// Wraps a new engine (after the crash) with this ledger.
+    pub fn resume<E: Engine>(self, inner: E) -> CrashSim<E> {
+        CrashSim { inner, ledger: self.ledger }
+    }
+
+    /// Acknowledged writes in the ledger, for reports.
+    pub fn acknowledged(&self) -> usize {
+        lock(&self.ledger).files.values().map(|s| s.acked.iter().flatten().count()).sum()
+    }
+}
+
+impl<E: Engine> CrashSim<E> {
+    fn observe(&self, request: &RequestFacts, completion: &Completion) {
+        if completion.result.is_err() {
+            return;
+        }
+        let mut ledger = lock(&self.ledger);
+        match request.kind {
+            OpKind::Write => {
+                let n = *completion.result.as_ref().unwrap_or(&0);
+                if let Some(buf) = &completion.buf {
+                    let data = &buf[request.buf_start..(request.buf_start + n).min(buf.len())];
+                    ledger.write_done(&request.path, request.offset, data, request.dsync);
+                }
+            }
+            OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
+            OpKind::Read => {}
+        }
+    }
+
+    fn facts(&self, request: &Request) -> RequestFacts {
+        let mut ledger = lock(&self.ledger);
+        let _ = ledger.state(request.file.path());
+        RequestFacts {
+            kind: request.kind,
+            path: request.file.path().to_path_buf(),
+            offset: request.offset,
+            buf_start: request.buf_start,
+            dsync: request.file.options().is_dsync(),
+            submitted_at: ledger.clock,
+        }
+    }
+}
+
+/// What the simulator needs to remember of a request until it completes.
+struct RequestFacts {
+    kind: OpKind,
+    path: PathBuf,
+    offset: u64,
+    buf_start: usize,
+    dsync: bool,
+    /// The completion clock when the request was submitted: a sync covers writes completed
+    /// up to here.
+    submitted_at: u64,
+}
+
+impl<E: Engine> Engine for CrashSim<E> {
+    type Queue = CrashQueue<E::Queue>;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
+        let file = self.inner.open(path, options)?;
+        let _ = lock(&self.ledger).state(path);
+        Ok(file)
+    }
+    fn close(&self, file: &File) -> Result<()> {
+        // Closing never syncs: unsynced writes stay unsynced.
+        self.inner.close(file)
+    }
+    async fn submit(&self, request: Request) -> Completion {
+        let facts = self.facts(&request);
+        let completion = self.inner.submit(request).await;
+        self.observe(&facts, &completion);
+        completion
+    }
+    fn queue(&self) -> Result<CrashQueue<E::Queue>> {
+        Ok(CrashQueue {
+            inner: self.inner.queue()?,
+            facts: HashMap::new(),
+            ledger: Arc::clone(&self.ledger),
+            next_tag: 0,
+        })
+    }
+    fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics()
+    }
+    fn pool(&self) -> Option<&PagePool> {
+        self.inner.pool()
+    }
+    fn shutdown(&self) {
+        self.inner.shutdown()
+    }
+}
+
+/// The simulator's queue: it tags each request to find its facts when it completes.
+pub struct CrashQueue<Q> {
+    inner: Q,
+    facts: HashMap<u64, (u64, RequestFacts)>,
+    ledger: Arc<Mutex<Ledger>>,
+    next_tag: u64,
+}
+
+impl<Q: Queue> CrashQueue<Q> {
+    fn settle(&mut self, out: &mut [Completion]) {
+        for completion in out.iter_mut() {
+            let Some((user_data, facts)) = self.facts.remove(&completion.user_data) else { continue };
+            completion.user_data = user_data;
+            if completion.result.is_err() {
+                continue;
+            }
+            let mut ledger = lock(&self.ledger);
+            match facts.kind {
+                OpKind::Write => {
+                    let n = *completion.result.as_ref().unwrap_or(&0);
+                    if let Some(buf) = &completion.buf {
+                        let data = &buf[facts.buf_start..(facts.buf_start + n).min(buf.len())];
+                        ledger.write_done(&facts.path, facts.offset, data, facts.dsync);
+                    }
+                }
+                OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&facts.path, facts.submitted_at),
+                OpKind::Read => {}
+            }
+        }
+    }
+}
+
+impl<Q: Queue> Queue for CrashQueue<Q> {
+    fn depth(&self) -> usize {
+        self.inner.depth()
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn push(&mut self, mut request: Request) -> std::result::Result<(), Request> {
+        let tag = self.next_tag;
+        let facts = {
+            let mut ledger = lock(&self.ledger);
+            let _ = ledger.state(request.file.path());
+            RequestFacts {
+                kind: request.kind,
+                path: request.file.path().to_path_buf(),
+                offset: request.offset,
+                buf_start: request.buf_start,
+                dsync: request.file.options().is_dsync(),
+                submitted_at: ledger.clock,
+            }
+        };
+        let user_data = std::mem::replace(&mut request.user_data, tag);
+        match self.inner.push(request) {
+            Ok(()) => {
+                self.next_tag += 1;
+                self.facts.insert(tag, (user_data, facts));
+                Ok(())
+            }
+            Err(mut back) => {
+                back.user_data = user_data;
+                Err(back)
+            }
+        }
+    }
+    fn submit(&mut self) -> Result<usize> {
+        self.inner.submit()
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let start = out.len();
+        let n = self.inner.poll(out);
+        self.settle(&mut out[start..]);
+        n
+    }
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        let start = out.len();
+        let n = self.inner.wait(min, out)?;
+        self.settle(&mut out[start..]);
+        Ok(n)
+    }
+}
+
+/// A default sector size for the simulator when a file's geometry is not at hand.
+pub const SECTOR_DEFAULT: usize = 512;
+
+/// Builds an engine for the simulator from a factory, for restarts.
+pub type Restart<E> = Box<dyn Fn() -> Result<E>>;
+
+/// An engine configuration suited to crash runs: small and quick to restart.
+pub fn crash_config() -> EngineConfig {
+    EngineConfig {
+        queue_depth: 16,
+        threads: 4,
+        register_buffers_bytes: 1 << 20,
+        ..EngineConfig::default()
+    }
+}
+
+/// What a crash workload found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Crashes simulated.
+    pub crashes: usize,
+    /// Acknowledged sectors checked after the last crash.
+    pub acknowledged: usize,
+    /// Lost acknowledged data, one sentence each, with the seed.
+    pub losses: Vec<String>,
+}
+
+/// A random workload of `steps` writes, syncs (some in flight together with writes, through a
+/// queue) and crashes under every policy, on two files (one `O_DSYNC`), through `CrashSim`
+/// over engines from `make`; after each crash the ledger is verified and a new engine resumes.
+///
+/// # Errors
+///
+/// Setup errors, and I/O errors the workload did not expect.
+pub fn crash_workload<E: Engine>(make: &dyn Fn() -> Result<E>, dir: &Path, seed: u64, steps: usize) -> Result<CrashReport> {
+    use engine_core::{block_on, AlignedBuf, EngineExt};
+    const FILE: usize = 32 << 10;
+    let paths = [dir.join("crash-0"), dir.join("crash-1")];
+    for path in &paths {
+        std::fs::write(path, vec![0u8; FILE]).map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
+    }
+    let open = |sim: &CrashSim<E>| -> Result<Vec<File>> {
+        let rw = OpenOptions::new().read(true).write(true);
+        Ok(vec![sim.open(&paths[0], &rw)?, sim.open(&paths[1], &rw.clone().dsync(true))?])
+    };
+    let mut sim = CrashSim::new(make()?, SECTOR_DEFAULT);
+    let mut files = open(&sim)?;
+    let mut report = CrashReport::default();
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // A write inside quarter `region` of the file (0..4), or anywhere (region 4): writes in
+    // flight together go to different quarters, since overlapping writes in flight have no
+    // defined result (contract point 6).
+    let write_request = |file: &File, r: u64, region: u64| -> Result<Request> {
+        let sectors = 1 + (r % 8) as usize;
+        let (base, span) = if region < 4 { (region as usize * FILE / 4, FILE / 4) } else { (0, FILE) };
+        let offset = base + ((r >> 8) as usize % (span / SECTOR_DEFAULT - sectors)) * SECTOR_DEFAULT;
+        let data = crate::pattern(sectors * SECTOR_DEFAULT, r);
+        Ok(Request::write(file, offset as u64, AlignedBuf::from_slice(&data, SECTOR_DEFAULT)?, region))
+    };
+    for step in 0..=steps {
+        let choice = if step == steps { 9 } else { next() % 10 };
+        let f = (next() % 2) as usize;
+        match choice {
+            0..=4 => {
+                let request = write_request(&files[f], next(), 4)?;
+                let completion = block_on(sim.submit(request));
+                completion.result?;
+            }
+            5..=6 => {
+                if next() % 2 == 0 {
+                    block_on(sim.sync_data(&files[f]))?;
+                } else {
+                    block_on(sim.sync_all(&files[f]))?;
+                }
+            }
+            7..=8 => {
+                // Writes and a sync in flight together: the sync covers none of them.
+                let mut queue = sim.queue()?;
+                let mut out = Vec::new();
+                for tag in 0..4 {
+                    queue.push_or_wait(write_request(&files[f], next(), tag)?, &mut out)?;
+                }
+                queue.push_or_wait(Request::sync_data(&files[f], 99), &mut out)?;
+                while queue.in_flight() > 0 {
+                    queue.wait(queue.in_flight(), &mut out)?;
+                }
+                for completion in out {
+                    completion.result?;
+                }
+            }
+            _ => {
+                let policy = CrashPolicy::ALL[(next() % 4) as usize];
+                drop(files);
+                let ledger = sim.crash(policy, next());
+                report.crashes += 1;
+                for loss in ledger.verify() {
+                    report.losses.push(format!(
+                        "seed {seed:#x}, crash {} ({policy:?}) at step {step}: {} sector {} lost the write acknowledged at {}",
+                        report.crashes,
+                        loss.path.display(),
+                        loss.sector,
+                        loss.acked_write_done_at
+                    ));
+                }
+                report.acknowledged = ledger.acknowledged();
+                if step == steps {
+                    break;
+                }
+                sim = ledger.resume(make()?);
+                files = open(&sim)?;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,401 @@
+//! The catalogue of seeded bugs: `Mutant<E>` wraps a real engine and breaks exactly one rule.
+//! The suite must catch every one (`cargo test -p conformance --test mutants`); a mutant that
+//! slips through shows a hole in the checks.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use engine_core::{
+    AlignedBuf, Capabilities, Completion, Engine, Error, ErrorKind, File, MetricsSnapshot, Op,
+    OpKind, OpenOptions, PagePool, Queue, Request, Result,
+};
+
+/// One deliberate bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bug {
+    /// Acknowledges a write at once and performs it only when the next write comes.
+    AckOnSubmit,
+    /// Acknowledges a write at once and performs it on a background thread a little later,
+    /// so a sync that follows does not cover it.
+    SyncCoversInFlight,
+    /// Retries a failed fsync itself (bypassing the poison) and reports success.
+    RetryFsyncAfterEio,
+    /// Reports the first sync failure, then lets later syncs succeed.
+    UnpoisonAfterReport,
+    /// Reports a short write as complete.
+    IgnoreShortWrite,
+    /// Pads reads at end of file with zeros up to the length asked.
+    PadReadsAtEof,
+    /// Sends misaligned O_DIRECT requests to the kernel instead of rejecting them.
+    SkipAlignmentCheck,
+    /// Hands a read's buffer back before the data arrives in it.
+    ReuseBufferBeforeCompletion,
+    /// Drops the requests of a submit beyond the first two, without completing them.
+    DropPartialSubmitRemainder,
+    /// Loses every fifth completion.
+    LoseCompletion,
+    /// Delivers a completion twice.
+    DuplicateCompletion,
+    /// Turns EIO into success.
+    SwallowEio,
+    /// Treats an O_DIRECT completion as durable: syncs of O_DIRECT files do nothing.
+    DirectCompletionIsDurable,
+    /// Splits writes into 4 KiB pieces and writes all but the first one piece too early.
+    WrongOffsetOnSplit,
+    /// Runs requests on closed handles anyway.
+    AcceptClosedHandle,
+    /// Truncates lengths to 32 bits.
+    TruncateLengthTo32Bits,
+    /// Sends writes on read-only handles to the kernel instead of refusing them.
+    IgnoreReadOnly,
+    /// Sends offsets past the largest file offset to the kernel unchecked.
+    UncheckedOffsetOverflow,
+    /// Reports success for requests made after shutdown.
+    SucceedAfterShutdown,
+}
+
+impl Bug {
+    /// Every bug in the catalogue.
+    pub const ALL: [Bug; 19] = [
+        Bug::AckOnSubmit,
+        Bug::SyncCoversInFlight,
+        Bug::RetryFsyncAfterEio,
+        Bug::UnpoisonAfterReport,
+        Bug::IgnoreShortWrite,
+        Bug::PadReadsAtEof,
+        Bug::SkipAlignmentCheck,
+        Bug::ReuseBufferBeforeCompletion,
+        Bug::DropPartialSubmitRemainder,
+        Bug::LoseCompletion,
+        Bug::DuplicateCompletion,
+        Bug::SwallowEio,
+        Bug::DirectCompletionIsDurable,
+        Bug::WrongOffsetOnSplit,
+        Bug::AcceptClosedHandle,
+        Bug::TruncateLengthTo32Bits,
+        Bug::IgnoreReadOnly,
+        Bug::UncheckedOffsetOverflow,
+        Bug::SucceedAfterShutdown,
+    ];
+}
+
+/// What the mutant remembers of a request until its completion.
+#[derive(Clone)]
+struct Facts {
+    kind: OpKind,
+    file: File,
+    len: usize,
+    buf_start: usize,
+}
+
+impl Facts {
+    fn of(request: &Request) -> Facts {
+        Facts {
+            kind: request.kind,
+            file: request.file.clone(),
+            len: request.len(),
+            buf_start: request.buf_start,
+        }
+    }
+}
+
+struct State {
+    /// A write kept back by [`Bug::AckOnSubmit`].
+    deferred: Option<Request>,
+    /// Files whose sync failure was reported once ([`Bug::UnpoisonAfterReport`]).
+    reported: Vec<u64>,
+    shut_down: bool,
+}
+
+/// A real engine with one bug.
+pub struct Mutant<E> {
+    inner: Arc<E>,
+    bug: Bug,
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a read or write directly on the descriptor, as an engine without checks would.
+fn raw_io(request: &mut Request) -> Result<usize> {
+    let op = request.kind.op();
+    let start = request.buf_start;
+    let file = request.file.std();
+    let Some(buf) = request.buf.as_mut() else { return Ok(0) };
+    let result = match request.kind {
+        OpKind::Read => file.read_at(&mut buf[start..], request.offset),
+        OpKind::Write => file.write_at(&buf[start..], request.offset),
+        OpKind::SyncData => file.sync_data().map(|()| 0),
+        OpKind::SyncAll => file.sync_all().map(|()| 0),
+    };
+    result.map_err(|e| Error::from_io(&e, op))
+}
+
+fn misaligned(request: &Request) -> bool {
+    let g = request.file.geometry();
+    if !request.file.options().is_direct() || request.kind.is_sync() {
+        return false;
+    }
+    let address = request.buf.as_ref().map_or(0, |b| b.as_ptr() as u64 + request.buf_start as u64);
+    address % u64::from(g.mem_align) != 0 || request.offset % u64::from(g.offset_align) != 0 || request.len() as u64 % u64::from(g.offset_align) != 0
+}
+
+impl<E: Engine + 'static> Mutant<E> {
+    /// Wraps `inner` with `bug`.
+    pub fn new(inner: E, bug: Bug) -> Mutant<E> {
+        Mutant {
+            inner: Arc::new(inner),
+            bug,
+            state: Arc::new(Mutex::new(State { deferred: None, reported: Vec::new(), shut_down: false })),
+        }
+    }
+
+    /// The bug.
+    pub fn bug(&self) -> Bug {
+        self.bug
+    }
+
+    /// Runs one request with the bug, through the inner engine's async API.
+    async fn run(&self, mut request: Request) -> Completion {
+        let facts = Facts::of(&request);
+        match self.bug {
+            Bug::AckOnSubmit if request.kind == OpKind::Write => {
+                let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
+                let held = Request {
+                    kind: OpKind::Write,
+                    file: request.file.clone(),
+                    offset: request.offset,
+                    buf: AlignedBuf::from_slice(&data, request.buf.as_ref().map_or(1, |b| b.align())).ok(),
+                    buf_start: request.buf_start,
+                    user_data: 0,
+                };
+                let previous = lock(&self.state).deferred.replace(held);
+                if let Some(previous) = previous {
+                    let _ = self.inner.submit(previous).await;
+                }
+                let len = request.len();
+                return request.into_completion(Ok(len));
+            }
+            Bug::SyncCoversInFlight if request.kind == OpKind::Write => {
+                let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
+                let (file, offset, start, len) = (request.file.clone(), request.offset, request.buf_start, request.len());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = file.std().write_all_at(&data[start..], offset);
+                });
+                return request.into_completion(Ok(len));
+            }
+            Bug::SkipAlignmentCheck if misaligned(&request) => {
+                let result = raw_io(&mut request);
+                return request.into_completion(result);
+            }
+            Bug::DirectCompletionIsDurable if request.kind.is_sync() && request.file.options().is_direct() => {
+                return request.into_completion(Ok(0));
+            }
+            Bug::AcceptClosedHandle if request.file.is_closed() => {
+                let result = raw_io(&mut request);
+                return request.into_completion(result);
+            }
+            Bug::TruncateLengthTo32Bits => {
+                if let Some(buf) = request.buf.as_mut() {
+                    let len = buf.len();
+                    buf.truncate(len as u32 as usize);
+                }
+            }
+            Bug::IgnoreReadOnly if request.kind == OpKind::Write && !request.file.options().is_write() => {
+                let result = raw_io(&mut request);
+                return request.into_completion(result);
+            }
+            Bug::UncheckedOffsetOverflow if !request.kind.is_sync() && request.offset.checked_add(request.len() as u64).is_none_or(|e| e > i64::MAX as u64) => {
+                let result = raw_io(&mut request);
+                return request.into_completion(result);
+            }
+            Bug::WrongOffsetOnSplit if request.kind == OpKind::Write && request.len() > 4096 => {
+                let align = request.buf.as_ref().map_or(1, |b| b.align());
+                let data = request.buf.as_ref().map(|b| b[request.buf_start..].to_vec()).unwrap_or_default();
+                for (i, chunk) in data.chunks(4096).enumerate() {
+                    // The bug: every piece after the first lands one piece early.
+                    let at = request.offset + (i.saturating_sub(1) * 4096) as u64;
+                    if let Ok(piece) = AlignedBuf::from_slice(chunk, align.max(1)) {
+                        let completion = self.inner.submit(Request::write(&request.file, at, piece, 0)).await;
+                        if let Err(e) = completion.result {
+                            return request.into_completion(Err(e));
+                        }
+                    }
+                }
+                let len = request.len();
+                return request.into_completion(Ok(len));
+            }
+            Bug::ReuseBufferBeforeCompletion if request.kind == OpKind::Read => {
+                // The read lands in a scratch buffer; the caller's comes back untouched.
+                let scratch = AlignedBuf::zeroed(request.len(), request.buf.as_ref().map_or(1, |b| b.align()));
+                if let Ok(scratch) = scratch {
+                    let completion = self.inner.submit(Request::read(&request.file, request.offset, scratch, 0)).await;
+                    return request.into_completion(completion.result);
+                }
+            }
+            _ => {}
+        }
+        if lock(&self.state).shut_down && self.bug == Bug::SucceedAfterShutdown {
+            let len = request.len();
+            return request.into_completion(Ok(len));
+        }
+        let completion = self.inner.submit(request).await;
+        self.after(completion, &facts)
+    }
+
+    /// The bug's effect on a completion.
+    fn after(&self, mut completion: Completion, facts: &Facts) -> Completion {
+        match (self.bug, &completion.result) {
+            (Bug::IgnoreShortWrite, Ok(n)) if facts.kind == OpKind::Write && *n < facts.len => {
+                completion.result = Ok(facts.len);
+            }
+            (Bug::PadReadsAtEof, Ok(n)) if facts.kind == OpKind::Read && *n < facts.len => {
+                if let Some(buf) = completion.buf.as_mut() {
+                    let _ = buf.resize(facts.buf_start + facts.len);
+                    buf[facts.buf_start + n..].fill(0);
+                }
+                completion.result = Ok(facts.len);
+            }
+            (Bug::SwallowEio, Err(e)) if e.raw_os_error() == Some(libc::EIO) && e.kind() == ErrorKind::Io => {
+                completion.result = Ok(facts.len);
+            }
+            (Bug::RetryFsyncAfterEio, Err(e)) if facts.kind.is_sync() && e.kind() == ErrorKind::Io => {
+                let retried = if facts.kind == OpKind::SyncData { facts.file.std().sync_data() } else { facts.file.std().sync_all() };
+                if retried.is_ok() {
+                    completion.result = Ok(0);
+                }
+            }
+            (Bug::UnpoisonAfterReport, Err(e)) if facts.kind.is_sync() => {
+                let mut state = lock(&self.state);
+                if e.kind() == ErrorKind::Poisoned && state.reported.contains(&facts.file.id()) {
+                    completion.result = Ok(0);
+                } else {
+                    state.reported.push(facts.file.id());
+                }
+            }
+            (Bug::SucceedAfterShutdown, Err(e)) if e.kind() == ErrorKind::Shutdown => {
+                completion.result = Ok(facts.len);
+            }
+            _ => {}
+        }
+        completion
+    }
+}
+
+impl<E: Engine + 'static> Engine for Mutant<E> {
+    type Queue = MutantQueue<E>;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
+        self.inner.open(path, options)
+    }
+    fn close(&self, file: &File) -> Result<()> {
+        self.inner.close(file)
+    }
+    async fn submit(&self, request: Request) -> Completion {
+        self.run(request).await
+    }
+    fn queue(&self) -> Result<MutantQueue<E>> {
+        if lock(&self.state).shut_down && self.bug != Bug::SucceedAfterShutdown {
+            return Err(Error::new(ErrorKind::Shutdown, Op::Setup, "shut down"));
+        }
+        Ok(MutantQueue {
+            engine: Mutant { inner: Arc::clone(&self.inner), bug: self.bug, state: Arc::clone(&self.state) },
+            pending: Vec::new(),
+            ready: VecDeque::new(),
+            in_flight: 0,
+            depth: self.inner.capabilities().queue_depth,
+            completed: 0,
+            lost: HashMap::new(),
+        })
+    }
+    fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics()
+    }
+    fn pool(&self) -> Option<&PagePool> {
+        self.inner.pool()
+    }
+    fn shutdown(&self) {
+        lock(&self.state).shut_down = true;
+        self.inner.shutdown()
+    }
+}
+
+/// The mutant's queue: runs each submitted request through the mutant's async path on the
+/// submitting thread (so every bug applies to the queue API too), with the queue-level bugs
+/// on top.
+pub struct MutantQueue<E> {
+    engine: Mutant<E>,
+    pending: Vec<Request>,
+    ready: VecDeque<Completion>,
+    in_flight: usize,
+    depth: usize,
+    completed: u64,
+    /// Requests dropped by the bug, still counted in flight.
+    lost: HashMap<u64, ()>,
+}
+
+impl<E: Engine + 'static> Queue for MutantQueue<E> {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+    fn push(&mut self, request: Request) -> std::result::Result<(), Request> {
+        if self.in_flight >= self.depth {
+            return Err(request);
+        }
+        self.in_flight += 1;
+        self.pending.push(request);
+        Ok(())
+    }
+    fn submit(&mut self) -> Result<usize> {
+        let batch: Vec<Request> = self.pending.drain(..).collect();
+        let count = batch.len();
+        for (i, request) in batch.into_iter().enumerate() {
+            if self.engine.bug == Bug::DropPartialSubmitRemainder && i >= 2 {
+                self.lost.insert(request.user_data, ());
+                continue;
+            }
+            let completion = engine_core::block_on(self.engine.run(request));
+            self.completed += 1;
+            if self.engine.bug == Bug::LoseCompletion && self.completed % 5 == 0 {
+                continue;
+            }
+            if self.engine.bug == Bug::DuplicateCompletion && self.completed % 3 == 0 {
+                self.ready.push_back(Completion { user_data: completion.user_data, kind: completion.kind, result: Ok(0), buf: None });
+            }
+            self.ready.push_back(completion);
+        }
+        Ok(count)
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.ready.len();
+        out.extend(self.ready.drain(..));
+        self.in_flight = self.in_flight.saturating_sub(n);
+        n
+    }
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        self.submit()?;
+        let mut got = self.poll(out);
+        // A queue that lost requests waits for them forever, as the real bug would; the
+        // suite's per-case time limit catches it.
+        while got < min.min(self.in_flight) {
+            std::thread::sleep(Duration::from_millis(10));
+            got += self.poll(out);
+        }
+        Ok(got)
+    }
+}

@@ -1,0 +1,223 @@
+//! The real-device tier, on every backend: a loop device with 4096-byte logical sectors
+//! (512-byte-aligned I/O is refused by validation, direct I/O on the block device works), a
+//! small ext4 image written until real ENOSPC (everything acknowledged reads back intact), a
+//! read-only mount, and tmpfs. Needs root for loop devices and mounts; otherwise each part is
+//! skipped with the reason printed. Every loop device and mount is removed, also on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use engine::{Engine, EngineConfig, BUILTIN_BACKENDS};
+use engine_core::{block_on, AlignTarget, AlignedBuf, DirectIo, EngineExt, ErrorKind, OpenOptions};
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A mount, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+fn attach(image: &Path, sector: u32) -> Result<Loop, String> {
+    let image = image.to_str().ok_or("image path is not UTF-8")?;
+    let sector = sector.to_string();
+    run("losetup", &["--find", "--show", "--sector-size", &sector, image]).map(Loop)
+}
+
+fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).expect("image");
+    file.set_len(bytes).expect("size");
+    path
+}
+
+fn config() -> EngineConfig {
+    EngineConfig { queue_depth: 16, threads: 4, register_buffers_bytes: 1 << 20, ..EngineConfig::default() }
+}
+
+/// 4096-byte sectors: geometry says so, 512-aligned I/O is refused before the kernel, and
+/// aligned direct I/O on the block device round-trips.
+fn loop_4k(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let img = image(dir, "4k.img", 16 << 20);
+    let dev = attach(&img, 4096)?;
+    let path = Path::new(&dev.0);
+    let file = engine.open(path, &OpenOptions::new().read(true).write(true).direct(true)).map_err(|e| e.to_string())?;
+    let g = *file.geometry();
+    if g.logical_block_size != 4096 || g.offset_align != 4096 || !g.is_block_device {
+        return Err(format!("geometry of a 4096-byte-sector device: {g}"));
+    }
+    let (result, _) = block_on(engine.write_at(&file, 512, AlignedBuf::zeroed(512, 512).map_err(|e| e.to_string())?));
+    match result {
+        Err(e) if e.kind() == ErrorKind::Misaligned && e.misalignment().map(|m| m.target) == Some(AlignTarget::Offset) => {}
+        other => return Err(format!("512-aligned write on a 4k device: expected Misaligned, got {other:?}")),
+    }
+    let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(512, 4096).map_err(|e| e.to_string())?));
+    if !matches!(&result, Err(e) if e.kind() == ErrorKind::Misaligned) {
+        return Err(format!("512-byte read on a 4k device: expected Misaligned, got {result:?}"));
+    }
+    let data = conformance::pattern(8192, 4);
+    let (w, _) = block_on(engine.write_all_at(&file, 8192, AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?));
+    w.map_err(|e| format!("aligned write on the block device: {e}"))?;
+    block_on(engine.sync_all(&file)).map_err(|e| format!("sync of the block device: {e}"))?;
+    let (r, back) = block_on(engine.read_exact_at(&file, 8192, AlignedBuf::zeroed(8192, 4096).map_err(|e| e.to_string())?));
+    r.map_err(|e| e.to_string())?;
+    if back.as_slice() != data.as_slice() {
+        return Err("data read back from the block device differs".into());
+    }
+    engine.close(&file).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// ext4 on a loop device: write until ENOSPC; every chunk acknowledged (written and synced)
+/// before it reads back intact, then a read-only mount refuses writes.
+fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let img = image(dir, "ext4.img", 8 << 20);
+    let dev = attach(&img, 512)?;
+    run("mkfs.ext4", &["-q", "-F", "-m", "0", &dev.0])?;
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let mnt_str = mnt.to_str().ok_or("mount path")?.to_string();
+    run("mount", &[&dev.0, &mnt_str])?;
+    let mount = Mount(mnt.clone());
+    let path = mnt.join("fill");
+    let file = engine.open(&path, &OpenOptions::new().read(true).write(true).create(true)).map_err(|e| e.to_string())?;
+    const CHUNK: usize = 64 << 10;
+    let mut acked = 0u64;
+    let mut hit = None;
+    for i in 0..1024u64 {
+        let data = conformance::pattern(CHUNK, i);
+        let (w, _) = block_on(engine.write_all_at(&file, i * CHUNK as u64, AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?));
+        let synced = w.and_then(|()| block_on(engine.sync_data(&file)));
+        match synced {
+            Ok(()) => acked = i + 1,
+            Err(e) => {
+                hit = Some(e);
+                break;
+            }
+        }
+    }
+    let Some(error) = hit else { return Err("8 MiB of ext4 never filled up".into()) };
+    if error.kind() != ErrorKind::NoSpace {
+        return Err(format!("expected NoSpace, got {error}"));
+    }
+    engine.close(&file).map_err(|e| e.to_string())?;
+    let reopened = engine.open(&path, &OpenOptions::new().read(true)).map_err(|e| e.to_string())?;
+    for i in 0..acked {
+        let (r, back) = block_on(engine.read_exact_at(&reopened, i * CHUNK as u64, AlignedBuf::zeroed(CHUNK, 4096).map_err(|e| e.to_string())?));
+        r.map_err(|e| format!("reading acknowledged chunk {i}: {e}"))?;
+        if back.as_slice() != conformance::pattern(CHUNK, i).as_slice() {
+            return Err(format!("acknowledged chunk {i} of {acked} does not read back intact"));
+        }
+    }
+    engine.close(&reopened).map_err(|e| e.to_string())?;
+    println!("  ext4: {acked} chunks of 64 KiB acknowledged before {error}");
+    // Read-only: remount and try to write.
+    run("mount", &["-o", "remount,ro", &mnt_str])?;
+    match engine.open(&path, &OpenOptions::new().read(true).write(true)) {
+        Err(e) if e.kind() == ErrorKind::ReadOnly => {}
+        other => return Err(format!("opening for write on a read-only mount: expected ReadOnly, got {other:?}")),
+    }
+    let ro = engine.open(&path, &OpenOptions::new().read(true)).map_err(|e| e.to_string())?;
+    let (w, _) = block_on(engine.write_at(&ro, 0, AlignedBuf::zeroed(4096, 4096).map_err(|e| e.to_string())?));
+    if !matches!(&w, Err(e) if e.kind() == ErrorKind::ReadOnly) {
+        return Err(format!("write through a read-only handle: expected ReadOnly, got {w:?}"));
+    }
+    engine.close(&ro).map_err(|e| e.to_string())?;
+    drop(mount);
+    Ok(())
+}
+
+/// tmpfs has no device alignment to report: the geometry says where it came from, and says
+/// whether O_DIRECT works, consistently with what open does.
+fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let mnt = dir.join("tmpfs");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let mnt_str = mnt.to_str().ok_or("mount path")?.to_string();
+    run("mount", &["-t", "tmpfs", "-o", "size=8m", "tmpfs", &mnt_str])?;
+    let _mount = Mount(mnt.clone());
+    let path = mnt.join("t");
+    let buffered = engine.open(&path, &OpenOptions::new().read(true).write(true).create(true)).map_err(|e| e.to_string())?;
+    let g = *buffered.geometry();
+    let direct = engine.open(&path, &OpenOptions::new().read(true).write(true).direct(true));
+    match (&direct, g.direct_io) {
+        (Ok(_), DirectIo::Unsupported) => return Err(format!("O_DIRECT opened but geometry says unsupported: {g}")),
+        (Err(e), _) if e.kind() != ErrorKind::Unsupported => return Err(format!("O_DIRECT on tmpfs: {e}")),
+        (Err(_), DirectIo::Supported) => return Err(format!("O_DIRECT refused but geometry says supported: {g}")),
+        _ => {}
+    }
+    println!("  tmpfs: geometry {g}; O_DIRECT open: {}", if direct.is_ok() { "accepted" } else { "refused (Unsupported)" });
+    if let Ok(file) = direct {
+        let data = conformance::pattern(4096, 9);
+        let align = file.geometry().mem_align.max(file.geometry().offset_align) as usize;
+        let (w, _) = block_on(engine.write_all_at(&file, 0, AlignedBuf::from_slice(&data, align).map_err(|e| e.to_string())?));
+        w.map_err(|e| format!("direct write on tmpfs: {e}"))?;
+        let (r, back) = block_on(engine.read_exact_at(&file, 0, AlignedBuf::zeroed(4096, align).map_err(|e| e.to_string())?));
+        r.map_err(|e| e.to_string())?;
+        if back.as_slice() != data.as_slice() {
+            return Err("tmpfs direct read back differs".into());
+        }
+        engine.close(&file).map_err(|e| e.to_string())?;
+    }
+    engine.close(&buffered).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn main() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    if !root {
+        println!("skipped: the real-device tier needs root for loop devices and mounts");
+        println!("0 passed, 0 failed, 3 skipped");
+        return;
+    }
+    for backend in BUILTIN_BACKENDS {
+        let Ok(engine) = Engine::with_backend(backend, config()) else {
+            println!("skipped backend {backend}: not available here");
+            skipped += 3;
+            continue;
+        };
+        type Part = fn(&Engine, &Path) -> Result<(), String>;
+        let parts: [(&str, Part); 3] = [("loop device with 4096-byte sectors", loop_4k), ("ext4 to ENOSPC, then read-only", ext4_enospc), ("tmpfs", tmpfs)];
+        for (name, part) in parts {
+            let dir = tempfile::tempdir().expect("tempdir");
+            match part(&engine, dir.path()) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok   {backend}: {name}");
+                }
+                Err(e) if e.contains("losetup") && e.contains("No such file") => {
+                    skipped += 1;
+                    println!("skip {backend}: {name}: loop devices unavailable: {e}");
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL {backend}: {name}: {e}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
