@@ -597,8 +597,17 @@ pub fn syncs_on_direct_files_reach_the_os<E: Engine>(h: &Harness<E>) -> CaseResu
     write_all(&engine, &file, 0, &pattern(4096, 21), 4096);
     block_on(engine.sync_data(&file)).expect("sync_data");
     block_on(engine.sync_all(&file)).expect("sync_all");
-    let syncs: Vec<OpKind> = hook.calls().iter().filter(|c| c.kind.is_sync()).map(|c| c.kind).collect();
-    assert_eq!(syncs, [OpKind::SyncData, OpKind::SyncAll], "both syncs reached the OS");
+    let syncs: Vec<OpKind> = hook
+        .calls()
+        .iter()
+        .filter(|c| c.kind.is_sync())
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        syncs,
+        [OpKind::SyncData, OpKind::SyncAll],
+        "both syncs reached the OS"
+    );
     Ok(())
 }
 

@@ -30,7 +30,12 @@ pub enum CrashPolicy {
 
 impl CrashPolicy {
     /// Every policy.
-    pub const ALL: [CrashPolicy; 4] = [CrashPolicy::DropAll, CrashPolicy::RandomPrefix, CrashPolicy::TornSectors, CrashPolicy::Reorder];
+    pub const ALL: [CrashPolicy; 4] = [
+        CrashPolicy::DropAll,
+        CrashPolicy::RandomPrefix,
+        CrashPolicy::TornSectors,
+        CrashPolicy::Reorder,
+    ];
 }
 
 /// A completed write the simulator remembers.
@@ -69,10 +74,12 @@ fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
 
 impl Ledger {
     fn state(&mut self, path: &Path) -> &mut FileState {
-        self.files.entry(path.to_path_buf()).or_insert_with(|| FileState {
-            durable: std::fs::read(path).unwrap_or_default(),
-            ..FileState::default()
-        })
+        self.files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| FileState {
+                durable: std::fs::read(path).unwrap_or_default(),
+                ..FileState::default()
+            })
     }
 
     /// Records a completed write; acknowledges it at once on an O_DSYNC file.
@@ -81,7 +88,11 @@ impl Ledger {
         let done_at = self.clock;
         let sector = self.sector;
         let state = self.state(path);
-        let record = WriteRecord { done_at, offset: offset as usize, data: data.to_vec() };
+        let record = WriteRecord {
+            done_at,
+            offset: offset as usize,
+            data: data.to_vec(),
+        };
         if dsync {
             let end = record.offset + record.data.len();
             if state.durable.len() < end {
@@ -139,7 +150,11 @@ impl<E: Engine> CrashSim<E> {
     pub fn new(inner: E, sector: usize) -> CrashSim<E> {
         CrashSim {
             inner,
-            ledger: Arc::new(Mutex::new(Ledger { sector: sector.max(1), clock: 0, files: HashMap::new() })),
+            ledger: Arc::new(Mutex::new(Ledger {
+                sector: sector.max(1),
+                clock: 0,
+                files: HashMap::new(),
+            })),
         }
     }
 
@@ -178,13 +193,22 @@ impl<E: Engine> CrashSim<E> {
                                 .chunks(sector)
                                 .enumerate()
                                 .filter(|_| next() % 2 == 0)
-                                .map(|(i, chunk)| WriteRecord { done_at: w.done_at, offset: w.offset + i * sector, data: chunk.to_vec() })
+                                .map(|(i, chunk)| WriteRecord {
+                                    done_at: w.done_at,
+                                    offset: w.offset + i * sector,
+                                    data: chunk.to_vec(),
+                                })
                                 .collect();
                             pieces
                         })
                         .collect(),
                     CrashPolicy::Reorder => {
-                        let mut chosen: Vec<WriteRecord> = state.unsynced.iter().filter(|_| next() % 2 == 0).cloned().collect();
+                        let mut chosen: Vec<WriteRecord> = state
+                            .unsynced
+                            .iter()
+                            .filter(|_| next() % 2 == 0)
+                            .cloned()
+                            .collect();
                         for i in (1..chosen.len()).rev() {
                             let j = (next() % (i as u64 + 1)) as usize;
                             chosen.swap(i, j);
@@ -248,20 +272,27 @@ impl CrashLedger {
                 // every byte must come from the acknowledged write or a later one.
                 let ok = (lo..hi).all(|b| {
                     let got = content.get(b).copied();
-                    let mut candidates = state
-                        .writes
-                        .iter()
-                        .filter(|w| w.done_at >= acked_at && w.offset <= b && b < w.offset + w.data.len());
+                    let mut candidates = state.writes.iter().filter(|w| {
+                        w.done_at >= acked_at && w.offset <= b && b < w.offset + w.data.len()
+                    });
                     let Some(got) = got else {
                         // Past the end of the file: only acceptable if no acknowledged write
                         // covers this byte.
-                        return !state.writes.iter().any(|w| w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len());
+                        return !state.writes.iter().any(|w| {
+                            w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len()
+                        });
                     };
-                    let covered_by_ack = state.writes.iter().any(|w| w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len());
+                    let covered_by_ack = state.writes.iter().any(|w| {
+                        w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len()
+                    });
                     !covered_by_ack || candidates.any(|w| w.data[b - w.offset] == got)
                 });
                 if !ok {
-                    losses.push(Loss { path: path.clone(), sector: s, acked_write_done_at: acked_at });
+                    losses.push(Loss {
+                        path: path.clone(),
+                        sector: s,
+                        acked_write_done_at: acked_at,
+                    });
                 }
             }
         }
@@ -270,12 +301,19 @@ impl CrashLedger {
 
     /// Wraps a new engine (after the crash) with this ledger.
     pub fn resume<E: Engine>(self, inner: E) -> CrashSim<E> {
-        CrashSim { inner, ledger: self.ledger }
+        CrashSim {
+            inner,
+            ledger: self.ledger,
+        }
     }
 
     /// Acknowledged writes in the ledger, for reports.
     pub fn acknowledged(&self) -> usize {
-        lock(&self.ledger).files.values().map(|s| s.acked.iter().flatten().count()).sum()
+        lock(&self.ledger)
+            .files
+            .values()
+            .map(|s| s.acked.iter().flatten().count())
+            .sum()
     }
 }
 
@@ -293,7 +331,9 @@ impl<E: Engine> CrashSim<E> {
                     ledger.write_done(&request.path, request.offset, data, request.dsync);
                 }
             }
-            OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
+            OpKind::SyncData | OpKind::SyncAll => {
+                ledger.sync_done(&request.path, request.submitted_at)
+            }
             OpKind::Read => {}
         }
     }
@@ -378,7 +418,9 @@ pub struct CrashQueue<Q> {
 impl<Q: Queue> CrashQueue<Q> {
     fn settle(&mut self, out: &mut [Completion]) {
         for completion in out.iter_mut() {
-            let Some((user_data, facts)) = self.facts.remove(&completion.user_data) else { continue };
+            let Some((user_data, facts)) = self.facts.remove(&completion.user_data) else {
+                continue;
+            };
             completion.user_data = user_data;
             if completion.result.is_err() {
                 continue;
@@ -392,7 +434,9 @@ impl<Q: Queue> CrashQueue<Q> {
                         ledger.write_done(&facts.path, facts.offset, data, facts.dsync);
                     }
                 }
-                OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&facts.path, facts.submitted_at),
+                OpKind::SyncData | OpKind::SyncAll => {
+                    ledger.sync_done(&facts.path, facts.submitted_at)
+                }
                 OpKind::Read => {}
             }
         }
@@ -484,16 +528,25 @@ pub struct CrashReport {
 /// # Errors
 ///
 /// Setup errors, and I/O errors the workload did not expect.
-pub fn crash_workload<E: Engine>(make: &dyn Fn() -> Result<E>, dir: &Path, seed: u64, steps: usize) -> Result<CrashReport> {
+pub fn crash_workload<E: Engine>(
+    make: &dyn Fn() -> Result<E>,
+    dir: &Path,
+    seed: u64,
+    steps: usize,
+) -> Result<CrashReport> {
     use engine_core::{block_on, AlignedBuf, EngineExt};
     const FILE: usize = 32 << 10;
     let paths = [dir.join("crash-0"), dir.join("crash-1")];
     for path in &paths {
-        std::fs::write(path, vec![0u8; FILE]).map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
+        std::fs::write(path, vec![0u8; FILE])
+            .map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
     }
     let open = |sim: &CrashSim<E>| -> Result<Vec<File>> {
         let rw = OpenOptions::new().read(true).write(true);
-        Ok(vec![sim.open(&paths[0], &rw)?, sim.open(&paths[1], &rw.clone().dsync(true))?])
+        Ok(vec![
+            sim.open(&paths[0], &rw)?,
+            sim.open(&paths[1], &rw.clone().dsync(true))?,
+        ])
     };
     let mut sim = CrashSim::new(make()?, SECTOR_DEFAULT);
     let mut files = open(&sim)?;
@@ -510,10 +563,20 @@ pub fn crash_workload<E: Engine>(make: &dyn Fn() -> Result<E>, dir: &Path, seed:
     // defined result (contract point 6).
     let write_request = |file: &File, r: u64, region: u64| -> Result<Request> {
         let sectors = 1 + (r % 8) as usize;
-        let (base, span) = if region < 4 { (region as usize * FILE / 4, FILE / 4) } else { (0, FILE) };
-        let offset = base + ((r >> 8) as usize % (span / SECTOR_DEFAULT - sectors)) * SECTOR_DEFAULT;
+        let (base, span) = if region < 4 {
+            (region as usize * FILE / 4, FILE / 4)
+        } else {
+            (0, FILE)
+        };
+        let offset =
+            base + ((r >> 8) as usize % (span / SECTOR_DEFAULT - sectors)) * SECTOR_DEFAULT;
         let data = crate::pattern(sectors * SECTOR_DEFAULT, r);
-        Ok(Request::write(file, offset as u64, AlignedBuf::from_slice(&data, SECTOR_DEFAULT)?, region))
+        Ok(Request::write(
+            file,
+            offset as u64,
+            AlignedBuf::from_slice(&data, SECTOR_DEFAULT)?,
+            region,
+        ))
     };
     for step in 0..=steps {
         let choice = if step == steps { 9 } else { next() % 10 };

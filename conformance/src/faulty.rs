@@ -37,7 +37,15 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 7] = [Fault::Eio, Fault::Enospc, Fault::Eintr, Fault::Eagain, Fault::Short, Fault::Torn, Fault::Latency];
+    pub const ALL: [Fault; 7] = [
+        Fault::Eio,
+        Fault::Enospc,
+        Fault::Eintr,
+        Fault::Eagain,
+        Fault::Short,
+        Fault::Torn,
+        Fault::Latency,
+    ];
 
     /// True when the fault can hit `kind` (for example: no short sync, no torn read).
     pub fn applies_to(self, kind: OpKind) -> bool {
@@ -51,7 +59,10 @@ impl Fault {
 
     /// True for faults the engine must hide (retried or completed by the exact loops).
     pub fn maskable(self) -> bool {
-        matches!(self, Fault::Eintr | Fault::Eagain | Fault::Latency | Fault::Short)
+        matches!(
+            self,
+            Fault::Eintr | Fault::Eagain | Fault::Latency | Fault::Short
+        )
     }
 
     /// The errno the fault reports, for error faults.
@@ -184,13 +195,24 @@ impl Injector {
     /// A digest of the log, independent of timing between distinct identities: the same seed
     /// and workload give the same digest.
     pub fn trace_hash(&self) -> u64 {
-        let mut entries: Vec<(Identity, u32, Fault, usize)> =
-            self.state().log.iter().map(|i| (i.identity, i.occurrence, i.fault, i.bytes)).collect();
+        let mut entries: Vec<(Identity, u32, Fault, usize)> = self
+            .state()
+            .log
+            .iter()
+            .map(|i| (i.identity, i.occurrence, i.fault, i.bytes))
+            .collect();
         entries.sort();
-        entries.iter().fold(self.seed, |h, (id, occ, fault, bytes)| {
-            let word = u64::from(id.file) ^ (id.kind as u64) << 8 ^ id.offset << 16 ^ (id.len as u64) << 40 ^ u64::from(*occ) << 52 ^ (*fault as u64) << 60;
-            mix(h ^ word ^ (*bytes as u64).rotate_left(17))
-        })
+        entries
+            .iter()
+            .fold(self.seed, |h, (id, occ, fault, bytes)| {
+                let word = u64::from(id.file)
+                    ^ (id.kind as u64) << 8
+                    ^ id.offset << 16
+                    ^ (id.len as u64) << 40
+                    ^ u64::from(*occ) << 52
+                    ^ (*fault as u64) << 60;
+                mix(h ^ word ^ (*bytes as u64).rotate_left(17))
+            })
     }
 
     fn decide(&self, identity: Identity, occurrence: u32, per_kind: u64) -> Option<Fault> {
@@ -226,7 +248,14 @@ impl Injector {
 const SECTOR: usize = 512;
 
 impl FaultHook for Injector {
-    fn before(&self, kind: OpKind, file: &File, offset: u64, len: usize, attempt: u32) -> Option<FaultAction> {
+    fn before(
+        &self,
+        kind: OpKind,
+        file: &File,
+        offset: u64,
+        len: usize,
+        attempt: u32,
+    ) -> Option<FaultAction> {
         // Retries of an injected EINTR/EAGAIN see the device healthy again: that is the fault
         // being masked, which the oracle expects.
         if attempt > 0 {
@@ -236,7 +265,12 @@ impl FaultHook for Injector {
             let mut state = self.state();
             let next = state.files.len() as u32;
             let file_number = *state.files.entry(file.path().to_path_buf()).or_insert(next);
-            let identity = Identity { file: file_number, kind, offset, len };
+            let identity = Identity {
+                file: file_number,
+                kind,
+                offset,
+                len,
+            };
             let occurrence = {
                 let counter = state.occurrences.entry(identity).or_insert(0);
                 *counter += 1;
@@ -244,18 +278,32 @@ impl FaultHook for Injector {
             };
             let per_kind = state.per_kind[kind.index()];
             state.per_kind[kind.index()] += 1;
-            let fault = self.decide(identity, occurrence, per_kind).filter(|f| f.applies_to(kind));
+            let fault = self
+                .decide(identity, occurrence, per_kind)
+                .filter(|f| f.applies_to(kind));
             let action = fault.and_then(|fault| {
                 let half = (len / 2) / SECTOR * SECTOR;
                 let (action, bytes) = match fault {
                     Fault::Short | Fault::Torn if half == 0 => return None,
                     Fault::Short => (Some(FaultAction::Short(half)), half),
-                    Fault::Torn => (Some(FaultAction::Torn { persist: half, errno: libc::EIO }), half),
+                    Fault::Torn => (
+                        Some(FaultAction::Torn {
+                            persist: half,
+                            errno: libc::EIO,
+                        }),
+                        half,
+                    ),
                     Fault::Latency => (None, 0),
                     other => (other.errno().map(FaultAction::Fail), 0),
                 };
                 let sequence = state.log.len() as u64;
-                state.log.push(Injection { sequence, identity, occurrence, fault, bytes });
+                state.log.push(Injection {
+                    sequence,
+                    identity,
+                    occurrence,
+                    fault,
+                    bytes,
+                });
                 Some((fault, action))
             });
             match action {
@@ -288,7 +336,12 @@ impl<E: Engine> FaultyEngine<E> {
     ///
     /// The inner engine's setup error; [`engine_core::ErrorKind::Unsupported`] when it does not
     /// honour the fault hook.
-    pub fn new(make: impl FnOnce(EngineConfig) -> Result<E>, mut config: EngineConfig, injector: &Arc<Injector>, reorder: bool) -> Result<FaultyEngine<E>> {
+    pub fn new(
+        make: impl FnOnce(EngineConfig) -> Result<E>,
+        mut config: EngineConfig,
+        injector: &Arc<Injector>,
+        reorder: bool,
+    ) -> Result<FaultyEngine<E>> {
         config.fault_hook = Some(Arc::new(Chain {
             injector: Arc::clone(injector),
             next: config.fault_hook.take(),
@@ -298,10 +351,17 @@ impl<E: Engine> FaultyEngine<E> {
             return Err(engine_core::Error::new(
                 engine_core::ErrorKind::Unsupported,
                 engine_core::Op::Setup,
-                format!("backend {} has no fault hook to inject through", inner.name()),
+                format!(
+                    "backend {} has no fault hook to inject through",
+                    inner.name()
+                ),
             ));
         }
-        Ok(FaultyEngine { inner, injector: Arc::clone(injector), reorder })
+        Ok(FaultyEngine {
+            inner,
+            injector: Arc::clone(injector),
+            reorder,
+        })
     }
 
     /// The injector, with its log.
@@ -323,10 +383,21 @@ struct Chain {
 }
 
 impl FaultHook for Chain {
-    fn before(&self, kind: OpKind, file: &File, offset: u64, len: usize, attempt: u32) -> Option<FaultAction> {
+    fn before(
+        &self,
+        kind: OpKind,
+        file: &File,
+        offset: u64,
+        len: usize,
+        attempt: u32,
+    ) -> Option<FaultAction> {
         self.injector
             .before(kind, file, offset, len, attempt)
-            .or_else(|| self.next.as_ref().and_then(|h| h.before(kind, file, offset, len, attempt)))
+            .or_else(|| {
+                self.next
+                    .as_ref()
+                    .and_then(|h| h.before(kind, file, offset, len, attempt))
+            })
     }
 }
 

@@ -301,14 +301,20 @@ pub enum CaseOutcome {
 
 /// Runs one case on its own thread, with a time limit: a case still running after `timeout`
 /// fails as hung (its thread is left behind).
-pub fn run_case<E: Engine + 'static>(harness: &Arc<Harness<E>>, case: &Case<E>, timeout: Duration) -> CaseOutcome {
+pub fn run_case<E: Engine + 'static>(
+    harness: &Arc<Harness<E>>,
+    case: &Case<E>,
+    timeout: Duration,
+) -> CaseOutcome {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = Arc::clone(harness);
     let run = case.run;
-    let spawned = std::thread::Builder::new().name(case.name.to_string()).spawn(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&h)));
-        let _ = tx.send(outcome);
-    });
+    let spawned = std::thread::Builder::new()
+        .name(case.name.to_string())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&h)));
+            let _ = tx.send(outcome);
+        });
     if let Err(e) = spawned {
         return CaseOutcome::Failed(format!("cannot spawn the case thread: {e}"));
     }
@@ -343,7 +349,10 @@ pub fn run_suite<E: Engine + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) 
     let harness = Arc::new(harness);
     let backend = harness.backend().to_string();
     let mut summary = Summary::default();
-    println!("conformance: running {} cases on backend {backend}", cases.len());
+    println!(
+        "conformance: running {} cases on backend {backend}",
+        cases.len()
+    );
     quietly(|| {
         for case in &cases {
             match run_case(&harness, case, CASE_TIMEOUT) {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use engine_core::{
-    AlignedBuf, Capabilities, Completion, Engine, Error, ErrorKind, File, MetricsSnapshot, Op,
-    OpKind, OpenOptions, PagePool, Queue, Request, Result,
+    AlignedBuf, Capabilities, Completion, Engine, Error, ErrorKind, File, MetricsSnapshot, OpKind,
+    OpenOptions, PagePool, Queue, Request, Result,
 };
 
 /// One deliberate bug.
@@ -111,10 +111,22 @@ struct State {
 }
 
 /// A real engine with one bug.
-pub struct Mutant<E> {
+pub struct Mutant<E: Engine> {
     inner: Arc<E>,
     bug: Bug,
     state: Arc<Mutex<State>>,
+    /// True for the engine handle (dropping it shuts the engine down, as dropping any engine
+    /// does); false for the copies queues keep.
+    owner: bool,
+}
+
+impl<E: Engine> Drop for Mutant<E> {
+    fn drop(&mut self) {
+        if self.owner {
+            lock(&self.state).shut_down = true;
+            self.inner.shutdown();
+        }
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -126,7 +138,9 @@ fn raw_io(request: &mut Request) -> Result<usize> {
     let op = request.kind.op();
     let start = request.buf_start;
     let file = request.file.std();
-    let Some(buf) = request.buf.as_mut() else { return Ok(0) };
+    let Some(buf) = request.buf.as_mut() else {
+        return Ok(0);
+    };
     let result = match request.kind {
         OpKind::Read => file.read_at(&mut buf[start..], request.offset),
         OpKind::Write => file.write_at(&buf[start..], request.offset),
@@ -141,8 +155,13 @@ fn misaligned(request: &Request) -> bool {
     if !request.file.options().is_direct() || request.kind.is_sync() {
         return false;
     }
-    let address = request.buf.as_ref().map_or(0, |b| b.as_ptr() as u64 + request.buf_start as u64);
-    address % u64::from(g.mem_align) != 0 || request.offset % u64::from(g.offset_align) != 0 || request.len() as u64 % u64::from(g.offset_align) != 0
+    let address = request
+        .buf
+        .as_ref()
+        .map_or(0, |b| b.as_ptr() as u64 + request.buf_start as u64);
+    address % u64::from(g.mem_align) != 0
+        || request.offset % u64::from(g.offset_align) != 0
+        || request.len() as u64 % u64::from(g.offset_align) != 0
 }
 
 impl<E: Engine + 'static> Mutant<E> {
@@ -151,7 +170,12 @@ impl<E: Engine + 'static> Mutant<E> {
         Mutant {
             inner: Arc::new(inner),
             bug,
-            state: Arc::new(Mutex::new(State { deferred: None, reported: Vec::new(), shut_down: false })),
+            state: Arc::new(Mutex::new(State {
+                deferred: None,
+                reported: Vec::new(),
+                shut_down: false,
+            })),
+            owner: true,
         }
     }
 
@@ -160,17 +184,64 @@ impl<E: Engine + 'static> Mutant<E> {
         self.bug
     }
 
-    /// Runs one request with the bug, through the inner engine's async API.
-    async fn run(&self, mut request: Request) -> Completion {
-        let facts = Facts::of(&request);
+    /// True when the request is valid: the request-level bugs only touch requests the
+    /// engine would accept (a bug that changed the answer to an invalid request would be
+    /// caught as a validation bug, which it is not).
+    fn valid(request: &Request) -> bool {
+        engine_core::prepare(request.file.engine_id(), request).is_ok()
+    }
+
+    /// Whether the bug takes this request over instead of passing it to the inner engine.
+    fn intercepts(&self, request: &Request) -> bool {
+        let write = request.kind == OpKind::Write;
         match self.bug {
-            Bug::AckOnSubmit if request.kind == OpKind::Write => {
+            Bug::AckOnSubmit | Bug::SyncCoversInFlight => write && Self::valid(request),
+            Bug::SkipAlignmentCheck => misaligned(request),
+            Bug::DirectCompletionIsDurable => {
+                request.kind.is_sync() && request.file.options().is_direct() && Self::valid(request)
+            }
+            Bug::AcceptClosedHandle => request.file.is_closed(),
+            Bug::IgnoreReadOnly => write && !request.file.options().is_write(),
+            Bug::UncheckedOffsetOverflow => {
+                !request.kind.is_sync()
+                    && request
+                        .offset
+                        .checked_add(request.len() as u64)
+                        .is_none_or(|e| e > i64::MAX as u64)
+            }
+            Bug::WrongOffsetOnSplit => write && request.len() > 4096 && Self::valid(request),
+            Bug::ReuseBufferBeforeCompletion => {
+                request.kind == OpKind::Read && Self::valid(request)
+            }
+            Bug::SucceedAfterShutdown => lock(&self.state).shut_down,
+            _ => false,
+        }
+    }
+
+    /// Changes a request on its way in.
+    fn rewrite(&self, request: &mut Request) {
+        if self.bug == Bug::TruncateLengthTo32Bits {
+            if let Some(buf) = request.buf.as_mut() {
+                let len = buf.len();
+                buf.truncate(len as u32 as usize);
+            }
+        }
+    }
+
+    /// Runs an intercepted request the buggy way.
+    async fn intercept(&self, mut request: Request) -> Completion {
+        match self.bug {
+            Bug::AckOnSubmit => {
                 let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
                 let held = Request {
                     kind: OpKind::Write,
                     file: request.file.clone(),
                     offset: request.offset,
-                    buf: AlignedBuf::from_slice(&data, request.buf.as_ref().map_or(1, |b| b.align())).ok(),
+                    buf: AlignedBuf::from_slice(
+                        &data,
+                        request.buf.as_ref().map_or(1, |b| b.align()),
+                    )
+                    .ok(),
                     buf_start: request.buf_start,
                     user_data: 0,
                 };
@@ -179,72 +250,80 @@ impl<E: Engine + 'static> Mutant<E> {
                     let _ = self.inner.submit(previous).await;
                 }
                 let len = request.len();
-                return request.into_completion(Ok(len));
+                request.into_completion(Ok(len))
             }
-            Bug::SyncCoversInFlight if request.kind == OpKind::Write => {
+            Bug::SyncCoversInFlight => {
                 let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
-                let (file, offset, start, len) = (request.file.clone(), request.offset, request.buf_start, request.len());
+                let (file, offset, start, len) = (
+                    request.file.clone(),
+                    request.offset,
+                    request.buf_start,
+                    request.len(),
+                );
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(20));
                     let _ = file.std().write_all_at(&data[start..], offset);
                 });
-                return request.into_completion(Ok(len));
+                request.into_completion(Ok(len))
             }
-            Bug::SkipAlignmentCheck if misaligned(&request) => {
-                let result = raw_io(&mut request);
-                return request.into_completion(result);
-            }
-            Bug::DirectCompletionIsDurable if request.kind.is_sync() && request.file.options().is_direct() => {
-                return request.into_completion(Ok(0));
-            }
-            Bug::AcceptClosedHandle if request.file.is_closed() => {
-                let result = raw_io(&mut request);
-                return request.into_completion(result);
-            }
-            Bug::TruncateLengthTo32Bits => {
-                if let Some(buf) = request.buf.as_mut() {
-                    let len = buf.len();
-                    buf.truncate(len as u32 as usize);
-                }
-            }
-            Bug::IgnoreReadOnly if request.kind == OpKind::Write && !request.file.options().is_write() => {
-                let result = raw_io(&mut request);
-                return request.into_completion(result);
-            }
-            Bug::UncheckedOffsetOverflow if !request.kind.is_sync() && request.offset.checked_add(request.len() as u64).is_none_or(|e| e > i64::MAX as u64) => {
-                let result = raw_io(&mut request);
-                return request.into_completion(result);
-            }
-            Bug::WrongOffsetOnSplit if request.kind == OpKind::Write && request.len() > 4096 => {
+            Bug::WrongOffsetOnSplit => {
                 let align = request.buf.as_ref().map_or(1, |b| b.align());
-                let data = request.buf.as_ref().map(|b| b[request.buf_start..].to_vec()).unwrap_or_default();
+                let data = request
+                    .buf
+                    .as_ref()
+                    .map(|b| b[request.buf_start..].to_vec())
+                    .unwrap_or_default();
                 for (i, chunk) in data.chunks(4096).enumerate() {
                     // The bug: every piece after the first lands one piece early.
                     let at = request.offset + (i.saturating_sub(1) * 4096) as u64;
                     if let Ok(piece) = AlignedBuf::from_slice(chunk, align.max(1)) {
-                        let completion = self.inner.submit(Request::write(&request.file, at, piece, 0)).await;
+                        let completion = self
+                            .inner
+                            .submit(Request::write(&request.file, at, piece, 0))
+                            .await;
                         if let Err(e) = completion.result {
                             return request.into_completion(Err(e));
                         }
                     }
                 }
                 let len = request.len();
-                return request.into_completion(Ok(len));
+                request.into_completion(Ok(len))
             }
-            Bug::ReuseBufferBeforeCompletion if request.kind == OpKind::Read => {
+            Bug::ReuseBufferBeforeCompletion => {
                 // The read lands in a scratch buffer; the caller's comes back untouched.
-                let scratch = AlignedBuf::zeroed(request.len(), request.buf.as_ref().map_or(1, |b| b.align()));
-                if let Ok(scratch) = scratch {
-                    let completion = self.inner.submit(Request::read(&request.file, request.offset, scratch, 0)).await;
-                    return request.into_completion(completion.result);
+                match AlignedBuf::zeroed(
+                    request.len(),
+                    request.buf.as_ref().map_or(1, |b| b.align()),
+                ) {
+                    Ok(scratch) => {
+                        let completion = self
+                            .inner
+                            .submit(Request::read(&request.file, request.offset, scratch, 0))
+                            .await;
+                        request.into_completion(completion.result)
+                    }
+                    Err(e) => request.into_completion(Err(e)),
                 }
             }
-            _ => {}
+            Bug::DirectCompletionIsDurable => request.into_completion(Ok(0)),
+            Bug::SucceedAfterShutdown => {
+                let len = request.len();
+                request.into_completion(Ok(len))
+            }
+            _ => {
+                let result = raw_io(&mut request);
+                request.into_completion(result)
+            }
         }
-        if lock(&self.state).shut_down && self.bug == Bug::SucceedAfterShutdown {
-            let len = request.len();
-            return request.into_completion(Ok(len));
+    }
+
+    /// Runs one request with the bug, through the inner engine's async API.
+    async fn run(&self, mut request: Request) -> Completion {
+        if self.intercepts(&request) {
+            return self.intercept(request).await;
         }
+        self.rewrite(&mut request);
+        let facts = Facts::of(&request);
         let completion = self.inner.submit(request).await;
         self.after(completion, &facts)
     }
@@ -262,11 +341,19 @@ impl<E: Engine + 'static> Mutant<E> {
                 }
                 completion.result = Ok(facts.len);
             }
-            (Bug::SwallowEio, Err(e)) if e.raw_os_error() == Some(libc::EIO) && e.kind() == ErrorKind::Io => {
+            (Bug::SwallowEio, Err(e))
+                if e.raw_os_error() == Some(libc::EIO) && e.kind() == ErrorKind::Io =>
+            {
                 completion.result = Ok(facts.len);
             }
-            (Bug::RetryFsyncAfterEio, Err(e)) if facts.kind.is_sync() && e.kind() == ErrorKind::Io => {
-                let retried = if facts.kind == OpKind::SyncData { facts.file.std().sync_data() } else { facts.file.std().sync_all() };
+            (Bug::RetryFsyncAfterEio, Err(e))
+                if facts.kind.is_sync() && e.kind() == ErrorKind::Io =>
+            {
+                let retried = if facts.kind == OpKind::SyncData {
+                    facts.file.std().sync_data()
+                } else {
+                    facts.file.std().sync_all()
+                };
                 if retried.is_ok() {
                     completion.result = Ok(0);
                 }
@@ -307,17 +394,20 @@ impl<E: Engine + 'static> Engine for Mutant<E> {
         self.run(request).await
     }
     fn queue(&self) -> Result<MutantQueue<E>> {
-        if lock(&self.state).shut_down && self.bug != Bug::SucceedAfterShutdown {
-            return Err(Error::new(ErrorKind::Shutdown, Op::Setup, "shut down"));
-        }
         Ok(MutantQueue {
-            engine: Mutant { inner: Arc::clone(&self.inner), bug: self.bug, state: Arc::clone(&self.state) },
-            pending: Vec::new(),
+            engine: Mutant {
+                inner: Arc::clone(&self.inner),
+                bug: self.bug,
+                state: Arc::clone(&self.state),
+                owner: false,
+            },
+            inner: self.inner.queue()?,
+            facts: HashMap::new(),
             ready: VecDeque::new(),
             in_flight: 0,
-            depth: self.inner.capabilities().queue_depth,
+            pushed_since_submit: 0,
             completed: 0,
-            lost: HashMap::new(),
+            next_tag: 0,
         })
     }
     fn metrics(&self) -> MetricsSnapshot {
@@ -332,69 +422,121 @@ impl<E: Engine + 'static> Engine for Mutant<E> {
     }
 }
 
-/// The mutant's queue: runs each submitted request through the mutant's async path on the
-/// submitting thread (so every bug applies to the queue API too), with the queue-level bugs
-/// on top.
-pub struct MutantQueue<E> {
+/// The mutant's queue: the inner engine's queue, with the bug applied to what goes in and
+/// what comes out, and the queue-level bugs on top.
+pub struct MutantQueue<E: Engine> {
     engine: Mutant<E>,
-    pending: Vec<Request>,
+    inner: E::Queue,
+    /// The caller's user data and the facts of each request in the inner queue, by tag.
+    facts: HashMap<u64, (u64, Facts)>,
+    /// Completions of intercepted requests.
     ready: VecDeque<Completion>,
     in_flight: usize,
-    depth: usize,
+    pushed_since_submit: usize,
     completed: u64,
-    /// Requests dropped by the bug, still counted in flight.
-    lost: HashMap<u64, ()>,
+    next_tag: u64,
 }
 
-impl<E: Engine + 'static> Queue for MutantQueue<E> {
-    fn depth(&self) -> usize {
-        self.depth
-    }
-    fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-    fn push(&mut self, request: Request) -> std::result::Result<(), Request> {
-        if self.in_flight >= self.depth {
-            return Err(request);
-        }
-        self.in_flight += 1;
-        self.pending.push(request);
-        Ok(())
-    }
-    fn submit(&mut self) -> Result<usize> {
-        let batch: Vec<Request> = self.pending.drain(..).collect();
-        let count = batch.len();
-        for (i, request) in batch.into_iter().enumerate() {
-            if self.engine.bug == Bug::DropPartialSubmitRemainder && i >= 2 {
-                self.lost.insert(request.user_data, ());
+impl<E: Engine + 'static> MutantQueue<E> {
+    fn take(&mut self, completions: Vec<Completion>, out: &mut Vec<Completion>) -> usize {
+        let mut count = 0;
+        for mut completion in completions {
+            let Some((user_data, facts)) = self.facts.remove(&completion.user_data) else {
                 continue;
-            }
-            let completion = engine_core::block_on(self.engine.run(request));
+            };
+            completion.user_data = user_data;
+            let completion = self.engine.after(completion, &facts);
             self.completed += 1;
             if self.engine.bug == Bug::LoseCompletion && self.completed % 5 == 0 {
                 continue;
             }
             if self.engine.bug == Bug::DuplicateCompletion && self.completed % 3 == 0 {
-                self.ready.push_back(Completion { user_data: completion.user_data, kind: completion.kind, result: Ok(0), buf: None });
+                out.push(Completion {
+                    user_data: completion.user_data,
+                    kind: completion.kind,
+                    result: Ok(0),
+                    buf: None,
+                });
+                count += 1;
             }
-            self.ready.push_back(completion);
+            out.push(completion);
+            count += 1;
         }
-        Ok(count)
+        count
+    }
+}
+
+impl<E: Engine + 'static> Queue for MutantQueue<E> {
+    fn depth(&self) -> usize {
+        self.inner.depth()
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+    fn push(&mut self, mut request: Request) -> std::result::Result<(), Request> {
+        if self.in_flight >= self.inner.depth() {
+            return Err(request);
+        }
+        self.in_flight += 1;
+        if self.engine.intercepts(&request) {
+            let completion = engine_core::block_on(self.engine.intercept(request));
+            self.ready.push_back(completion);
+            return Ok(());
+        }
+        self.pushed_since_submit += 1;
+        if self.engine.bug == Bug::DropPartialSubmitRemainder && self.pushed_since_submit > 2 {
+            // Dropped on the floor, still counted in flight.
+            return Ok(());
+        }
+        self.engine.rewrite(&mut request);
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let user_data = std::mem::replace(&mut request.user_data, tag);
+        self.facts.insert(tag, (user_data, Facts::of(&request)));
+        match self.inner.push(request) {
+            Ok(()) => Ok(()),
+            Err(mut back) => {
+                self.facts.remove(&tag);
+                back.user_data = user_data;
+                self.in_flight -= 1;
+                Err(back)
+            }
+        }
+    }
+    fn submit(&mut self) -> Result<usize> {
+        self.pushed_since_submit = 0;
+        self.inner.submit()
     }
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        let n = self.ready.len();
+        let mut count = self.ready.len();
         out.extend(self.ready.drain(..));
-        self.in_flight = self.in_flight.saturating_sub(n);
-        n
+        let mut inner = Vec::new();
+        self.inner.poll(&mut inner);
+        count += self.take(inner, out);
+        self.in_flight = self.in_flight.saturating_sub(count);
+        count
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
-        self.submit()?;
+        let target = min.min(self.in_flight);
         let mut got = self.poll(out);
         // A queue that lost requests waits for them forever, as the real bug would; the
         // suite's per-case time limit catches it.
-        while got < min.min(self.in_flight) {
-            std::thread::sleep(Duration::from_millis(10));
-            got += self.poll(out);
+        while got < target {
+            let mut inner = Vec::new();
+            if self.inner.in_flight() > 0 {
+                self.inner.wait(1, &mut inner)?;
+            } else {
+                self.inner.submit()?;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let count = self.take(inner, out);
+            self.in_flight = self.in_flight.saturating_sub(count);
+            got += count + {
+                let n = self.ready.len();
+                out.extend(self.ready.drain(..));
+                self.in_flight = self.in_flight.saturating_sub(n);
+                n
+            };
         }
         Ok(got)
     }

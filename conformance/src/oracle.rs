@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use engine_core::{block_on, AlignedBuf, Engine, EngineExt, ErrorKind, File, OpKind, OpenOptions, Result};
+use engine_core::{
+    block_on, AlignedBuf, Engine, EngineExt, ErrorKind, File, OpKind, OpenOptions, Result,
+};
 
 use crate::faulty::{Fault, FaultyEngine, Injection};
 
@@ -60,11 +62,17 @@ fn open_files<E: Engine>(engine: &FaultyEngine<E>, dir: &Path, count: usize) -> 
     for i in 0..count {
         let path = dir.join(format!("oracle-{i}"));
         let initial = crate::pattern(FILE_BYTES, 1000 + i as u64);
-        std::fs::write(&path, &initial).map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
+        std::fs::write(&path, &initial)
+            .map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
         let dsync = i == 1;
         let options = OpenOptions::new().read(true).write(true).dsync(dsync);
         let file = engine.open(&path, &options)?;
-        models.push(Model { file, bytes: initial.into_iter().map(Some).collect(), dsync, poisoned: None });
+        models.push(Model {
+            file,
+            bytes: initial.into_iter().map(Some).collect(),
+            dsync,
+            poisoned: None,
+        });
     }
     Ok(models)
 }
@@ -77,7 +85,13 @@ fn kind_of(fault: Fault) -> ErrorKind {
 }
 
 /// Runs `op` and checks it against the faults injected while it ran.
-fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, index: usize, verdict: &mut Verdict) {
+fn check<E: Engine>(
+    engine: &FaultyEngine<E>,
+    models: &mut [Model],
+    op: &Op,
+    index: usize,
+    verdict: &mut Verdict,
+) {
     let mark = engine.injector().log_len();
     let model = &mut models[op.file];
     let file = model.file.clone();
@@ -86,19 +100,27 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
     let outcome: std::result::Result<(usize, Vec<u8>), engine_core::Error> = block_on(async {
         match (op.kind, op.exact) {
             (OpKind::Read, true) => {
-                let (r, buf) = engine.read_exact_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?).await;
+                let (r, buf) = engine
+                    .read_exact_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?)
+                    .await;
                 r.map(|()| (op.len, buf.to_vec()))
             }
             (OpKind::Read, false) => {
-                let (r, buf) = engine.read_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?).await;
+                let (r, buf) = engine
+                    .read_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?)
+                    .await;
                 r.map(|n| (n, buf.to_vec()))
             }
             (OpKind::Write, true) => {
-                let (r, _) = engine.write_all_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?).await;
+                let (r, _) = engine
+                    .write_all_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?)
+                    .await;
                 r.map(|()| (op.len, Vec::new()))
             }
             (OpKind::Write, false) => {
-                let (r, _) = engine.write_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?).await;
+                let (r, _) = engine
+                    .write_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?)
+                    .await;
                 r.map(|n| (n, Vec::new()))
             }
             (OpKind::SyncData, _) => engine.sync_data(&file).await.map(|()| (0, Vec::new())),
@@ -109,19 +131,27 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
     verdict.ops += 1;
     verdict.injected += injected.len();
     let persistent = injected.iter().find(|i| !i.fault.maskable());
-    let short = injected.iter().find(|i| i.fault == Fault::Short && i.identity.offset == op.offset);
+    let short = injected
+        .iter()
+        .find(|i| i.fault == Fault::Short && i.identity.offset == op.offset);
     let seed = engine.injector().seed();
     let mut violation = |what: String| {
-        verdict.violations.push(format!("seed {seed:#x}, op {index} {op:?}: {what}; injected {injected:?}"));
+        verdict.violations.push(format!(
+            "seed {seed:#x}, op {index} {op:?}: {what}; injected {injected:?}"
+        ));
     };
     let range = op.offset as usize..op.offset as usize + op.len;
     match (&outcome, persistent, model.poisoned) {
         (Err(e), _, Some(errno)) if op.kind.is_sync() => {
             if e.kind() != ErrorKind::Poisoned || e.raw_os_error() != Some(errno) {
-                violation(format!("a sync on a poisoned file must fail as poisoned with errno {errno}, got {e}"));
+                violation(format!(
+                    "a sync on a poisoned file must fail as poisoned with errno {errno}, got {e}"
+                ));
             }
         }
-        (Ok(_), _, Some(_)) if op.kind.is_sync() => violation("a sync on a poisoned file succeeded".into()),
+        (Ok(_), _, Some(_)) if op.kind.is_sync() => {
+            violation("a sync on a poisoned file succeeded".into())
+        }
         (Err(e), Some(fault), _) => {
             verdict.surfaced += 1;
             let expected_errno = fault.fault.errno();
@@ -132,7 +162,8 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
                 violation(format!("error does not name the file: {e}"));
             }
             if !op.kind.is_sync() {
-                let inside = e.offset().is_some_and(|o| range.contains(&(o as usize))) && e.length().is_some();
+                let inside = e.offset().is_some_and(|o| range.contains(&(o as usize)))
+                    && e.length().is_some();
                 if !inside {
                     violation(format!("error does not carry the request's range: {e}"));
                 }
@@ -143,12 +174,17 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
                     *b = None;
                 }
             }
-            if (op.kind.is_sync() || (op.kind == OpKind::Write && model.dsync)) && model.poisoned.is_none() {
+            if (op.kind.is_sync() || (op.kind == OpKind::Write && model.dsync))
+                && model.poisoned.is_none()
+            {
                 // The first failure's errno is the one every later sync reports.
                 model.poisoned = expected_errno;
             }
         }
-        (Ok(_), Some(fault), _) => violation(format!("injected {:?} was swallowed: the operation succeeded", fault.fault)),
+        (Ok(_), Some(fault), _) => violation(format!(
+            "injected {:?} was swallowed: the operation succeeded",
+            fault.fault
+        )),
         (Err(e), None, _) => violation(format!("an error with nothing injected: {e}")),
         (Ok((n, read)), None, _) => {
             verdict.masked += injected.len();
@@ -165,9 +201,15 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
                 OpKind::Read => {
                     let got = (*n).min(read.len());
                     let expected = &model.bytes[range.start..range.start + got];
-                    let wrong = expected.iter().zip(&read[..got]).position(|(m, r)| m.is_some_and(|m| m != *r));
+                    let wrong = expected
+                        .iter()
+                        .zip(&read[..got])
+                        .position(|(m, r)| m.is_some_and(|m| m != *r));
                     if let Some(at) = wrong {
-                        violation(format!("read returned wrong data at byte {}", range.start + at));
+                        violation(format!(
+                            "read returned wrong data at byte {}",
+                            range.start + at
+                        ));
                     }
                 }
                 OpKind::Write => {
@@ -187,7 +229,12 @@ fn check<E: Engine>(engine: &FaultyEngine<E>, models: &mut [Model], op: &Op, ind
 /// # Errors
 ///
 /// Setup errors (opening the files).
-pub fn random_workload<E: Engine>(engine: &FaultyEngine<E>, dir: &Path, seed: u64, count: usize) -> Result<Verdict> {
+pub fn random_workload<E: Engine>(
+    engine: &FaultyEngine<E>,
+    dir: &Path,
+    seed: u64,
+    count: usize,
+) -> Result<Verdict> {
     let mut models = open_files(engine, dir, 2)?;
     let mut verdict = Verdict::default();
     let mut x = seed | 1;

@@ -10,7 +10,10 @@ use engine::{Engine, BUILTIN_BACKENDS};
 use engine_core::{block_on, AlignedBuf, Engine as _, EngineExt, OpenOptions};
 
 fn main() {
-    let seeds: u64 = std::env::var("CONFORMANCE_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let seeds: u64 = std::env::var("CONFORMANCE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let mut backends: Vec<&str> = BUILTIN_BACKENDS.to_vec();
     backends.push("mem");
@@ -33,7 +36,10 @@ fn main() {
             let report = crash_workload(&make, dir.path(), seed, 80).expect("workload");
             if report.losses.is_empty() && report.crashes > 0 {
                 passed += 1;
-                println!("{backend}: seed {seed:#x}: {} crashes, {} acknowledged sectors intact", report.crashes, report.acknowledged);
+                println!(
+                    "{backend}: seed {seed:#x}: {} crashes, {} acknowledged sectors intact",
+                    report.crashes, report.acknowledged
+                );
             } else {
                 failed += 1;
                 println!("FAIL {backend}: seed {seed:#x}: {:?}", report.losses);
@@ -46,8 +52,14 @@ fn main() {
     let path = dir.path().join("control");
     std::fs::write(&path, vec![0u8; 4096]).expect("file");
     let sim = CrashSim::new(MemEngine::new(crash_config()).expect("mem"), 512);
-    let file = sim.open(&path, &OpenOptions::new().read(true).write(true)).expect("open");
-    let (written, _) = block_on(sim.write_all_at(&file, 512, AlignedBuf::from_slice(&[7u8; 512], 512).expect("buf")));
+    let file = sim
+        .open(&path, &OpenOptions::new().read(true).write(true))
+        .expect("open");
+    let (written, _) = block_on(sim.write_all_at(
+        &file,
+        512,
+        AlignedBuf::from_slice(&[7u8; 512], 512).expect("buf"),
+    ));
     written.expect("write");
     block_on(sim.sync_data(&file)).expect("sync");
     drop(file);

@@ -5,6 +5,7 @@
 //! `CONFORMANCE_MODEL_CASES` sets the number of cases (default 256). A failure prints the
 //! minimal failing sequence and proptest's seed, which reproduces it.
 
+use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
 use conformance::MemEngine;
 use engine::{Engine, BUILTIN_BACKENDS};
 use engine_core::{
@@ -219,12 +220,24 @@ fn check(backend: &str, steps: &[Step], direct: bool) -> Result<(), TestCaseErro
         threads: 4,
         ..EngineConfig::default()
     };
-    let Some(mut real) = open(
-        Engine::with_backend(backend, config.clone()).expect("engine"),
-        dir.path(),
-        "real",
-        direct,
-    ) else {
+    // The backend under maskable faults (retried EINTR/EAGAIN, latency) with its queue's
+    // completions permuted: none of it may change a result.
+    let injector = Injector::new(
+        steps.len() as u64,
+        Plan::Rates(vec![
+            (Fault::Eintr, 0.05),
+            (Fault::Eagain, 0.05),
+            (Fault::Latency, 0.01),
+        ]),
+    );
+    let real_engine = FaultyEngine::new(
+        |c| Engine::with_backend(backend, c),
+        config.clone(),
+        &injector,
+        true,
+    )
+    .expect("engine");
+    let Some(mut real) = open(real_engine, dir.path(), "real", direct) else {
         return Ok(());
     };
     let mut model = open(

@@ -20,17 +20,44 @@ const SEEDS: u64 = 5;
 fn caught_by(bug: Bug) -> Option<(String, u64)> {
     let harness = Arc::new(Harness::new(
         &format!("mutant {bug:?}"),
-        Box::new(move |config: EngineConfig| Ok(Mutant::new(Engine::with_backend(BASE, config)?, bug))),
+        Box::new(move |config: EngineConfig| {
+            Ok(Mutant::new(Engine::with_backend(BASE, config)?, bug))
+        }),
     ));
     for case in cases::all() {
         if let CaseOutcome::Failed(message) = run_case(&harness, &case, TIMEOUT) {
-            return Some((format!("case {} ({})", case.name, message.lines().next().unwrap_or("")), 1));
+            return Some((
+                format!(
+                    "case {} ({})",
+                    case.name,
+                    message.lines().next().unwrap_or("")
+                ),
+                1,
+            ));
         }
     }
     for seed in 0..SEEDS {
-        let injector = Injector::new(seed, Plan::Rates(vec![(Fault::Eio, 0.05), (Fault::Short, 0.1), (Fault::Eintr, 0.05)]));
-        let config = EngineConfig { queue_depth: 16, threads: 4, ..EngineConfig::default() };
-        let Ok(engine) = FaultyEngine::new(|c| Ok(Mutant::new(Engine::with_backend(BASE, c)?, bug)), config, &injector, false) else { continue };
+        let injector = Injector::new(
+            seed,
+            Plan::Rates(vec![
+                (Fault::Eio, 0.05),
+                (Fault::Short, 0.1),
+                (Fault::Eintr, 0.05),
+            ]),
+        );
+        let config = EngineConfig {
+            queue_depth: 16,
+            threads: 4,
+            ..EngineConfig::default()
+        };
+        let Ok(engine) = FaultyEngine::new(
+            |c| Ok(Mutant::new(Engine::with_backend(BASE, c)?, bug)),
+            config,
+            &injector,
+            false,
+        ) else {
+            continue;
+        };
         let dir = tempfile::tempdir().ok()?;
         if let Ok(verdict) = oracle::random_workload(&engine, dir.path(), seed, 150) {
             if let Some(v) = verdict.violations.first() {
@@ -40,7 +67,12 @@ fn caught_by(bug: Bug) -> Option<(String, u64)> {
     }
     for seed in 0..SEEDS {
         let dir = tempfile::tempdir().ok()?;
-        let make = move || Ok(Mutant::new(Engine::with_backend(BASE, crash_config())?, bug));
+        let make = move || {
+            Ok(Mutant::new(
+                Engine::with_backend(BASE, crash_config())?,
+                bug,
+            ))
+        };
         if let Ok(report) = crash_workload(&make, dir.path(), seed, 60) {
             if let Some(loss) = report.losses.first() {
                 return Some((format!("the crash simulator ({loss})"), seed + 1));

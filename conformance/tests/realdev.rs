@@ -29,18 +29,28 @@ impl Drop for Mount {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
-        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 
 fn attach(image: &Path, sector: u32) -> Result<Loop, String> {
     let image = image.to_str().ok_or("image path is not UTF-8")?;
     let sector = sector.to_string();
-    run("losetup", &["--find", "--show", "--sector-size", &sector, image]).map(Loop)
+    run(
+        "losetup",
+        &["--find", "--show", "--sector-size", &sector, image],
+    )
+    .map(Loop)
 }
 
 fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
@@ -51,7 +61,12 @@ fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig { queue_depth: 16, threads: 4, register_buffers_bytes: 1 << 20, ..EngineConfig::default() }
+    EngineConfig {
+        queue_depth: 16,
+        threads: 4,
+        register_buffers_bytes: 1 << 20,
+        ..EngineConfig::default()
+    }
 }
 
 /// 4096-byte sectors: geometry says so, 512-aligned I/O is refused before the kernel, and
@@ -60,25 +75,54 @@ fn loop_4k(engine: &Engine, dir: &Path) -> Result<(), String> {
     let img = image(dir, "4k.img", 16 << 20);
     let dev = attach(&img, 4096)?;
     let path = Path::new(&dev.0);
-    let file = engine.open(path, &OpenOptions::new().read(true).write(true).direct(true)).map_err(|e| e.to_string())?;
+    let file = engine
+        .open(
+            path,
+            &OpenOptions::new().read(true).write(true).direct(true),
+        )
+        .map_err(|e| e.to_string())?;
     let g = *file.geometry();
     if g.logical_block_size != 4096 || g.offset_align != 4096 || !g.is_block_device {
         return Err(format!("geometry of a 4096-byte-sector device: {g}"));
     }
-    let (result, _) = block_on(engine.write_at(&file, 512, AlignedBuf::zeroed(512, 512).map_err(|e| e.to_string())?));
+    let (result, _) = block_on(engine.write_at(
+        &file,
+        512,
+        AlignedBuf::zeroed(512, 512).map_err(|e| e.to_string())?,
+    ));
     match result {
-        Err(e) if e.kind() == ErrorKind::Misaligned && e.misalignment().map(|m| m.target) == Some(AlignTarget::Offset) => {}
-        other => return Err(format!("512-aligned write on a 4k device: expected Misaligned, got {other:?}")),
+        Err(e)
+            if e.kind() == ErrorKind::Misaligned
+                && e.misalignment().map(|m| m.target) == Some(AlignTarget::Offset) => {}
+        other => {
+            return Err(format!(
+                "512-aligned write on a 4k device: expected Misaligned, got {other:?}"
+            ))
+        }
     }
-    let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(512, 4096).map_err(|e| e.to_string())?));
+    let (result, _) = block_on(engine.read_at(
+        &file,
+        0,
+        AlignedBuf::zeroed(512, 4096).map_err(|e| e.to_string())?,
+    ));
     if !matches!(&result, Err(e) if e.kind() == ErrorKind::Misaligned) {
-        return Err(format!("512-byte read on a 4k device: expected Misaligned, got {result:?}"));
+        return Err(format!(
+            "512-byte read on a 4k device: expected Misaligned, got {result:?}"
+        ));
     }
     let data = conformance::pattern(8192, 4);
-    let (w, _) = block_on(engine.write_all_at(&file, 8192, AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?));
+    let (w, _) = block_on(engine.write_all_at(
+        &file,
+        8192,
+        AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?,
+    ));
     w.map_err(|e| format!("aligned write on the block device: {e}"))?;
     block_on(engine.sync_all(&file)).map_err(|e| format!("sync of the block device: {e}"))?;
-    let (r, back) = block_on(engine.read_exact_at(&file, 8192, AlignedBuf::zeroed(8192, 4096).map_err(|e| e.to_string())?));
+    let (r, back) = block_on(engine.read_exact_at(
+        &file,
+        8192,
+        AlignedBuf::zeroed(8192, 4096).map_err(|e| e.to_string())?,
+    ));
     r.map_err(|e| e.to_string())?;
     if back.as_slice() != data.as_slice() {
         return Err("data read back from the block device differs".into());
@@ -99,13 +143,22 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
     run("mount", &[&dev.0, &mnt_str])?;
     let mount = Mount(mnt.clone());
     let path = mnt.join("fill");
-    let file = engine.open(&path, &OpenOptions::new().read(true).write(true).create(true)).map_err(|e| e.to_string())?;
+    let file = engine
+        .open(
+            &path,
+            &OpenOptions::new().read(true).write(true).create(true),
+        )
+        .map_err(|e| e.to_string())?;
     const CHUNK: usize = 64 << 10;
     let mut acked = 0u64;
     let mut hit = None;
     for i in 0..1024u64 {
         let data = conformance::pattern(CHUNK, i);
-        let (w, _) = block_on(engine.write_all_at(&file, i * CHUNK as u64, AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?));
+        let (w, _) = block_on(engine.write_all_at(
+            &file,
+            i * CHUNK as u64,
+            AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?,
+        ));
         let synced = w.and_then(|()| block_on(engine.sync_data(&file)));
         match synced {
             Ok(()) => acked = i + 1,
@@ -115,17 +168,27 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
             }
         }
     }
-    let Some(error) = hit else { return Err("8 MiB of ext4 never filled up".into()) };
+    let Some(error) = hit else {
+        return Err("8 MiB of ext4 never filled up".into());
+    };
     if error.kind() != ErrorKind::NoSpace {
         return Err(format!("expected NoSpace, got {error}"));
     }
     engine.close(&file).map_err(|e| e.to_string())?;
-    let reopened = engine.open(&path, &OpenOptions::new().read(true)).map_err(|e| e.to_string())?;
+    let reopened = engine
+        .open(&path, &OpenOptions::new().read(true))
+        .map_err(|e| e.to_string())?;
     for i in 0..acked {
-        let (r, back) = block_on(engine.read_exact_at(&reopened, i * CHUNK as u64, AlignedBuf::zeroed(CHUNK, 4096).map_err(|e| e.to_string())?));
+        let (r, back) = block_on(engine.read_exact_at(
+            &reopened,
+            i * CHUNK as u64,
+            AlignedBuf::zeroed(CHUNK, 4096).map_err(|e| e.to_string())?,
+        ));
         r.map_err(|e| format!("reading acknowledged chunk {i}: {e}"))?;
         if back.as_slice() != conformance::pattern(CHUNK, i).as_slice() {
-            return Err(format!("acknowledged chunk {i} of {acked} does not read back intact"));
+            return Err(format!(
+                "acknowledged chunk {i} of {acked} does not read back intact"
+            ));
         }
     }
     engine.close(&reopened).map_err(|e| e.to_string())?;
@@ -134,12 +197,24 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
     run("mount", &["-o", "remount,ro", &mnt_str])?;
     match engine.open(&path, &OpenOptions::new().read(true).write(true)) {
         Err(e) if e.kind() == ErrorKind::ReadOnly => {}
-        other => return Err(format!("opening for write on a read-only mount: expected ReadOnly, got {other:?}")),
+        other => {
+            return Err(format!(
+                "opening for write on a read-only mount: expected ReadOnly, got {other:?}"
+            ))
+        }
     }
-    let ro = engine.open(&path, &OpenOptions::new().read(true)).map_err(|e| e.to_string())?;
-    let (w, _) = block_on(engine.write_at(&ro, 0, AlignedBuf::zeroed(4096, 4096).map_err(|e| e.to_string())?));
+    let ro = engine
+        .open(&path, &OpenOptions::new().read(true))
+        .map_err(|e| e.to_string())?;
+    let (w, _) = block_on(engine.write_at(
+        &ro,
+        0,
+        AlignedBuf::zeroed(4096, 4096).map_err(|e| e.to_string())?,
+    ));
     if !matches!(&w, Err(e) if e.kind() == ErrorKind::ReadOnly) {
-        return Err(format!("write through a read-only handle: expected ReadOnly, got {w:?}"));
+        return Err(format!(
+            "write through a read-only handle: expected ReadOnly, got {w:?}"
+        ));
     }
     engine.close(&ro).map_err(|e| e.to_string())?;
     drop(mount);
@@ -152,25 +227,59 @@ fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
     let mnt = dir.join("tmpfs");
     std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
     let mnt_str = mnt.to_str().ok_or("mount path")?.to_string();
-    run("mount", &["-t", "tmpfs", "-o", "size=8m", "tmpfs", &mnt_str])?;
+    run(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=8m", "tmpfs", &mnt_str],
+    )?;
     let _mount = Mount(mnt.clone());
     let path = mnt.join("t");
-    let buffered = engine.open(&path, &OpenOptions::new().read(true).write(true).create(true)).map_err(|e| e.to_string())?;
+    let buffered = engine
+        .open(
+            &path,
+            &OpenOptions::new().read(true).write(true).create(true),
+        )
+        .map_err(|e| e.to_string())?;
     let g = *buffered.geometry();
-    let direct = engine.open(&path, &OpenOptions::new().read(true).write(true).direct(true));
+    let direct = engine.open(
+        &path,
+        &OpenOptions::new().read(true).write(true).direct(true),
+    );
     match (&direct, g.direct_io) {
-        (Ok(_), DirectIo::Unsupported) => return Err(format!("O_DIRECT opened but geometry says unsupported: {g}")),
-        (Err(e), _) if e.kind() != ErrorKind::Unsupported => return Err(format!("O_DIRECT on tmpfs: {e}")),
-        (Err(_), DirectIo::Supported) => return Err(format!("O_DIRECT refused but geometry says supported: {g}")),
+        (Ok(_), DirectIo::Unsupported) => {
+            return Err(format!(
+                "O_DIRECT opened but geometry says unsupported: {g}"
+            ))
+        }
+        (Err(e), _) if e.kind() != ErrorKind::Unsupported => {
+            return Err(format!("O_DIRECT on tmpfs: {e}"))
+        }
+        (Err(_), DirectIo::Supported) => {
+            return Err(format!("O_DIRECT refused but geometry says supported: {g}"))
+        }
         _ => {}
     }
-    println!("  tmpfs: geometry {g}; O_DIRECT open: {}", if direct.is_ok() { "accepted" } else { "refused (Unsupported)" });
+    println!(
+        "  tmpfs: geometry {g}; O_DIRECT open: {}",
+        if direct.is_ok() {
+            "accepted"
+        } else {
+            "refused (Unsupported)"
+        }
+    );
     if let Ok(file) = direct {
         let data = conformance::pattern(4096, 9);
         let align = file.geometry().mem_align.max(file.geometry().offset_align) as usize;
-        let (w, _) = block_on(engine.write_all_at(&file, 0, AlignedBuf::from_slice(&data, align).map_err(|e| e.to_string())?));
+        let (w, _) = block_on(engine.write_all_at(
+            &file,
+            0,
+            AlignedBuf::from_slice(&data, align).map_err(|e| e.to_string())?,
+        ));
         w.map_err(|e| format!("direct write on tmpfs: {e}"))?;
-        let (r, back) = block_on(engine.read_exact_at(&file, 0, AlignedBuf::zeroed(4096, align).map_err(|e| e.to_string())?));
+        let (r, back) = block_on(engine.read_exact_at(
+            &file,
+            0,
+            AlignedBuf::zeroed(4096, align).map_err(|e| e.to_string())?,
+        ));
         r.map_err(|e| e.to_string())?;
         if back.as_slice() != data.as_slice() {
             return Err("tmpfs direct read back differs".into());
@@ -197,7 +306,11 @@ fn main() {
             continue;
         };
         type Part = fn(&Engine, &Path) -> Result<(), String>;
-        let parts: [(&str, Part); 3] = [("loop device with 4096-byte sectors", loop_4k), ("ext4 to ENOSPC, then read-only", ext4_enospc), ("tmpfs", tmpfs)];
+        let parts: [(&str, Part); 3] = [
+            ("loop device with 4096-byte sectors", loop_4k),
+            ("ext4 to ENOSPC, then read-only", ext4_enospc),
+            ("tmpfs", tmpfs),
+        ];
         for (name, part) in parts {
             let dir = tempfile::tempdir().expect("tempdir");
             match part(&engine, dir.path()) {

@@ -1,6 +1,8 @@
 //! `cargo test -p conformance`: the whole case list against every backend compiled into the
 //! `engine` facade, then against the in-memory reference engine.
 
+use conformance::crash::CrashSim;
+use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
 use conformance::{cases, run_suite, Harness, MemEngine, Summary};
 use engine::{Engine, ErrorKind, BUILTIN_BACKENDS};
 
@@ -74,6 +76,38 @@ fn main() {
         let harness = Harness::new(name, Box::new(|config| Engine::with_backend("aio", config)));
         summaries.push((name.to_string(), run_suite(harness, cases::all())));
         engine::aio::force_threaded_sync(false);
+    }
+    // Every built-in backend again, under injected latency (faults the engine must absorb
+    // without changing any result), and through the crash simulator's bookkeeping.
+    let built: Vec<String> = summaries
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| BUILTIN_BACKENDS.contains(&n.as_str()))
+        .collect();
+    for name in built {
+        let faulty = format!("faulty:{name}");
+        let inner = name.clone();
+        let harness = Harness::new(
+            &faulty,
+            Box::new(move |config| {
+                let injector = Injector::new(0xFA17, Plan::Rates(vec![(Fault::Latency, 0.05)]));
+                let backend = inner.clone();
+                FaultyEngine::new(
+                    move |c| Engine::with_backend(&backend, c),
+                    config,
+                    &injector,
+                    false,
+                )
+            }),
+        );
+        summaries.push((faulty, run_suite(harness, cases::all())));
+        let crash = format!("crash:{name}");
+        let inner = name.clone();
+        let harness = Harness::new(
+            &crash,
+            Box::new(move |config| Ok(CrashSim::new(Engine::with_backend(&inner, config)?, 512))),
+        );
+        summaries.push((crash, run_suite(harness, cases::all())));
     }
     let harness = Harness::new(conformance::mem::NAME, Box::new(MemEngine::new));
     summaries.push((

@@ -84,7 +84,9 @@ impl Context {
         // which stays mapped until `io_destroy` (our drop); its header is eight u32 fields at
         // 4-byte alignment, read and written atomically as the kernel does.
         let word = |i: usize| unsafe { &*(base.add(i * 4) as *const std::sync::atomic::AtomicU32) };
-        if word(RING_MAGIC).load(Ordering::Relaxed) != AIO_RING_MAGIC || word(RING_INCOMPAT).load(Ordering::Relaxed) != 0 {
+        if word(RING_MAGIC).load(Ordering::Relaxed) != AIO_RING_MAGIC
+            || word(RING_INCOMPAT).load(Ordering::Relaxed) != 0
+        {
             return None;
         }
         let nr = word(RING_NR).load(Ordering::Relaxed) as usize;
@@ -98,7 +100,9 @@ impl Context {
         while head != tail && count < events.len() {
             // SAFETY: `head < nr`, and the ring holds `nr` events after the header; the event
             // at `head` was published by the tail loaded above.
-            events[count] = unsafe { std::ptr::read_volatile((base.add(RING_HEADER_BYTES) as *const IoEvent).add(head)) };
+            events[count] = unsafe {
+                std::ptr::read_volatile((base.add(RING_HEADER_BYTES) as *const IoEvent).add(head))
+            };
             head = (head + 1) % nr;
             count += 1;
         }

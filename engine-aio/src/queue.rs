@@ -125,10 +125,17 @@ impl AioQueue {
             let mut got = self.ctx.reap_user(&mut self.events).unwrap_or(0);
             if got < min || (got == 0 && self.ctx.reap_user(&mut []).is_none()) {
                 got += loop {
-                    match io_getevents(self.ctx.id, min - got.min(min), &mut self.events[got..], min <= got) {
+                    match io_getevents(
+                        self.ctx.id,
+                        min - got.min(min),
+                        &mut self.events[got..],
+                        min <= got,
+                    ) {
                         Ok(n) => break n,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                        Err(e) => return Err(Error::from_io(&e, Op::Setup).with_message("io_getevents")),
+                        Err(e) => {
+                            return Err(Error::from_io(&e, Op::Setup).with_message("io_getevents"))
+                        }
                     }
                 };
             }
@@ -205,7 +212,11 @@ impl Queue for AioQueue {
             prepared.len,
             0,
         ) {
-            HookGate::Submit { len, retries, fail_after } => (len, retries, fail_after),
+            HookGate::Submit {
+                len,
+                retries,
+                fail_after,
+            } => (len, retries, fail_after),
             HookGate::Fail { errno, retries } => {
                 let inflight = InFlight::new(request, prepared, (0, retries, None));
                 self.rejected

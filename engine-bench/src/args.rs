@@ -174,7 +174,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{text:?} is not a size: use a positive number with an optional k, m or g suffix"))
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a size: use a positive number with an optional k, m or g suffix"
+            )
+        })
 }
 
 /// Parses a duration such as `5s`, `500ms` or `3` (seconds).
@@ -187,7 +191,12 @@ pub fn parse_time(text: &str) -> Result<Duration, String> {
     let parsed = if let Some(ms) = lower.strip_suffix("ms") {
         ms.parse::<u64>().ok().map(Duration::from_millis)
     } else {
-        lower.strip_suffix('s').unwrap_or(&lower).parse::<u64>().ok().map(Duration::from_secs)
+        lower
+            .strip_suffix('s')
+            .unwrap_or(&lower)
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
     };
     parsed
         .filter(|d| !d.is_zero())
@@ -231,7 +240,11 @@ impl Job {
             self.rw.name(),
             human(self.bs),
             self.iodepth,
-            if self.numjobs > 1 { format!(" x{}", self.numjobs) } else { String::new() },
+            if self.numjobs > 1 {
+                format!(" x{}", self.numjobs)
+            } else {
+                String::new()
+            },
             if self.direct { " direct" } else { " buffered" }
         )
     }
@@ -260,7 +273,13 @@ impl Args {
     /// A message when the block size does not divide the file size.
     pub fn jobs(&self) -> Result<Vec<Job>, String> {
         let size = self.size.unwrap_or(1 << 30);
-        let runtime = self.runtime.unwrap_or(Duration::from_secs(if self.is_default_run() { 3 } else { 5 }));
+        let runtime = self
+            .runtime
+            .unwrap_or(Duration::from_secs(if self.is_default_run() {
+                3
+            } else {
+                5
+            }));
         let base = Job {
             rw: Rw::Randread,
             rwmixread: self.rwmixread,
@@ -277,23 +296,35 @@ impl Args {
         let jobs = if self.is_default_run() {
             vec![
                 base.clone(),
-                Job { rw: Rw::Write, bs: 1 << 20, iodepth: 8, ..base.clone() },
+                Job {
+                    rw: Rw::Write,
+                    bs: 1 << 20,
+                    iodepth: 8,
+                    ..base.clone()
+                },
             ]
         } else {
             vec![Job {
                 rw: self.rw.unwrap_or(Rw::Randread),
                 bs: self.bs.unwrap_or(4096),
                 iodepth: self.iodepth.unwrap_or(32),
-                direct: self.direct.map_or(true, |d| d == 1),
+                direct: self.direct.is_none_or(|d| d == 1),
                 ..base
             }]
         };
         for job in &jobs {
             if job.bs > job.size {
-                return Err(format!("--bs {} is larger than --size {}", human(job.bs), human(job.size)));
+                return Err(format!(
+                    "--bs {} is larger than --size {}",
+                    human(job.bs),
+                    human(job.size)
+                ));
             }
             if job.bs > 256 << 20 {
-                return Err(format!("--bs {} is above the 256m this benchmark supports", human(job.bs)));
+                return Err(format!(
+                    "--bs {} is above the 256m this benchmark supports",
+                    human(job.bs)
+                ));
             }
         }
         Ok(jobs)

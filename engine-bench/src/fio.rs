@@ -23,7 +23,10 @@ pub struct FioResult {
 
 /// True when a `fio` is on PATH.
 pub fn available() -> bool {
-    Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// fio's synchronous ioengines, which ignore `iodepth`.
@@ -59,6 +62,9 @@ pub fn arguments(job: &Job, path: &Path, ioengine: &str) -> Vec<String> {
         "--norandommap".to_string(),
         "--randrepeat=0".to_string(),
         format!("--invalidate={}", u8::from(job.invalidate)),
+        // Total latency percentiles (submission to completion), as engine-bench measures;
+        // fio's default percentiles are of completion latency only.
+        "--lat_percentiles=1".to_string(),
         "--output-format=json".to_string(),
     ];
     if job.rw == crate::args::Rw::Randrw {
@@ -68,7 +74,10 @@ pub fn arguments(job: &Job, path: &Path, ioengine: &str) -> Vec<String> {
         return args;
     }
     // Sequential jobs each get their own region, as engine-bench's jobs do.
-    args.push(format!("--offset_increment={}", job.size / u64::from(job.numjobs)));
+    args.push(format!(
+        "--offset_increment={}",
+        job.size / u64::from(job.numjobs)
+    ));
     args
 }
 
@@ -84,7 +93,10 @@ pub fn run(job: &Job, path: &Path, ioengine: &str) -> Result<FioResult, String> 
         .output()
         .map_err(|e| format!("fio is not installed or cannot run ({e}); install it (apt-get install fio) or leave it out of --engine"))?;
     if !output.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     // fio may print notes before the JSON.
@@ -103,9 +115,14 @@ pub fn run(job: &Job, path: &Path, ioengine: &str) -> Result<FioResult, String> 
 ///
 /// A message naming what is missing.
 pub fn parse(json: &str) -> Result<FioResult, String> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("fio's output is not JSON: {e}"))?;
-    let job = value.get("jobs").and_then(|j| j.get(0)).ok_or("fio's JSON has no jobs")?;
-    let number = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("fio's output is not JSON: {e}"))?;
+    let job = value
+        .get("jobs")
+        .and_then(|j| j.get(0))
+        .ok_or("fio's JSON has no jobs")?;
+    let number =
+        |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     let mut iops = 0.0;
     let mut bw = 0.0;
     let mut lat = [0u64; 3];
@@ -115,7 +132,10 @@ pub fn parse(json: &str) -> Result<FioResult, String> {
         let side_iops = number(stats.get("iops"));
         iops += side_iops;
         bw += number(stats.get("bw_bytes"));
-        let percentiles = stats.get("clat_ns").and_then(|c| c.get("percentile"));
+        let percentiles = stats
+            .get("lat_ns")
+            .and_then(|c| c.get("percentile"))
+            .or_else(|| stats.get("clat_ns").and_then(|c| c.get("percentile")));
         if side_iops > weight {
             // A mixed job's headline latency is its dominant side's.
             weight = side_iops;

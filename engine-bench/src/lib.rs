@@ -61,26 +61,65 @@ fn settle_cache(path: &Path, job: &Job) {
     if job.direct {
         return;
     }
-    let Ok(file) = std::fs::File::open(path) else { return };
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
     if job.invalidate {
         // SAFETY: posix_fadvise takes a descriptor we own and plain integers.
-        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
     } else {
         let _ = std::io::copy(&mut std::io::BufReader::new(file), &mut std::io::sink());
     }
 }
 
 /// Runs one engine on one job.
-fn run_one(name: &str, api: Api, job: &Job, path: &Path, allocations: Option<fn() -> u64>, repetition: u32, seed: u64) -> Result<RunResult, String> {
+fn run_one(
+    name: &str,
+    api: Api,
+    job: &Job,
+    path: &Path,
+    allocations: Option<fn() -> u64>,
+    repetition: u32,
+    seed: u64,
+) -> Result<RunResult, String> {
     settle_cache(path, job);
     if let Some(ioengine) = name.strip_prefix("fio") {
-        let ioengine = ioengine.strip_prefix(':').filter(|s| !s.is_empty()).unwrap_or("io_uring");
+        let ioengine = ioengine
+            .strip_prefix(':')
+            .filter(|s| !s.is_empty())
+            .unwrap_or("io_uring");
         let r = fio::run(job, path, ioengine)?;
-        let mut result = RunResult::new(name, ioengine, job, 0, 0, r.runtime_s, Latency { p50: r.lat_ns[0], p99: r.lat_ns[1], p999: r.lat_ns[2] }, (r.cpu_user_s, r.cpu_sys_s), None, repetition);
+        let mut result = RunResult::new(
+            name,
+            ioengine,
+            job,
+            0,
+            0,
+            r.runtime_s,
+            Latency {
+                p50: r.lat_ns[0],
+                p99: r.lat_ns[1],
+                p999: r.lat_ns[2],
+            },
+            (r.cpu_user_s, r.cpu_sys_s),
+            None,
+            repetition,
+        );
         result.iops = r.iops;
         result.bw_bytes = r.bw_bytes;
         let ops = r.iops * r.runtime_s;
-        result.cpu_ns_per_op = if ops > 0.0 { (r.cpu_user_s + r.cpu_sys_s) * 1e9 / ops } else { 0.0 };
+        result.cpu_ns_per_op = if ops > 0.0 {
+            (r.cpu_user_s + r.cpu_sys_s) * 1e9 / ops
+        } else {
+            0.0
+        };
         return Ok(result);
     }
     let (measured, api_name) = if name == "tokio-fs" {
@@ -91,7 +130,10 @@ fn run_one(name: &str, api: Api, job: &Job, path: &Path, allocations: Option<fn(
             Api::Queue => "queue",
             Api::Async => "async",
         };
-        (run::run(&engine, path, job, api, allocations, seed)?, api_name)
+        (
+            run::run(&engine, path, job, api, allocations, seed)?,
+            api_name,
+        )
     };
     let h = &measured.latency_ns;
     let lat = Latency {
@@ -154,7 +196,10 @@ pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, Str
     let total = u64::from(args.repeat) * (jobs.len() * engines.len()) as u64;
     let progress = if std::io::stdout().is_terminal() && args.output_format == Format::Text {
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         bar
     } else {

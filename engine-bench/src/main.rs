@@ -42,9 +42,17 @@ fn main() {
         Format::Markdown => print!("{}", report::markdown(&summaries, args.repeat)),
         Format::Text => {
             print!("{}", report::table(&summaries, args.repeat));
-            for r in outcome.results.iter().filter(|r| r.verified_bytes.is_some()) {
+            for r in outcome
+                .results
+                .iter()
+                .filter(|r| r.verified_bytes.is_some())
+            {
                 if r.repetition == 0 {
-                    println!("verify: {} wrote and read back {} bytes intact", r.engine, r.verified_bytes.unwrap_or(0));
+                    println!(
+                        "verify: {} wrote and read back {} bytes intact",
+                        r.engine,
+                        r.verified_bytes.unwrap_or(0)
+                    );
                 }
             }
             println!("\n{}", outcome.selection);

@@ -14,6 +14,9 @@ use hdrhistogram::Histogram;
 use crate::args::Job;
 use crate::run::{Measured, Pattern};
 
+/// One task's count of operations, bytes and latencies.
+type TaskResult = Result<(u64, u64, Histogram<u64>), String>;
+
 /// Runs `job` through tokio's blocking-pool file I/O.
 ///
 /// # Errors
@@ -30,27 +33,37 @@ pub fn tokio_fs(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
     if job.direct {
         options.custom_flags(libc::O_DIRECT);
     }
-    let file = Arc::new(options.open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
+    let file = Arc::new(
+        options
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?,
+    );
     let (user0, sys0) = crate::run::cpu_seconds_of(libc::RUSAGE_SELF);
     let started = Instant::now();
     let deadline = started + job.runtime;
     let tasks = (job.iodepth * job.numjobs) as u64;
-    let results: Vec<Result<(u64, u64, Histogram<u64>), String>> = runtime.block_on(async {
+    let results: Vec<TaskResult> = runtime.block_on(async {
         let mut handles = Vec::new();
         for t in 0..tasks {
             let file = Arc::clone(&file);
             let job = job.clone();
             handles.push(tokio::spawn(async move {
                 let mut pattern = Pattern::new(&job, t as u32, seed);
-                let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?;
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+                    .map_err(|e| e.to_string())?;
                 let (mut ops, mut bytes) = (0u64, 0u64);
-                let mut buf = engine::AlignedBuf::zeroed(job.bs as usize, 4096).map_err(|e| e.to_string())?;
+                let mut buf =
+                    engine::AlignedBuf::zeroed(job.bs as usize, 4096).map_err(|e| e.to_string())?;
                 while Instant::now() < deadline {
-                    let (read, offset) = pattern.next();
+                    let (read, offset) = pattern.next_request();
                     let begin = Instant::now();
                     let file = Arc::clone(&file);
                     let (result, back) = tokio::task::spawn_blocking(move || {
-                        let result = if read { file.read_at(&mut buf, offset) } else { file.write_at(&buf, offset) };
+                        let result = if read {
+                            file.read_at(&mut buf, offset)
+                        } else {
+                            file.write_at(&buf, offset)
+                        };
                         (result, buf)
                     })
                     .await
@@ -59,7 +72,11 @@ pub fn tokio_fs(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
                     let n = result.map_err(|e| e.to_string())?;
                     ops += 1;
                     bytes += n as u64;
-                    histogram.saturating_record(u64::try_from(begin.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+                    histogram.saturating_record(
+                        u64::try_from(begin.elapsed().as_nanos())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    );
                 }
                 Ok((ops, bytes, histogram))
             }));
@@ -72,7 +89,8 @@ pub fn tokio_fs(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
     });
     let elapsed = started.elapsed();
     let (user1, sys1) = crate::run::cpu_seconds_of(libc::RUSAGE_SELF);
-    let mut total = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut total =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut ops, mut bytes) = (0, 0);
     for result in results {
         let (o, b, h) = result?;

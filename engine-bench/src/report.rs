@@ -60,7 +60,18 @@ pub struct RunResult {
 impl RunResult {
     /// A record for `job` from raw measurements.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(engine: &str, api: &str, job: &Job, ops: u64, bytes: u64, secs: f64, lat_ns: Latency, cpu: (f64, f64), allocations: Option<u64>, repetition: u32) -> RunResult {
+    pub fn new(
+        engine: &str,
+        api: &str,
+        job: &Job,
+        ops: u64,
+        bytes: u64,
+        secs: f64,
+        lat_ns: Latency,
+        cpu: (f64, f64),
+        allocations: Option<u64>,
+        repetition: u32,
+    ) -> RunResult {
         let secs = secs.max(1e-9);
         RunResult {
             engine: engine.to_string(),
@@ -75,7 +86,11 @@ impl RunResult {
             lat_ns,
             cpu_user_s: cpu.0,
             cpu_sys_s: cpu.1,
-            cpu_ns_per_op: if ops > 0 { (cpu.0 + cpu.1) * 1e9 / ops as f64 } else { 0.0 },
+            cpu_ns_per_op: if ops > 0 {
+                (cpu.0 + cpu.1) * 1e9 / ops as f64
+            } else {
+                0.0
+            },
             allocs_per_op: allocations.map(|a| if ops > 0 { a as f64 / ops as f64 } else { 0.0 }),
             runtime_s: secs,
             repetition,
@@ -84,7 +99,13 @@ impl RunResult {
     }
 
     fn job_key(&self) -> (String, u64, u32, u32, bool) {
-        (self.rw.clone(), self.bs, self.iodepth, self.numjobs, self.direct)
+        (
+            self.rw.clone(),
+            self.bs,
+            self.iodepth,
+            self.numjobs,
+            self.direct,
+        )
     }
 }
 
@@ -145,15 +166,35 @@ pub fn summarize(results: &[RunResult]) -> Vec<Summary> {
                 engines.push((r.engine.clone(), r.api.clone()));
             }
         }
-        let Some(first) = engines.first().cloned() else { continue };
-        let label = format!("{} {} qd{}{}{}", key.0, human(key.1), key.2, if key.3 > 1 { format!(" x{}", key.3) } else { String::new() }, if key.4 { " direct" } else { " buffered" });
+        let Some(first) = engines.first().cloned() else {
+            continue;
+        };
+        let label = format!(
+            "{} {} qd{}{}{}",
+            key.0,
+            human(key.1),
+            key.2,
+            if key.3 > 1 {
+                format!(" x{}", key.3)
+            } else {
+                String::new()
+            },
+            if key.4 { " direct" } else { " buffered" }
+        );
         for (engine, api) in &engines {
-            let runs: Vec<&&RunResult> = of_job.iter().filter(|r| &r.engine == engine && &r.api == api).collect();
-            let pick = |f: &dyn Fn(&RunResult) -> f64| median(&mut runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+            let runs: Vec<&&RunResult> = of_job
+                .iter()
+                .filter(|r| &r.engine == engine && &r.api == api)
+                .collect();
+            let pick = |f: &dyn Fn(&RunResult) -> f64| {
+                median(&mut runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
             let mut iops_ratios = Vec::new();
             let mut p50_ratios = Vec::new();
             for r in &runs {
-                let base = of_job.iter().find(|b| b.engine == first.0 && b.api == first.1 && b.repetition == r.repetition);
+                let base = of_job.iter().find(|b| {
+                    b.engine == first.0 && b.api == first.1 && b.repetition == r.repetition
+                });
                 if let Some(base) = base {
                     if base.iops > 0.0 {
                         iops_ratios.push(r.iops / base.iops);
@@ -196,14 +237,35 @@ pub fn table(summaries: &[Summary], repetitions: u32) -> String {
     for s in summaries {
         if s.job != current {
             current = s.job.clone();
-            let _ = writeln!(text, "\n{}{}", s.job, if repetitions > 1 { format!(" (median of {repetitions} interleaved repetitions)") } else { String::new() });
+            let _ = writeln!(
+                text,
+                "\n{}{}",
+                s.job,
+                if repetitions > 1 {
+                    format!(" (median of {repetitions} interleaved repetitions)")
+                } else {
+                    String::new()
+                }
+            );
             let _ = writeln!(
                 text,
                 "  {:<12} {:<6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-                "engine", "api", "IOPS", "MB/s", "p50 us", "p99 us", "p99.9 us", "cpu ns/op", "allocs/op", "x IOPS", "x p50"
+                "engine",
+                "api",
+                "IOPS",
+                "MB/s",
+                "p50 us",
+                "p99 us",
+                "p99.9 us",
+                "cpu ns/op",
+                "allocs/op",
+                "x IOPS",
+                "x p50"
             );
         }
-        let allocs = s.allocs_per_op.map_or("-".to_string(), |a| format!("{a:.3}"));
+        let allocs = s
+            .allocs_per_op
+            .map_or("-".to_string(), |a| format!("{a:.3}"));
         let _ = writeln!(
             text,
             "  {:<12} {:<6} {:>10.0} {:>10.1} {:>9} {:>9} {:>9} {:>9.0} {:>9} {:>8.3} {:>8.3}",
@@ -231,33 +293,79 @@ pub fn svg(summaries: &[Summary]) -> String {
     let width = 900.0;
     let chart_w = (width - left - 40.0) / 2.0;
     let rows = summaries.len() as f64;
-    let jobs = summaries.iter().map(|s| &s.job).collect::<std::collections::BTreeSet<_>>().len() as f64;
+    let jobs = summaries
+        .iter()
+        .map(|s| &s.job)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
     let height = 60.0 + rows * (bar_h + gap) + jobs * 28.0;
     let max_iops = summaries.iter().map(|s| s.iops).fold(1.0, f64::max);
-    let max_p99 = summaries.iter().map(|s| s.lat_ns.p99 as f64).fold(1.0, f64::max);
+    let max_p99 = summaries
+        .iter()
+        .map(|s| s.lat_ns.p99 as f64)
+        .fold(1.0, f64::max);
     let mut out = String::new();
-    let _ = writeln!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(out, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
-    let _ = writeln!(out, r#"<text x="{left}" y="20" font-weight="bold">IOPS (higher is better)</text>"#);
-    let _ = writeln!(out, r#"<text x="{}" y="20" font-weight="bold">p99 latency, us (lower is better)</text>"#, left + chart_w + 30.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{left}" y="20" font-weight="bold">IOPS (higher is better)</text>"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="20" font-weight="bold">p99 latency, us (lower is better)</text>"#,
+        left + chart_w + 30.0
+    );
     let mut y = 40.0;
     let mut current = String::new();
     for s in summaries {
         if s.job != current {
             current = s.job.clone();
             y += 8.0;
-            let _ = writeln!(out, r#"<text x="10" y="{}" font-weight="bold">{}</text>"#, y + 10.0, escape(&s.job));
+            let _ = writeln!(
+                out,
+                r#"<text x="10" y="{}" font-weight="bold">{}</text>"#,
+                y + 10.0,
+                escape(&s.job)
+            );
             y += 20.0;
         }
         let label = format!("{} ({})", s.engine, s.api);
         let iops_w = chart_w * s.iops / max_iops;
         let p99_w = chart_w * s.lat_ns.p99 as f64 / max_p99;
-        let _ = writeln!(out, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 8.0, y + 12.0, escape(&label));
-        let _ = writeln!(out, r##"<rect x="{left}" y="{y}" width="{iops_w:.1}" height="{bar_h}" fill="#4878d0"/>"##);
-        let _ = writeln!(out, r#"<text x="{:.1}" y="{}">{:.0}</text>"#, left + iops_w + 4.0, y + 12.0, s.iops);
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + 12.0,
+            escape(&label)
+        );
+        let _ = writeln!(
+            out,
+            r##"<rect x="{left}" y="{y}" width="{iops_w:.1}" height="{bar_h}" fill="#4878d0"/>"##
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}">{:.0}</text>"#,
+            left + iops_w + 4.0,
+            y + 12.0,
+            s.iops
+        );
         let x2 = left + chart_w + 30.0;
-        let _ = writeln!(out, r##"<rect x="{x2}" y="{y}" width="{p99_w:.1}" height="{bar_h}" fill="#ee854a"/>"##);
-        let _ = writeln!(out, r#"<text x="{:.1}" y="{}">{}</text>"#, x2 + p99_w + 4.0, y + 12.0, micros(s.lat_ns.p99));
+        let _ = writeln!(
+            out,
+            r##"<rect x="{x2}" y="{y}" width="{p99_w:.1}" height="{bar_h}" fill="#ee854a"/>"##
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}">{}</text>"#,
+            x2 + p99_w + 4.0,
+            y + 12.0,
+            micros(s.lat_ns.p99)
+        );
         y += bar_h + gap;
     }
     let _ = writeln!(out, "</svg>");
@@ -265,7 +373,9 @@ pub fn svg(summaries: &[Summary]) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The comparison as a Markdown table, one row per engine, for BENCHMARKS.md.
@@ -277,13 +387,28 @@ pub fn markdown(summaries: &[Summary], repetitions: u32) -> String {
             current = s.job.clone();
             let _ = writeln!(text, "\n**{}** (median of {repetitions} interleaved repetitions; ratios against the first row)\n", s.job);
             let _ = writeln!(text, "| engine | api | IOPS | MB/s | p50 us | p99 us | p99.9 us | CPU ns/op | allocs/op | IOPS ratio | p50 ratio |");
-            let _ = writeln!(text, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            let _ = writeln!(
+                text,
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
         }
-        let allocs = s.allocs_per_op.map_or("-".to_string(), |a| format!("{a:.3}"));
+        let allocs = s
+            .allocs_per_op
+            .map_or("-".to_string(), |a| format!("{a:.3}"));
         let _ = writeln!(
             text,
             "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.0} | {} | {:.3} | {:.3} |",
-            s.engine, s.api, s.iops, s.bw_bytes / 1e6, micros(s.lat_ns.p50), micros(s.lat_ns.p99), micros(s.lat_ns.p999), s.cpu_ns_per_op, allocs, s.iops_ratio, s.p50_ratio
+            s.engine,
+            s.api,
+            s.iops,
+            s.bw_bytes / 1e6,
+            micros(s.lat_ns.p50),
+            micros(s.lat_ns.p99),
+            micros(s.lat_ns.p999),
+            s.cpu_ns_per_op,
+            allocs,
+            s.iops_ratio,
+            s.p50_ratio
         );
     }
     text

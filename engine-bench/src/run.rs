@@ -2,10 +2,13 @@
 //! flight through the queue API or the async API, until the run time is over.
 
 use std::path::Path;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use engine::{AlignedBuf, Completion, Engine, EngineExt, File, OpenOptions, PageAllocator, Queue, Request};
-use engine_core::{block_on, join_all, OpKind};
+use engine::{
+    AlignedBuf, Completion, Engine, EngineExt, File, OpenOptions, PageAllocator, Queue, Request,
+};
+use engine_core::{block_on, join_all};
 use hdrhistogram::Histogram;
 
 use crate::args::{Api, Job, Rw};
@@ -49,7 +52,9 @@ impl Stats {
     fn record(&mut self, started: Instant, now: Instant, bytes: usize) {
         self.ops += 1;
         self.bytes += bytes as u64;
-        let ns = u64::try_from(now.duration_since(started).as_nanos()).unwrap_or(u64::MAX).max(1);
+        let ns = u64::try_from(now.duration_since(started).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.latency_ns.saturating_record(ns);
     }
 
@@ -101,7 +106,7 @@ impl Pattern {
     }
 
     /// The next request: (read?, offset).
-    pub fn next(&mut self) -> (bool, u64) {
+    pub fn next_request(&mut self) -> (bool, u64) {
         let read = match self.rw {
             Rw::Read | Rw::Randread => true,
             Rw::Write | Rw::Randwrite => false,
@@ -122,7 +127,10 @@ impl Pattern {
 pub fn open_options(job: &Job) -> OpenOptions {
     // Read-only jobs open read-only, as fio does.
     let reads_only = matches!(job.rw, Rw::Read | Rw::Randread);
-    OpenOptions::new().read(true).write(!reads_only).direct(job.direct)
+    OpenOptions::new()
+        .read(true)
+        .write(!reads_only)
+        .direct(job.direct)
 }
 
 /// A buffer of `len` bytes: from the engine's registered pool when it can serve it.
@@ -161,32 +169,58 @@ pub fn cpu_seconds_of(who: i32) -> (f64, f64) {
 /// # Errors
 ///
 /// The first I/O error, or a setup error, as text.
-pub fn run(engine: &Engine, path: &Path, job: &Job, api: Api, allocations: Option<fn() -> u64>, seed: u64) -> Result<Measured, String> {
+pub fn run(
+    engine: &Engine,
+    path: &Path,
+    job: &Job,
+    api: Api,
+    allocations: Option<fn() -> u64>,
+    seed: u64,
+) -> Result<Measured, String> {
     let file = engine
         .open(path, &open_options(job))
         .map_err(|e| format!("opening {} through {}: {e}", path.display(), engine.name()))?;
-    let (user0, sys0) = cpu_seconds_of(libc::RUSAGE_SELF);
-    let allocs0 = allocations.map(|f| f());
-    let started = Instant::now();
-    let deadline = started + job.runtime;
-    let results: Vec<Result<Stats, String>> = std::thread::scope(|scope| {
+    // Every job sets up (queue, buffers) before the barrier; the measured window, for time,
+    // CPU and allocations, starts when all are ready and ends when the last is done.
+    let barrier = Barrier::new(job.numjobs as usize + 1);
+    let deadline = OnceLock::new();
+    let mut results: Vec<Result<Stats, String>> = Vec::with_capacity(job.numjobs as usize);
+    let mut window = (Instant::now(), (0.0, 0.0), None);
+    let mut end = window;
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..job.numjobs)
             .map(|index| {
-                let file = file.clone();
+                let (file, barrier, deadline) = (file.clone(), &barrier, &deadline);
+                let start = Start { barrier, deadline };
                 scope.spawn(move || match api {
-                    Api::Queue => queue_job(engine, &file, job, index, deadline, seed),
-                    Api::Async => async_job(engine, &file, job, index, deadline, seed),
+                    Api::Queue => queue_job(engine, &file, job, index, start, seed),
+                    Api::Async => async_job(engine, &file, job, index, start, seed),
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a job thread panicked".into())))
-            .collect()
+        let started = Instant::now();
+        let _ = deadline.set(started + job.runtime);
+        window = (
+            started,
+            cpu_seconds_of(libc::RUSAGE_SELF),
+            allocations.map(|f| f()),
+        );
+        barrier.wait();
+        for handle in handles {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a job thread panicked".into())),
+            );
+        }
+        end = (
+            Instant::now(),
+            cpu_seconds_of(libc::RUSAGE_SELF),
+            allocations.map(|f| f()),
+        );
     });
-    let elapsed = started.elapsed();
-    let allocations = allocations.zip(allocs0).map(|(f, before)| f() - before);
-    let (user1, sys1) = cpu_seconds_of(libc::RUSAGE_SELF);
+    let (started, (user0, sys0), allocs0) = window;
+    let (finished, (user1, sys1), allocs1) = end;
     let mut total = Stats::new();
     for result in results {
         total.merge(&result?);
@@ -195,16 +229,31 @@ pub fn run(engine: &Engine, path: &Path, job: &Job, api: Api, allocations: Optio
     Ok(Measured {
         ops: total.ops,
         bytes: total.bytes,
-        elapsed,
+        elapsed: finished - started,
         latency_ns: total.latency_ns,
         cpu_user_s: user1 - user0,
         cpu_sys_s: sys1 - sys0,
-        allocations,
+        allocations: allocs0.zip(allocs1).map(|(a, b)| b - a),
     })
 }
 
+/// The start line every job thread waits at, and the deadline set when all are there.
+#[derive(Clone, Copy)]
+struct Start<'a> {
+    barrier: &'a Barrier,
+    deadline: &'a OnceLock<Instant>,
+}
+
+impl Start<'_> {
+    /// Waits for every job to be ready; returns the deadline.
+    fn wait(self) -> Instant {
+        self.barrier.wait();
+        self.deadline.get().copied().unwrap_or_else(Instant::now)
+    }
+}
+
 fn request(file: &File, pattern: &mut Pattern, slot: usize, buf: AlignedBuf) -> Request {
-    let (read, offset) = pattern.next();
+    let (read, offset) = pattern.next_request();
     if read {
         Request::read(file, offset, buf, slot as u64)
     } else {
@@ -212,20 +261,34 @@ fn request(file: &File, pattern: &mut Pattern, slot: usize, buf: AlignedBuf) -> 
     }
 }
 
-fn queue_job(engine: &Engine, file: &File, job: &Job, index: u32, deadline: Instant, seed: u64) -> Result<Stats, String> {
+fn queue_job(
+    engine: &Engine,
+    file: &File,
+    job: &Job,
+    index: u32,
+    start: Start<'_>,
+    seed: u64,
+) -> Result<Stats, String> {
     let mut queue = engine.queue().map_err(|e| e.to_string())?;
     let depth = (job.iodepth as usize).min(queue.depth());
     let mut pattern = Pattern::new(job, index, seed);
     let mut stats = Stats::new();
-    let mut started = vec![Instant::now(); depth];
     let mut out: Vec<Completion> = Vec::with_capacity(depth);
-    let mut unsubmitted = 0;
+    let mut bufs = Vec::with_capacity(depth);
     for slot in 0..depth {
         let mut buf = buffer(engine, job.bs as usize)?;
         fill(&mut buf, seed + slot as u64);
-        started[slot] = Instant::now();
-        queue.push(request(file, &mut pattern, slot, buf)).map_err(|_| "queue full at start".to_string())?;
+        bufs.push(buf);
     }
+    let mut started = vec![Instant::now(); depth];
+    let deadline = start.wait();
+    for (slot, (begun, buf)) in started.iter_mut().zip(bufs).enumerate() {
+        *begun = Instant::now();
+        queue
+            .push(request(file, &mut pattern, slot, buf))
+            .map_err(|_| "queue full at start".to_string())?;
+    }
+    let mut unsubmitted = 0;
     // Each round reaps at least one completion; the loop ends when the run time is over and
     // everything in flight has been reaped.
     while queue.in_flight() > 0 {
@@ -241,7 +304,9 @@ fn queue_job(engine: &Engine, file: &File, job: &Job, index: u32, deadline: Inst
             if now < deadline {
                 buf.resize(job.bs as usize).map_err(|e| e.to_string())?;
                 started[slot] = now;
-                queue.push(request(file, &mut pattern, slot, buf)).map_err(|_| "queue full".to_string())?;
+                queue
+                    .push(request(file, &mut pattern, slot, buf))
+                    .map_err(|_| "queue full".to_string())?;
                 unsubmitted += 1;
                 // fio's iodepth_batch_submit: hand requests to the kernel once this many are
                 // queued (1: each at once, which keeps the device busiest).
@@ -255,33 +320,44 @@ fn queue_job(engine: &Engine, file: &File, job: &Job, index: u32, deadline: Inst
     Ok(stats)
 }
 
-fn async_job(engine: &Engine, file: &File, job: &Job, index: u32, deadline: Instant, seed: u64) -> Result<Stats, String> {
-    let workers: Vec<_> = (0..job.iodepth)
-        .map(|w| {
-            let mut pattern = Pattern::new(job, index * job.iodepth + w, seed);
-            async move {
-                let mut stats = Stats::new();
-                let mut buf = buffer(engine, job.bs as usize)?;
-                fill(&mut buf, seed + u64::from(w));
-                while Instant::now() < deadline {
-                    let (read, offset) = pattern.next();
-                    let started = Instant::now();
-                    let kind = if read { OpKind::Read } else { OpKind::Write };
-                    let (result, back) = match kind {
-                        OpKind::Read => engine.read_at(file, offset, buf).await,
-                        _ => engine.write_at(file, offset, buf).await,
-                    };
-                    let n = result.map_err(|e| e.to_string())?;
-                    stats.record(started, Instant::now(), n);
-                    buf = back;
-                    buf.resize(job.bs as usize).map_err(|e| e.to_string())?;
-                }
-                Ok::<Stats, String>(stats)
+fn async_job(
+    engine: &Engine,
+    file: &File,
+    job: &Job,
+    index: u32,
+    start: Start<'_>,
+    seed: u64,
+) -> Result<Stats, String> {
+    let mut workers = Vec::with_capacity(job.iodepth as usize);
+    for w in 0..job.iodepth {
+        let mut buf = buffer(engine, job.bs as usize)?;
+        fill(&mut buf, seed + u64::from(w));
+        let mut pattern = Pattern::new(job, index * job.iodepth + w, seed);
+        let mut stats = Stats::new();
+        let deadline = start.deadline;
+        workers.push(async move {
+            let deadline = deadline.get().copied().unwrap_or_else(Instant::now);
+            let mut buf = buf;
+            while Instant::now() < deadline {
+                let (read, offset) = pattern.next_request();
+                let begun = Instant::now();
+                let (result, back) = if read {
+                    engine.read_at(file, offset, buf).await
+                } else {
+                    engine.write_at(file, offset, buf).await
+                };
+                let n = result.map_err(|e| e.to_string())?;
+                stats.record(begun, Instant::now(), n);
+                buf = back;
+                buf.resize(job.bs as usize).map_err(|e| e.to_string())?;
             }
-        })
-        .collect();
+            Ok::<Stats, String>(stats)
+        });
+    }
+    let joined = join_all(workers);
+    start.wait();
     let mut total = Stats::new();
-    for result in block_on(join_all(workers)) {
+    for result in block_on(joined) {
         total.merge(&result?);
     }
     Ok(total)
@@ -293,7 +369,13 @@ fn async_job(engine: &Engine, file: &File, job: &Job, index: u32, deadline: Inst
 /// # Errors
 ///
 /// The first I/O error or mismatch, as text.
-pub fn verify(engine: &Engine, path: &Path, size: u64, direct: bool, seed: u64) -> Result<u64, String> {
+pub fn verify(
+    engine: &Engine,
+    path: &Path,
+    size: u64,
+    direct: bool,
+    seed: u64,
+) -> Result<u64, String> {
     const CHUNK: u64 = 1 << 20;
     let options = OpenOptions::new().read(true).write(true).direct(direct);
     let file = engine.open(path, &options).map_err(|e| e.to_string())?;
@@ -310,10 +392,15 @@ pub fn verify(engine: &Engine, path: &Path, size: u64, direct: bool, seed: u64) 
         for i in 0..chunks {
             let mut expected = buffer(engine, len_of(i))?;
             fill(&mut expected, seed ^ i);
-            let (read, got) = engine.read_exact_at(&file, i * CHUNK, buffer(engine, len_of(i))?).await;
+            let (read, got) = engine
+                .read_exact_at(&file, i * CHUNK, buffer(engine, len_of(i))?)
+                .await;
             read.map_err(|e| e.to_string())?;
             if got.as_slice() != expected.as_slice() {
-                return Err(format!("verify: chunk {i} at offset {} differs from what was written", i * CHUNK));
+                return Err(format!(
+                    "verify: chunk {i} at offset {} differs from what was written",
+                    i * CHUNK
+                ));
             }
         }
         Ok::<(), String>(())
@@ -345,7 +432,8 @@ pub fn prepare_file(path: &Path, size: u64) -> Result<(), String> {
     let mut offset = have - have % chunk.len() as u64;
     while offset < size {
         let len = (size - offset).min(chunk.len() as u64) as usize;
-        file.write_all_at(&chunk[..len], offset).map_err(|e| format!("filling {}: {e}", path.display()))?;
+        file.write_all_at(&chunk[..len], offset)
+            .map_err(|e| format!("filling {}: {e}", path.display()))?;
         offset += len as u64;
     }
     file.sync_all().map_err(|e| e.to_string())

@@ -39,7 +39,13 @@ fn bad_flags_are_one_line_errors_naming_the_flag() {
         argv.extend_from_slice(flags);
         let error = Args::try_parse_from(argv).expect_err(name).to_string();
         assert!(error.contains(name), "{flags:?}: {error}");
-        assert!(error.lines().next().is_some_and(|l| l.starts_with("error:")), "{error}");
+        assert!(
+            error
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("error:")),
+            "{error}"
+        );
     }
 }
 
@@ -49,23 +55,73 @@ fn no_arguments_means_the_standard_set() {
     assert!(args.is_default_run());
     let jobs = args.jobs().expect("jobs");
     assert_eq!(jobs.len(), 2);
-    assert_eq!((jobs[0].rw, jobs[0].bs, jobs[0].iodepth, jobs[0].direct), (Rw::Randread, 4096, 32, true));
-    assert_eq!((jobs[1].rw, jobs[1].bs, jobs[1].iodepth), (Rw::Write, 1 << 20, 8));
-    assert!(jobs.iter().all(|j| j.size == 1 << 30 && j.runtime == Duration::from_secs(3)));
+    assert_eq!(
+        (jobs[0].rw, jobs[0].bs, jobs[0].iodepth, jobs[0].direct),
+        (Rw::Randread, 4096, 32, true)
+    );
+    assert_eq!(
+        (jobs[1].rw, jobs[1].bs, jobs[1].iodepth),
+        (Rw::Write, 1 << 20, 8)
+    );
+    assert!(jobs
+        .iter()
+        .all(|j| j.size == 1 << 30 && j.runtime == Duration::from_secs(3)));
     let engines = args.engines(true);
     assert_eq!(engines, ["uring", "aio", "sync", "fio"]);
     assert_eq!(args.engines(false), ["uring", "aio", "sync"]);
-    let custom = Args::try_parse_from(["engine-bench", "--rw", "randrw", "--rwmixread", "70", "--bs", "8k", "--size", "4k"]).expect("parse");
-    assert!(custom.jobs().expect_err("bs above size").contains("larger than --size"));
+    let custom = Args::try_parse_from([
+        "engine-bench",
+        "--rw",
+        "randrw",
+        "--rwmixread",
+        "70",
+        "--bs",
+        "8k",
+        "--size",
+        "4k",
+    ])
+    .expect("parse");
+    assert!(custom
+        .jobs()
+        .expect_err("bs above size")
+        .contains("larger than --size"));
 }
 
 #[test]
 fn fio_gets_the_identical_job_and_its_json_is_read() {
-    let args = Args::try_parse_from(["engine-bench", "--rw", "randread", "--bs", "4k", "--iodepth", "16", "--size", "1g", "--runtime", "2s", "--direct", "1"]).expect("parse");
+    let args = Args::try_parse_from([
+        "engine-bench",
+        "--rw",
+        "randread",
+        "--bs",
+        "4k",
+        "--iodepth",
+        "16",
+        "--size",
+        "1g",
+        "--runtime",
+        "2s",
+        "--direct",
+        "1",
+    ])
+    .expect("parse");
     let job = &args.jobs().expect("job")[0];
     let fio_args = engine_bench::fio::arguments(job, std::path::Path::new("/data/f"), "libaio");
-    for expected in ["--ioengine=libaio", "--rw=randread", "--bs=4096", "--iodepth=16", "--direct=1", "--size=1073741824", "--runtime=2000ms", "--filename=/data/f", "--iodepth_batch_submit=1"] {
-        assert!(fio_args.iter().any(|a| a == expected), "{expected} in {fio_args:?}");
+    for expected in [
+        "--ioengine=libaio",
+        "--rw=randread",
+        "--bs=4096",
+        "--iodepth=16",
+        "--direct=1",
+        "--size=1073741824",
+        "--runtime=2000ms",
+        "--filename=/data/f",
+        "--iodepth_batch_submit=1",
+    ] {
+        assert!(
+            fio_args.iter().any(|a| a == expected),
+            "{expected} in {fio_args:?}"
+        );
     }
     let sample = r#"{"jobs":[{"job_runtime":2000,"read":{"iops":1000.5,"bw_bytes":4098048,"clat_ns":{"percentile":{"50.000000":300000,"99.000000":900000,"99.900000":2000000}}},"write":{"iops":0,"bw_bytes":0}}]}"#;
     let parsed = engine_bench::fio::parse(sample).expect("parse fio json");
@@ -81,14 +137,36 @@ fn json_output_has_the_documented_shape_and_verify_checks_data() {
     let file = dir.path().join("bench.dat");
     let plot = dir.path().join("plot.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_engine-bench"))
-        .args(["--engine", "sync,uring", "--rw", "randrw", "--bs", "4k", "--iodepth", "4", "--size", "8m", "--runtime", "200ms", "--verify", "--output-format", "json", "--direct", "0"])
+        .args([
+            "--engine",
+            "sync,uring",
+            "--rw",
+            "randrw",
+            "--bs",
+            "4k",
+            "--iodepth",
+            "4",
+            "--size",
+            "8m",
+            "--runtime",
+            "200ms",
+            "--verify",
+            "--output-format",
+            "json",
+            "--direct",
+            "0",
+        ])
         .arg("--filename")
         .arg(&file)
         .arg("--plot")
         .arg(&plot)
         .output()
         .expect("run engine-bench");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     let runs = json.as_array().expect("an array");
     assert_eq!(runs.len(), 2, "one object per engine run");
@@ -101,21 +179,43 @@ fn json_output_has_the_documented_shape_and_verify_checks_data() {
         assert!(run["iops"].as_f64().is_some_and(|v| v > 0.0), "{run}");
         assert!(run["bw_bytes"].as_f64().is_some_and(|v| v > 0.0), "{run}");
         for p in ["p50", "p99", "p999"] {
-            assert!(run["lat_ns"][p].as_u64().is_some_and(|v| v > 0), "{p} in {run}");
+            assert!(
+                run["lat_ns"][p].as_u64().is_some_and(|v| v > 0),
+                "{p} in {run}"
+            );
         }
-        assert!(run["cpu_user_s"].is_number() && run["cpu_sys_s"].is_number(), "{run}");
+        assert!(
+            run["cpu_user_s"].is_number() && run["cpu_sys_s"].is_number(),
+            "{run}"
+        );
         assert!(run["allocs_per_op"].is_number(), "{run}");
-        assert_eq!(run["verified_bytes"], 8 << 20, "verify wrote and read back the whole file");
+        assert_eq!(
+            run["verified_bytes"],
+            8 << 20,
+            "verify wrote and read back the whole file"
+        );
     }
     let svg = std::fs::read_to_string(&plot).expect("plot written");
-    assert!(svg.starts_with("<svg") && svg.contains("sync (queue)"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("sync (queue)"),
+        "{svg}"
+    );
 }
 
 #[test]
 fn a_missing_fio_or_engine_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(env!("CARGO_BIN_EXE_engine-bench"))
-        .args(["--engine", "nonsense", "--size", "1m", "--runtime", "100ms", "--rw", "read"])
+        .args([
+            "--engine",
+            "nonsense",
+            "--size",
+            "1m",
+            "--runtime",
+            "100ms",
+            "--rw",
+            "read",
+        ])
         .arg("--filename")
         .arg(dir.path().join("f"))
         .output()
@@ -123,5 +223,10 @@ fn a_missing_fio_or_engine_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("engine-bench: nonsense"), "{stderr}");
-    assert!(stderr.contains("valid backends") || stderr.contains("unknown backend") || stderr.contains("no plugin"), "{stderr}");
+    assert!(
+        stderr.contains("valid backends")
+            || stderr.contains("unknown backend")
+            || stderr.contains("no plugin"),
+        "{stderr}"
+    );
 }

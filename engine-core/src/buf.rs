@@ -13,6 +13,13 @@ use std::ptr::NonNull;
 use crate::error::{Error, ErrorKind, Op, Result};
 use crate::pool::PoolReturn;
 
+/// Buffers of at least this many bytes are mapped rather than allocated: their zero pages
+/// cost nothing until touched.
+const MAP_THRESHOLD: usize = 4 << 20;
+
+/// The page size the mapping path relies on (mappings are page-aligned).
+const PAGE: usize = 4096;
+
 /// The largest alignment a buffer may ask for: 1 GiB. Larger requests are a caller bug that
 /// would only waste address space, so they are rejected with a typed error.
 pub const ALIGN_MAX: usize = 1 << 30;
@@ -83,6 +90,9 @@ unsafe impl IoBufMut for Vec<u8> {
 enum Owner {
     /// Allocated by this module with the global allocator and `layout`.
     Global(Layout),
+    /// Mapped by this module with `mmap` (large buffers): zero pages the kernel fills on first
+    /// touch, so a large zeroed buffer costs nothing until used.
+    Mapped(usize),
     /// Borrowed from a page pool, to which it returns on drop.
     Pool(PoolReturn),
     /// A caller's own buffer, kept alive (and dropped) here.
@@ -144,6 +154,9 @@ impl AlignedBuf {
         if layout.size() == 0 {
             return Ok(AlignedBuf::empty(align));
         }
+        if layout.size() >= MAP_THRESHOLD && align <= PAGE {
+            return AlignedBuf::mapped(layout.size(), align);
+        }
         // SAFETY: the layout has a non-zero size, checked just above.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else {
@@ -160,6 +173,41 @@ impl AlignedBuf {
             capacity: layout.size(),
             align,
             owner: Owner::Global(layout),
+        })
+    }
+
+    /// A zeroed buffer of `size` bytes from an anonymous private mapping (`mmap(2)`).
+    fn mapped(size: usize, align: usize) -> Result<AlignedBuf> {
+        // SAFETY: an anonymous private mapping of `size` bytes at an address the kernel
+        // chooses; no memory of ours is involved.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::from_io(&e, Op::Alloc).with_message(format!("mapping {size} bytes")));
+        }
+        let Some(ptr) = NonNull::new(raw.cast::<u8>()) else {
+            return Err(Error::new(
+                ErrorKind::NoMemory,
+                Op::Alloc,
+                "mmap returned null",
+            ));
+        };
+        Ok(AlignedBuf {
+            ptr,
+            len: 0,
+            initialized: size,
+            capacity: size,
+            align,
+            owner: Owner::Mapped(size),
         })
     }
 
@@ -428,6 +476,11 @@ impl Drop for AlignedBuf {
                 // and is freed only here, once.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
             }
+            Owner::Mapped(size) => {
+                // SAFETY: the mapping was made in `mapped` with this size and is unmapped only
+                // here, once.
+                unsafe { libc::munmap(self.ptr.as_ptr().cast(), size) };
+            }
             Owner::Pool(ret) => ret.give_back(self.ptr, self.initialized),
             Owner::Foreign(inner) => drop(inner),
             Owner::Empty => {}
@@ -517,6 +570,15 @@ mod tests {
         }
         let err = AlignedBuf::zeroed(usize::MAX - 10, 4096).expect_err("overflow");
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn large_buffers_are_mapped_zeroed_and_aligned() {
+        let mut buf = AlignedBuf::zeroed(8 << 20, 4096).expect("map");
+        assert_eq!(buf.as_ptr() as usize % 4096, 0);
+        assert!(buf[..4096].iter().all(|&b| b == 0));
+        buf[(8 << 20) - 1] = 7;
+        assert_eq!(buf[(8 << 20) - 1], 7);
     }
 
     #[test]

@@ -8,12 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```
 /// #[global_allocator]
 /// static ALLOC: engine_core::CountingAllocator = engine_core::CountingAllocator::new();
-/// let before = ALLOC.allocations();
-/// // ... the code under test ...
-/// assert_eq!(ALLOC.allocations() - before, 0);
+///
+/// fn main() {
+///     let before = ALLOC.allocations();
+///     let boxed = std::hint::black_box(Box::new(1u64));
+///     assert_eq!(ALLOC.allocations() - before, 1);
+///     drop(boxed);
+/// }
 /// ```
 pub struct CountingAllocator {
     allocations: AtomicU64,

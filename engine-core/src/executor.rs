@@ -46,15 +46,32 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 /// Runs every future concurrently and returns their outputs in the order given.
 ///
-/// Allocates once for the futures and once for the outputs; every future is polled on each
-/// wake-up, which suits batches of requests whose completions arrive close together.
-pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pending: Vec<Option<Pin<Box<F>>>> =
+/// Allocates when called (once for the futures, once for the outputs), not when polled;
+/// every future is polled on each wake-up, which suits batches of requests whose
+/// completions arrive close together.
+pub fn join_all<F: Future>(futures: Vec<F>) -> JoinAll<F> {
+    let pending: Vec<Option<Pin<Box<F>>>> =
         futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
+    let outputs = pending.iter().map(|_| None).collect();
+    JoinAll { pending, outputs }
+}
+
+/// The future of [`join_all`].
+pub struct JoinAll<F: Future> {
+    pending: Vec<Option<Pin<Box<F>>>>,
+    outputs: Vec<Option<F::Output>>,
+}
+
+// Every field is `Unpin` (the futures are boxed), so the future is too.
+impl<F: Future> Unpin for JoinAll<F> {}
+
+impl<F: Future> Future for JoinAll<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<F::Output>> {
+        let this = &mut *self;
         let mut all_done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+        for (slot, output) in this.pending.iter_mut().zip(this.outputs.iter_mut()) {
             if let Some(future) = slot {
                 match future.as_mut().poll(cx) {
                     Poll::Ready(value) => {
@@ -66,13 +83,16 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
             }
         }
         if all_done {
-            Poll::Ready(())
+            Poll::Ready(
+                std::mem::take(&mut this.outputs)
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )
         } else {
             Poll::Pending
         }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,13 @@ impl InFlight {
     /// A request about to be submitted as the fault hook's `gate` decided.
     pub fn new(request: Request, prepared: Prepared, gate: (usize, u32, Option<i32>)) -> InFlight {
         let (len, retries, fail_after) = gate;
-        InFlight { request, prepared, len, retries, fail_after }
+        InFlight {
+            request,
+            prepared,
+            len,
+            retries,
+            fail_after,
+        }
     }
 }
 
@@ -54,7 +60,11 @@ impl InFlight {
         if res < 0 && ErrorKind::errno_is_transient(errno) && self.retries < RETRIES_MAX {
             self.retries += 1;
             return match hook_gate(hook, &self.request, self.prepared.len, self.retries) {
-                HookGate::Submit { len, retries, fail_after } => {
+                HookGate::Submit {
+                    len,
+                    retries,
+                    fail_after,
+                } => {
                     self.len = len;
                     self.retries = retries;
                     self.fail_after = fail_after;
@@ -168,7 +178,11 @@ impl InFlightTable {
         // pending.
         self.pending.fetch_add(1, Ordering::SeqCst);
         let completion = match hook_gate(hook, &request, prepared.len, 0) {
-            HookGate::Submit { len, retries, fail_after } => {
+            HookGate::Submit {
+                len,
+                retries,
+                fail_after,
+            } => {
                 if !self.is_shut_down() {
                     let inflight = InFlight::new(request, prepared, (len, retries, fail_after));
                     return Admission::Submit { slot, inflight };
@@ -176,9 +190,12 @@ impl InFlightTable {
                 let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
                 reject(request, Some(&prepared), error, metrics)
             }
-            HookGate::Fail { errno, retries } => {
-                InFlight::new(request, prepared, (0, retries, None)).complete(Err(errno), retries, metrics)
-            }
+            HookGate::Fail { errno, retries } => InFlight::new(
+                request,
+                prepared,
+                (0, retries, None),
+            )
+            .complete(Err(errno), retries, metrics),
         };
         // The slot was taken and counted: hand the completion through it like any other.
         self.finish(slot, completion);

@@ -65,7 +65,7 @@ pub use config::{EngineConfig, FaultAction, FaultHook};
 pub use counting::CountingAllocator;
 pub use engine::{Capabilities, DynEngine, Engine, EngineExt};
 pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result};
-pub use executor::{block_on, join_all};
+pub use executor::{block_on, join_all, JoinAll};
 pub use file::{File, OpenOptions};
 pub use geometry::{DirectIo, Geometry, GeometrySource, ALIGN_FALLBACK, IO_BYTES_MAX};
 pub use inflight::{Admission, InFlight, InFlightTable, Settled};

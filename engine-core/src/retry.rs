@@ -75,16 +75,34 @@ pub fn hook_gate(
 ) -> HookGate {
     let mut retries = retries;
     let Some(hook) = hook else {
-        return HookGate::Submit { len, retries, fail_after: None };
+        return HookGate::Submit {
+            len,
+            retries,
+            fail_after: None,
+        };
     };
     loop {
         match hook.before(request.kind, &request.file, request.offset, len, retries) {
-            None => return HookGate::Submit { len, retries, fail_after: None },
+            None => {
+                return HookGate::Submit {
+                    len,
+                    retries,
+                    fail_after: None,
+                }
+            }
             Some(FaultAction::Short(n)) => {
-                return HookGate::Submit { len: len.min(n), retries, fail_after: None };
+                return HookGate::Submit {
+                    len: len.min(n),
+                    retries,
+                    fail_after: None,
+                };
             }
             Some(FaultAction::Torn { persist, errno }) => {
-                return HookGate::Submit { len: len.min(persist), retries, fail_after: Some(errno) };
+                return HookGate::Submit {
+                    len: len.min(persist),
+                    retries,
+                    fail_after: Some(errno),
+                };
             }
             Some(FaultAction::Fail(errno))
                 if ErrorKind::errno_is_transient(errno) && retries < RETRIES_MAX =>

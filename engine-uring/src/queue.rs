@@ -233,7 +233,11 @@ impl Queue for UringQueue {
             prepared.len,
             0,
         ) {
-            HookGate::Submit { len, retries, fail_after } => (len, retries, fail_after),
+            HookGate::Submit {
+                len,
+                retries,
+                fail_after,
+            } => (len, retries, fail_after),
             HookGate::Fail { errno, retries } => {
                 let inflight = InFlight::new(request, prepared, (0, retries, None));
                 self.rejected
@@ -246,7 +250,8 @@ impl Queue for UringQueue {
             self.in_flight -= 1;
             return Err(request);
         };
-        self.inflight[slot as usize] = Some(InFlight::new(request, prepared, (len, retries, fail_after)));
+        self.inflight[slot as usize] =
+            Some(InFlight::new(request, prepared, (len, retries, fail_after)));
         self.push_sqe(slot);
         Ok(())
     }
