@@ -67,7 +67,7 @@ pub enum Format {
 #[command(name = "engine-bench", version)]
 pub struct Args {
     /// Engines to run, comma-separated: auto, uring, aio, sync, all (every built-in engine), a
-    /// plugin name, fio (fio with io_uring), fio:<ioengine> (for example fio:libaio,
+    /// plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example fio:libaio,
     /// fio:psync), tokio-fs. Ratios are against the first.
     #[arg(long, value_delimiter = ',')]
     pub engine: Vec<String>,
