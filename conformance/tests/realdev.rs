@@ -175,6 +175,8 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
         return Err(format!("expected NoSpace, got {error}"));
     }
     engine.close(&file).map_err(|e| e.to_string())?;
+    // The descriptor closes with the last handle.
+    drop(file);
     let reopened = engine
         .open(&path, &OpenOptions::new().read(true))
         .map_err(|e| e.to_string())?;
@@ -192,10 +194,17 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
         }
     }
     engine.close(&reopened).map_err(|e| e.to_string())?;
+    drop(reopened);
     println!("  ext4: {acked} chunks of 64 KiB acknowledged before {error}");
-    // Read-only: remount and try to write.
-    run("mount", &["-o", "remount,ro", &mnt_str])?;
-    match engine.open(&path, &OpenOptions::new().read(true).write(true)) {
+    // Read-only: a read-only bind mount of the same directory, and a write through it.
+    let ro_dir = dir.join("ro");
+    std::fs::create_dir_all(&ro_dir).map_err(|e| e.to_string())?;
+    let ro_str = ro_dir.to_str().ok_or("mount path")?.to_string();
+    run("mount", &["--bind", &mnt_str, &ro_str])?;
+    let ro_mount = Mount(ro_dir.clone());
+    run("mount", &["-o", "remount,bind,ro", &ro_str])?;
+    let ro_path = ro_dir.join("fill");
+    match engine.open(&ro_path, &OpenOptions::new().read(true).write(true)) {
         Err(e) if e.kind() == ErrorKind::ReadOnly => {}
         other => {
             return Err(format!(
@@ -204,7 +213,7 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
         }
     }
     let ro = engine
-        .open(&path, &OpenOptions::new().read(true))
+        .open(&ro_path, &OpenOptions::new().read(true))
         .map_err(|e| e.to_string())?;
     let (w, _) = block_on(engine.write_at(
         &ro,
@@ -217,6 +226,8 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
         ));
     }
     engine.close(&ro).map_err(|e| e.to_string())?;
+    drop(ro);
+    drop(ro_mount);
     drop(mount);
     Ok(())
 }
