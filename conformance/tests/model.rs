@@ -5,6 +5,7 @@
 //! `CONFORMANCE_MODEL_CASES` sets the number of cases (default 256). A failure prints the
 //! minimal failing sequence and proptest's seed, which reproduces it.
 
+use conformance::crash::{CrashPolicy, CrashSim};
 use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
 use conformance::MemEngine;
 use engine::{Engine, BUILTIN_BACKENDS};
@@ -237,6 +238,8 @@ fn check(backend: &str, steps: &[Step], direct: bool) -> Result<(), TestCaseErro
         true,
     )
     .expect("engine");
+    // ... and under the crash simulator's bookkeeping, which the end of the run checks.
+    let real_engine = CrashSim::new(real_engine, 512);
     let Some(mut real) = open(real_engine, dir.path(), "real", direct) else {
         return Ok(());
     };
@@ -275,6 +278,22 @@ fn check(backend: &str, steps: &[Step], direct: bool) -> Result<(), TestCaseErro
     let in_model = std::fs::read(model.file.path()).expect("read model");
     prop_assert_eq!(on_disk.len(), in_model.len(), "file sizes");
     prop_assert!(on_disk == in_model, "final contents differ");
+    // Power loss at the end: everything a sync acknowledged must still be there.
+    let Side {
+        engine,
+        file,
+        queue,
+        ..
+    } = real;
+    drop((file, queue));
+    let policy = CrashPolicy::ALL[steps.len() % CrashPolicy::ALL.len()];
+    let losses = engine.crash(policy, steps.len() as u64).verify();
+    prop_assert!(
+        losses.is_empty(),
+        "crash ({:?}) lost acknowledged data: {:?}",
+        policy,
+        losses
+    );
     Ok(())
 }
 

@@ -198,14 +198,14 @@ pub fn run(
                 })
             })
             .collect();
-        let started = Instant::now();
-        let _ = deadline.set(started + job.runtime);
+        let _ = deadline.set(Instant::now() + job.runtime);
+        // Past the barrier every job has finished its setup (and its thread its start-up).
+        barrier.wait();
         window = (
-            started,
+            Instant::now(),
             cpu_seconds_of(libc::RUSAGE_SELF),
             allocations.map(|f| f()),
         );
-        barrier.wait();
         for handle in handles {
             results.push(
                 handle

@@ -218,9 +218,12 @@ impl PagePool {
         let mut classes = Vec::new();
         let mut size = config.class_size_min;
         while size <= config.class_size_max {
+            // Room for every block the bound allows (up to 4096 per class), so returning a
+            // buffer never allocates.
+            let room = (config.limit_bytes / size).min(4096);
             classes.push(Class {
                 size,
-                free: Mutex::new(Vec::new()),
+                free: Mutex::new(Vec::with_capacity(room)),
             });
             size <<= 1;
         }

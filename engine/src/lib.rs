@@ -190,6 +190,16 @@ impl Engine {
         for name in &names {
             match attempt(name, &settings.config) {
                 Attempted::Built(backend, detail) => {
+                    let engine = Engine {
+                        backend,
+                        report: SelectionReport::default(),
+                    };
+                    // What the backend set up, such as registered buffers (or why not).
+                    let detail = match &engine.capabilities().registered_buffers {
+                        Some(buffers) => format!("{detail}; buffers {buffers}"),
+                        None => detail,
+                    };
+                    let backend = engine.into_backend();
                     report.push(name, Outcome::Chosen(detail));
                     tracing::info!(backend = %name, "engine selected");
                     return Ok(Engine { backend, report });
@@ -240,6 +250,10 @@ impl Engine {
     /// Its `Display` form is for people.
     pub fn report(&self) -> &SelectionReport {
         &self.report
+    }
+
+    fn into_backend(self) -> Backend {
+        self.backend
     }
 
     /// The backend, for callers who want its own API.
