@@ -68,7 +68,8 @@ pub enum Format {
 pub struct Args {
     /// Engines to run, comma-separated: auto, uring, aio, sync, all (every built-in engine), a
     /// plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example fio:libaio,
-    /// fio:psync), tokio-fs. Ratios are against the first.
+    /// fio:psync), tokio-fs, and with the `peers` feature glommio and monoio. Ratios are
+    /// against the first.
     #[arg(long, value_delimiter = ',')]
     pub engine: Vec<String>,
     /// The engine API to drive.

@@ -52,7 +52,7 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
 
 /// True for names this library's engines answer to (not fio or a peer).
 pub fn is_library_engine(name: &str) -> bool {
-    !name.starts_with("fio") && name != "tokio-fs"
+    !name.starts_with("fio") && !["tokio-fs", "monoio", "glommio"].contains(&name)
 }
 
 /// Prepares the page cache for a buffered job the way fio does: dropped for
@@ -124,6 +124,8 @@ fn run_one(
     }
     let (measured, api_name) = if name == "tokio-fs" {
         (peers::tokio_fs(job, path, seed)?, "blocking-pool")
+    } else if name == "monoio" || name == "glommio" {
+        peer(name, job, path, seed)?
     } else {
         let engine = build_engine(name, job)?;
         let api_name = match api {
@@ -153,6 +155,25 @@ fn run_one(
         measured.allocations,
         repetition,
     ))
+}
+
+#[cfg(feature = "peers")]
+fn peer(
+    name: &str,
+    job: &Job,
+    path: &Path,
+    seed: u64,
+) -> Result<(run::Measured, &'static str), String> {
+    if name == "monoio" {
+        Ok((peers::monoio(job, path, seed)?, "io_uring"))
+    } else {
+        Ok((peers::glommio(job, path, seed)?, "DmaFile"))
+    }
+}
+
+#[cfg(not(feature = "peers"))]
+fn peer(name: &str, _: &Job, _: &Path, _: u64) -> Result<(run::Measured, &'static str), String> {
+    Err(format!("{name} is a peer built only with the `peers` feature: cargo run --release -p engine-bench --features peers"))
 }
 
 /// The file to run on, and the temporary file to remove afterwards if it is one.
