@@ -127,8 +127,12 @@ pub fn parse(json: &str) -> Result<FioResult, String> {
     let mut bw = 0.0;
     let mut lat = [0u64; 3];
     let mut weight = 0.0;
+    // Under group reporting `job_runtime` is the sum over jobs; a direction's `runtime` is the
+    // group's wall-clock time, which is what IOPS were computed over.
+    let mut runtime_ms: f64 = 0.0;
     for side in ["read", "write"] {
         let Some(stats) = job.get(side) else { continue };
+        runtime_ms = runtime_ms.max(number(stats.get("runtime")));
         let side_iops = number(stats.get("iops"));
         iops += side_iops;
         bw += number(stats.get("bw_bytes"));
@@ -144,7 +148,10 @@ pub fn parse(json: &str) -> Result<FioResult, String> {
             }
         }
     }
-    let runtime_s = number(job.get("job_runtime")) / 1000.0;
+    if runtime_ms == 0.0 {
+        runtime_ms = number(job.get("job_runtime"));
+    }
+    let runtime_s = runtime_ms / 1000.0;
     Ok(FioResult {
         iops,
         bw_bytes: bw,

@@ -128,6 +128,10 @@ fn fio_gets_the_identical_job_and_its_json_is_read() {
     assert_eq!(parsed.iops, 1000.5);
     assert_eq!(parsed.lat_ns, [300000, 900000, 2000000]);
     assert_eq!(parsed.runtime_s, 2.0);
+    // Four jobs under group reporting: job_runtime is summed, the direction's runtime is not.
+    let grouped = r#"{"jobs":[{"job_runtime":8000,"read":{"iops":4000,"bw_bytes":16384000,"runtime":2001},"write":{"iops":0,"bw_bytes":0,"runtime":0}}]}"#;
+    let parsed = engine_bench::fio::parse(grouped).expect("parse grouped fio json");
+    assert_eq!(parsed.runtime_s, 2.001);
     assert!(engine_bench::fio::parse("{}").is_err());
 }
 
