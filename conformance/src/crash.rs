@@ -317,38 +317,38 @@ impl CrashLedger {
     }
 }
 
-impl<E: Engine> CrashSim<E> {
-    fn observe(&self, request: &RequestFacts, completion: &Completion) {
-        if completion.result.is_err() {
-            return;
-        }
-        let mut ledger = lock(&self.ledger);
-        match request.kind {
-            OpKind::Write => {
-                let n = *completion.result.as_ref().unwrap_or(&0);
-                if let Some(buf) = &completion.buf {
-                    let data = &buf[request.buf_start..(request.buf_start + n).min(buf.len())];
-                    ledger.write_done(&request.path, request.offset, data, request.dsync);
-                }
-            }
-            OpKind::SyncData | OpKind::SyncAll => {
-                ledger.sync_done(&request.path, request.submitted_at)
-            }
-            OpKind::Read => {}
-        }
+/// What the ledger needs of a request, taken as it is submitted (the clock then says which
+/// writes a sync covers).
+fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
+    let mut ledger = lock(ledger);
+    let _ = ledger.state(request.file.path());
+    RequestFacts {
+        kind: request.kind,
+        path: request.file.path().to_path_buf(),
+        offset: request.offset,
+        buf_start: request.buf_start,
+        dsync: request.file.options().is_dsync(),
+        submitted_at: ledger.clock,
     }
+}
 
-    fn facts(&self, request: &Request) -> RequestFacts {
-        let mut ledger = lock(&self.ledger);
-        let _ = ledger.state(request.file.path());
-        RequestFacts {
-            kind: request.kind,
-            path: request.file.path().to_path_buf(),
-            offset: request.offset,
-            buf_start: request.buf_start,
-            dsync: request.file.options().is_dsync(),
-            submitted_at: ledger.clock,
+/// Records a successful completion in the ledger: a write's data as done, a sync as covering
+/// what completed before it was submitted.
+fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completion) {
+    if completion.result.is_err() {
+        return;
+    }
+    let mut ledger = lock(ledger);
+    match request.kind {
+        OpKind::Write => {
+            let n = *completion.result.as_ref().unwrap_or(&0);
+            if let Some(buf) = &completion.buf {
+                let data = &buf[request.buf_start..(request.buf_start + n).min(buf.len())];
+                ledger.write_done(&request.path, request.offset, data, request.dsync);
+            }
         }
+        OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
+        OpKind::Read => {}
     }
 }
 
@@ -383,9 +383,9 @@ impl<E: Engine> Engine for CrashSim<E> {
         self.inner.close(file)
     }
     async fn submit(&self, request: Request) -> Completion {
-        let facts = self.facts(&request);
+        let facts = facts(&self.ledger, &request);
         let completion = self.inner.submit(request).await;
-        self.observe(&facts, &completion);
+        record(&self.ledger, &facts, &completion);
         completion
     }
     fn queue(&self) -> Result<CrashQueue<E::Queue>> {
@@ -422,23 +422,7 @@ impl<Q: Queue> CrashQueue<Q> {
                 continue;
             };
             completion.user_data = user_data;
-            if completion.result.is_err() {
-                continue;
-            }
-            let mut ledger = lock(&self.ledger);
-            match facts.kind {
-                OpKind::Write => {
-                    let n = *completion.result.as_ref().unwrap_or(&0);
-                    if let Some(buf) = &completion.buf {
-                        let data = &buf[facts.buf_start..(facts.buf_start + n).min(buf.len())];
-                        ledger.write_done(&facts.path, facts.offset, data, facts.dsync);
-                    }
-                }
-                OpKind::SyncData | OpKind::SyncAll => {
-                    ledger.sync_done(&facts.path, facts.submitted_at)
-                }
-                OpKind::Read => {}
-            }
+            record(&self.ledger, &facts, completion);
         }
     }
 }
@@ -452,18 +436,7 @@ impl<Q: Queue> Queue for CrashQueue<Q> {
     }
     fn push(&mut self, mut request: Request) -> std::result::Result<(), Request> {
         let tag = self.next_tag;
-        let facts = {
-            let mut ledger = lock(&self.ledger);
-            let _ = ledger.state(request.file.path());
-            RequestFacts {
-                kind: request.kind,
-                path: request.file.path().to_path_buf(),
-                offset: request.offset,
-                buf_start: request.buf_start,
-                dsync: request.file.options().is_dsync(),
-                submitted_at: ledger.clock,
-            }
-        };
+        let facts = facts(&self.ledger, &request);
         let user_data = std::mem::replace(&mut request.user_data, tag);
         match self.inner.push(request) {
             Ok(()) => {

@@ -179,11 +179,7 @@ impl Engine for MemEngine {
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         if self.inner.shut.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Shutdown,
-                Op::Open,
-                "the engine has shut down",
-            ));
+            return Err(Error::shutdown(Op::Open));
         }
         let (std, geometry) = options.open_std(path)?;
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -224,10 +220,7 @@ impl Engine for MemEngine {
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        if file.engine_id() != self.inner.id {
-            return Err(file.error(ErrorKind::BadFile, Op::Close));
-        }
-        file.mark_closed()
+        file.mark_closed(self.inner.id)
     }
 
     fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
@@ -240,11 +233,7 @@ impl Engine for MemEngine {
 
     fn queue(&self) -> Result<MemQueue> {
         if self.inner.shut.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Shutdown,
-                Op::Setup,
-                "the engine has shut down",
-            ));
+            return Err(Error::shutdown(Op::Setup));
         }
         Ok(MemQueue {
             inner: Arc::clone(&self.inner),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use engine_core::{
     next_engine_id, run_with_retries, Admission, Capabilities, Completion, Engine, EngineConfig,
-    Error, ErrorKind, File, InFlight, InFlightTable, Metrics, MetricsSnapshot, Op, OpKind,
-    OpenOptions, RawResult, Request, Result, Settled,
+    Error, File, InFlight, InFlightTable, Metrics, MetricsSnapshot, Op, OpKind, OpenOptions,
+    RawResult, Request, Result, Settled,
 };
 
 use crate::abi::{io_getevents, io_submit, IoEvent, Iocb};
@@ -104,18 +104,11 @@ impl AioEngine {
     ///
     /// [`ErrorKind::InvalidInput`] for a bad depth; the `io_setup` error with its diagnosis
     /// (`fs.aio-max-nr` exhausted is [`ErrorKind::Unsupported`], so `auto` falls back).
+    ///
+    /// [`ErrorKind::InvalidInput`]: engine_core::ErrorKind::InvalidInput
+    /// [`ErrorKind::Unsupported`]: engine_core::ErrorKind::Unsupported
     pub fn new(config: EngineConfig) -> Result<AioEngine> {
-        if config.queue_depth == 0 || config.queue_depth > EngineConfig::QUEUE_DEPTH_MAX {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                Op::Setup,
-                format!(
-                    "queue depth {} is outside 1..={}",
-                    config.queue_depth,
-                    EngineConfig::QUEUE_DEPTH_MAX
-                ),
-            ));
-        }
+        config.validate()?;
         let ctx = Context::new(config.queue_depth)?;
         // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor that
         // nothing else owns.
@@ -179,10 +172,6 @@ impl AioEngine {
             threads: Mutex::new(handles),
             capabilities,
         })
-    }
-
-    fn shutdown_error(op: Op) -> Error {
-        Error::new(ErrorKind::Shutdown, op, "the engine has shut down")
     }
 }
 
@@ -336,7 +325,7 @@ impl Engine for AioEngine {
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         let s = &*self.shared;
         if s.table.is_shut_down() {
-            return Err(AioEngine::shutdown_error(Op::Open));
+            return Err(Error::shutdown(Op::Open));
         }
         let (std, geometry) = options.open_std(path)?;
         Ok(File::new(
@@ -351,12 +340,7 @@ impl Engine for AioEngine {
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        if file.engine_id() != self.shared.engine_id {
-            return Err(file
-                .error(ErrorKind::BadFile, Op::Close)
-                .with_message("the file was opened by another engine"));
-        }
-        file.mark_closed()
+        file.mark_closed(self.shared.engine_id)
     }
 
     async fn submit(&self, request: Request) -> Completion {
@@ -375,7 +359,7 @@ impl Engine for AioEngine {
 
     fn queue(&self) -> Result<AioQueue> {
         if self.shared.table.is_shut_down() {
-            return Err(AioEngine::shutdown_error(Op::Setup));
+            return Err(Error::shutdown(Op::Setup));
         }
         AioQueue::new(Arc::clone(&self.shared))
     }

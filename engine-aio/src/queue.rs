@@ -4,10 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use engine_core::{
-    hook_gate, prepare, reject, Completion, Error, ErrorKind, HookGate, InFlight, Op, Queue,
-    Request, Result, Settled,
-};
+use engine_core::{Completion, Error, ErrorKind, InFlight, Op, Queue, Request, Result, Settled};
 
 use crate::abi::{io_getevents, io_submit, IoEvent, Iocb};
 use crate::context::{iocb, Context};
@@ -192,39 +189,20 @@ impl Queue for AioQueue {
         }
         self.in_flight += 1;
         let shared = Arc::clone(&self.shared);
-        let prepared = match prepare(shared.engine_id, &request) {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                self.rejected
-                    .push_back(reject(request, None, error, &shared.metrics));
-                return Ok(());
-            }
-        };
-        if shared.table.is_shut_down() {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            self.rejected
-                .push_back(reject(request, Some(&prepared), error, &shared.metrics));
-            return Ok(());
-        }
-        let (len, retries, fail_after) = match hook_gate(
+        let inflight = match InFlight::admit(
+            shared.engine_id,
+            request,
+            None,
+            shared.table.is_shut_down(),
             shared.config.fault_hook.as_deref(),
-            &request,
-            prepared.len,
-            0,
+            &shared.metrics,
         ) {
-            HookGate::Submit {
-                len,
-                retries,
-                fail_after,
-            } => (len, retries, fail_after),
-            HookGate::Fail { errno, retries } => {
-                let inflight = InFlight::new(request, prepared, (0, retries, None));
-                self.rejected
-                    .push_back(inflight.complete(Err(errno), retries, &shared.metrics));
+            Ok(inflight) => inflight,
+            Err(completion) => {
+                self.rejected.push_back(completion);
                 return Ok(());
             }
         };
-        let inflight = InFlight::new(request, prepared, (len, retries, fail_after));
         if inflight.request.kind.is_sync() && !shared.native_fsync {
             // No AIO fsync in this kernel: run it here, now, which covers exactly the writes
             // completed before it was pushed.

@@ -49,8 +49,7 @@ pub fn tokio_fs(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
             let job = job.clone();
             handles.push(tokio::spawn(async move {
                 let mut pattern = Pattern::new(&job, t as u32, seed);
-                let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
-                    .map_err(|e| e.to_string())?;
+                let mut histogram = histogram()?;
                 let (mut ops, mut bytes) = (0u64, 0u64);
                 let mut buf =
                     engine::AlignedBuf::zeroed(job.bs as usize, 4096).map_err(|e| e.to_string())?;
@@ -87,26 +86,7 @@ pub fn tokio_fs(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
         }
         out
     });
-    let elapsed = started.elapsed();
-    let (user1, sys1) = crate::run::cpu_seconds_of(libc::RUSAGE_SELF);
-    let mut total =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?;
-    let (mut ops, mut bytes) = (0, 0);
-    for result in results {
-        let (o, b, h) = result?;
-        ops += o;
-        bytes += b;
-        let _ = total.add(&h);
-    }
-    Ok(Measured {
-        ops,
-        bytes,
-        elapsed,
-        latency_ns: total,
-        cpu_user_s: user1 - user0,
-        cpu_sys_s: sys1 - sys0,
-        allocations: None,
-    })
+    measured(results, started, (user0, sys0))
 }
 
 /// Runs `threads` copies of `body` (one per job), timing the whole and merging the counts.
@@ -129,10 +109,17 @@ fn per_job(job: &Job, body: impl Fn(u32) -> TaskResult + Sync) -> Result<Measure
             })
             .collect()
     });
-    let elapsed = started.elapsed();
-    let (user1, sys1) = crate::run::cpu_seconds_of(libc::RUSAGE_SELF);
-    let mut total =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?;
+    measured(results, started, (user0, sys0))
+}
+
+/// A latency histogram from 1 ns to an hour.
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// Adds up what tasks counted; the first error wins.
+fn sum(results: impl IntoIterator<Item = TaskResult>) -> TaskResult {
+    let mut total = histogram()?;
     let (mut ops, mut bytes) = (0, 0);
     for result in results {
         let (o, b, h) = result?;
@@ -140,20 +127,27 @@ fn per_job(job: &Job, body: impl Fn(u32) -> TaskResult + Sync) -> Result<Measure
         bytes += b;
         let _ = total.add(&h);
     }
+    Ok((ops, bytes, total))
+}
+
+/// The measurement of a run that started at `started`, with the process's CPU seconds then.
+fn measured(
+    results: Vec<TaskResult>,
+    started: Instant,
+    (user0, sys0): (f64, f64),
+) -> Result<Measured, String> {
+    let elapsed = started.elapsed();
+    let (user1, sys1) = crate::run::cpu_seconds_of(libc::RUSAGE_SELF);
+    let (ops, bytes, latency_ns) = sum(results)?;
     Ok(Measured {
         ops,
         bytes,
         elapsed,
-        latency_ns: total,
+        latency_ns,
         cpu_user_s: user1 - user0,
         cpu_sys_s: sys1 - sys0,
         allocations: None,
     })
-}
-
-#[cfg(feature = "peers")]
-fn histogram() -> Result<Histogram<u64>, String> {
-    Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())
 }
 
 /// An aligned buffer lent to monoio: O_DIRECT needs aligned memory, which `Vec` is not.
@@ -241,15 +235,11 @@ pub fn monoio(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
                     Ok::<_, String>((ops, bytes, histogram))
                 }));
             }
-            let mut total = histogram()?;
-            let (mut ops, mut bytes) = (0, 0);
+            let mut results = Vec::with_capacity(tasks.len());
             for task in tasks {
-                let (o, b, h): (u64, u64, Histogram<u64>) = task.await?;
-                ops += o;
-                bytes += b;
-                let _ = total.add(&h);
+                results.push(task.await);
             }
-            Ok((ops, bytes, total))
+            sum(results)
         })
     })
 }
@@ -311,15 +301,11 @@ pub fn glommio(job: &Job, path: &Path, seed: u64) -> Result<Measured, String> {
                     Ok::<_, String>((ops, bytes, histogram))
                 }));
             }
-            let mut total = histogram()?;
-            let (mut ops, mut bytes) = (0, 0);
+            let mut results = Vec::with_capacity(tasks.len());
             for task in tasks {
-                let (o, b, h) = task.await?;
-                ops += o;
-                bytes += b;
-                let _ = total.add(&h);
+                results.push(task.await);
             }
-            Ok((ops, bytes, total))
+            sum(results)
         })
     })
 }

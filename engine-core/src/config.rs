@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::error::{Error, ErrorKind, Op, Result};
 use crate::file::File;
 use crate::request::OpKind;
 
@@ -82,6 +83,38 @@ impl EngineConfig {
     pub const THREADS_MAX: usize = 1024;
     /// The default size of a registered page pool: 32 MiB.
     pub const REGISTER_BUFFERS_DEFAULT: usize = 32 << 20;
+
+    /// Checks the limits every backend shares, before it builds anything.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for a queue depth of 0 or above [`Self::QUEUE_DEPTH_MAX`], or
+    /// more than [`Self::THREADS_MAX`] threads.
+    pub fn validate(&self) -> Result<()> {
+        if self.queue_depth == 0 || self.queue_depth > Self::QUEUE_DEPTH_MAX {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                Op::Setup,
+                format!(
+                    "queue depth {} is outside 1..={}",
+                    self.queue_depth,
+                    Self::QUEUE_DEPTH_MAX
+                ),
+            ));
+        }
+        if self.threads > Self::THREADS_MAX {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                Op::Setup,
+                format!(
+                    "{} threads is more than the maximum {}",
+                    self.threads,
+                    Self::THREADS_MAX
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for EngineConfig {

@@ -196,6 +196,11 @@ struct Inner {
 pub struct Error(Box<Inner>);
 
 impl Error {
+    /// The error of every operation asked of an engine that has shut down.
+    pub fn shutdown(op: Op) -> Error {
+        Error::new(ErrorKind::Shutdown, op, "the engine has shut down")
+    }
+
     /// Creates an error of `kind` for `op` with a message saying why.
     pub fn new(kind: ErrorKind, op: Op, message: impl Into<Cow<'static, str>>) -> Error {
         Error(Box::new(Inner {

@@ -284,13 +284,18 @@ impl File {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// Marks the handle closed: every later request on it fails with [`ErrorKind::BadFile`].
-    /// Closing never syncs.
+    /// Marks the handle closed on behalf of the engine `engine_id`: every later request on it
+    /// fails with [`ErrorKind::BadFile`]. Closing never syncs.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::BadFile`] when it was already closed.
-    pub fn mark_closed(&self) -> Result<()> {
+    /// [`ErrorKind::BadFile`] when another engine opened the file, or it was already closed.
+    pub fn mark_closed(&self, engine_id: u64) -> Result<()> {
+        if self.engine_id() != engine_id {
+            return Err(self
+                .error(ErrorKind::BadFile, Op::Close)
+                .with_message("the file was opened by another engine"));
+        }
         if self.0.closed.swap(true, Ordering::AcqRel) {
             return Err(self
                 .error(ErrorKind::BadFile, Op::Close)

@@ -43,6 +43,50 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Admits a request pushed to a queue the caller reaps on its own thread: `refuse` (a
+    /// backend's own up-front refusal), validation, shutdown, then the fault hook. A request
+    /// that will not reach the kernel comes back as its completion, so every push still has
+    /// exactly one.
+    ///
+    /// # Errors
+    ///
+    /// The request's completion, carrying the typed error, when it is not to be submitted.
+    pub fn admit(
+        engine_id: u64,
+        request: Request,
+        refuse: Option<Error>,
+        shut_down: bool,
+        hook: Option<&dyn FaultHook>,
+        metrics: &Metrics,
+    ) -> std::result::Result<InFlight, Completion> {
+        if let Some(error) = refuse {
+            return Err(reject(request, None, error, metrics));
+        }
+        let prepared = match prepare(engine_id, &request) {
+            Ok(prepared) => prepared,
+            Err(error) => return Err(reject(request, None, error, metrics)),
+        };
+        if shut_down {
+            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
+            return Err(reject(request, Some(&prepared), error, metrics));
+        }
+        match hook_gate(hook, &request, prepared.len, 0) {
+            HookGate::Submit {
+                len,
+                retries,
+                fail_after,
+            } => Ok(InFlight::new(request, prepared, (len, retries, fail_after))),
+            HookGate::Fail { errno, retries } => Err(InFlight::new(
+                request,
+                prepared,
+                (0, retries, None),
+            )
+            .complete(Err(errno), retries, metrics)),
+        }
+    }
+}
+
 /// What to do with a request whose kernel completion arrived.
 #[derive(Debug)]
 pub enum Settled {

@@ -454,7 +454,7 @@ mod tests {
             prepare(8, &r).expect_err("engine").kind(),
             ErrorKind::BadFile
         );
-        f.mark_closed().expect("close");
+        f.mark_closed(7).expect("close");
         assert_eq!(
             prepare(7, &r).expect_err("closed").kind(),
             ErrorKind::BadFile

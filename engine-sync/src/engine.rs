@@ -33,28 +33,7 @@ impl SyncEngine {
     /// [`EngineConfig::QUEUE_DEPTH_MAX`], or more than [`EngineConfig::THREADS_MAX`] threads;
     /// the OS error when a thread cannot be spawned.
     pub fn new(config: EngineConfig) -> Result<SyncEngine> {
-        if config.queue_depth == 0 || config.queue_depth > EngineConfig::QUEUE_DEPTH_MAX {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                Op::Setup,
-                format!(
-                    "queue depth {} is outside 1..={}",
-                    config.queue_depth,
-                    EngineConfig::QUEUE_DEPTH_MAX
-                ),
-            ));
-        }
-        if config.threads > EngineConfig::THREADS_MAX {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                Op::Setup,
-                format!(
-                    "{} threads is more than the maximum {}",
-                    config.threads,
-                    EngineConfig::THREADS_MAX
-                ),
-            ));
-        }
+        config.validate()?;
         let threads = match (config.inline, config.threads) {
             (true, _) => 0,
             (false, 0) => config.queue_depth.min(THREADS_DEFAULT_MAX),
@@ -88,10 +67,6 @@ impl SyncEngine {
             capabilities,
         })
     }
-
-    fn shutdown_error(&self, op: Op) -> Error {
-        Error::new(ErrorKind::Shutdown, op, "the engine has shut down")
-    }
 }
 
 impl Engine for SyncEngine {
@@ -107,7 +82,7 @@ impl Engine for SyncEngine {
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         if self.shared.is_shut_down() {
-            return Err(self.shutdown_error(Op::Open));
+            return Err(Error::shutdown(Op::Open));
         }
         let (std, geometry) = options.open_std(path)?;
         Ok(File::new(
@@ -122,12 +97,7 @@ impl Engine for SyncEngine {
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        if file.engine_id() != self.shared.engine_id {
-            return Err(file
-                .error(ErrorKind::BadFile, Op::Close)
-                .with_message("the file was opened by another engine"));
-        }
-        file.mark_closed()
+        file.mark_closed(self.shared.engine_id)
     }
 
     async fn submit(&self, request: Request) -> Completion {
@@ -153,7 +123,7 @@ impl Engine for SyncEngine {
 
     fn queue(&self) -> Result<SyncQueue> {
         if self.shared.is_shut_down() {
-            return Err(self.shutdown_error(Op::Setup));
+            return Err(Error::shutdown(Op::Setup));
         }
         Ok(SyncQueue::new(
             Arc::clone(&self.shared),

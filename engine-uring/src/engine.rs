@@ -51,17 +51,7 @@ impl UringEngine {
     /// [`ErrorKind::InvalidInput`] for a bad depth or pool size; the setup error (typed by
     /// errno, with the probe's diagnosis in the message) when the ring cannot be created.
     pub fn new(config: EngineConfig) -> Result<UringEngine> {
-        if config.queue_depth == 0 || config.queue_depth > EngineConfig::QUEUE_DEPTH_MAX {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                Op::Setup,
-                format!(
-                    "queue depth {} is outside 1..={}",
-                    config.queue_depth,
-                    EngineConfig::QUEUE_DEPTH_MAX
-                ),
-            ));
-        }
+        config.validate()?;
         if let Some(errno) = crate::probe::simulated_errno() {
             let diagnosis = crate::probe::diagnose(errno, None, None);
             return Err(Error::from_errno(errno, Op::Setup).with_message(diagnosis.to_string()));
@@ -130,10 +120,6 @@ impl UringEngine {
             reaper: Mutex::new(Some(handle)),
             capabilities,
         })
-    }
-
-    fn shutdown_error(op: Op) -> Error {
-        Error::new(ErrorKind::Shutdown, op, "the engine has shut down")
     }
 }
 
@@ -272,7 +258,7 @@ impl Engine for UringEngine {
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         let s = &*self.shared;
         if s.table.is_shut_down() {
-            return Err(UringEngine::shutdown_error(Op::Open));
+            return Err(Error::shutdown(Op::Open));
         }
         let (std, geometry) = options.open_std(path)?;
         if s.config.iopoll {
@@ -309,12 +295,7 @@ impl Engine for UringEngine {
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        if file.engine_id() != self.shared.engine_id {
-            return Err(file
-                .error(ErrorKind::BadFile, Op::Close)
-                .with_message("the file was opened by another engine"));
-        }
-        file.mark_closed()?;
+        file.mark_closed(self.shared.engine_id)?;
         let index = file.backend_index();
         if index > 0 {
             self.shared.ring.unregister_file(index - 1);
@@ -344,7 +325,7 @@ impl Engine for UringEngine {
 
     fn queue(&self) -> Result<UringQueue> {
         if self.shared.table.is_shut_down() {
-            return Err(UringEngine::shutdown_error(Op::Setup));
+            return Err(Error::shutdown(Op::Setup));
         }
         UringQueue::new(Arc::clone(&self.shared))
     }

@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use engine_core::{
-    hook_gate, prepare, reject, Completion, Error, ErrorKind, File, HookGate, InFlight, Op, Queue,
-    Request, Result, Settled,
+    Completion, Error, ErrorKind, File, InFlight, Op, Queue, Request, Result, Settled,
 };
 
 use crate::engine::Shared;
@@ -212,46 +211,27 @@ impl Queue for UringQueue {
         }
         self.in_flight += 1;
         let shared = Arc::clone(&self.shared);
-        let refused = ring::iopoll_refuses(&shared.config, &request).map(Err);
-        let prepared = match refused.unwrap_or_else(|| prepare(shared.engine_id, &request)) {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                self.rejected
-                    .push_back(reject(request, None, error, &shared.metrics));
-                return Ok(());
-            }
-        };
-        if shared.table.is_shut_down() {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            self.rejected
-                .push_back(reject(request, Some(&prepared), error, &shared.metrics));
-            return Ok(());
-        }
-        let (len, retries, fail_after) = match hook_gate(
+        let refused = ring::iopoll_refuses(&shared.config, &request);
+        let inflight = match InFlight::admit(
+            shared.engine_id,
+            request,
+            refused,
+            shared.table.is_shut_down(),
             shared.config.fault_hook.as_deref(),
-            &request,
-            prepared.len,
-            0,
+            &shared.metrics,
         ) {
-            HookGate::Submit {
-                len,
-                retries,
-                fail_after,
-            } => (len, retries, fail_after),
-            HookGate::Fail { errno, retries } => {
-                let inflight = InFlight::new(request, prepared, (0, retries, None));
-                self.rejected
-                    .push_back(inflight.complete(Err(errno), retries, &shared.metrics));
+            Ok(inflight) => inflight,
+            Err(completion) => {
+                self.rejected.push_back(completion);
                 return Ok(());
             }
         };
         let Some(slot) = self.free.pop() else {
             // `in_flight < depth` guarantees a free slot; refuse rather than panic if not.
             self.in_flight -= 1;
-            return Err(request);
+            return Err(inflight.request);
         };
-        self.inflight[slot as usize] =
-            Some(InFlight::new(request, prepared, (len, retries, fail_after)));
+        self.inflight[slot as usize] = Some(inflight);
         self.push_sqe(slot);
         Ok(())
     }
