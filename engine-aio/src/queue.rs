@@ -188,7 +188,7 @@ impl Queue for AioQueue {
             return Err(request);
         }
         self.in_flight += 1;
-        let shared = Arc::clone(&self.shared);
+        let shared = &*self.shared;
         let inflight = match InFlight::admit(
             shared.engine_id,
             request,

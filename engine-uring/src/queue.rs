@@ -210,7 +210,7 @@ impl Queue for UringQueue {
             return Err(request);
         }
         self.in_flight += 1;
-        let shared = Arc::clone(&self.shared);
+        let shared = &*self.shared;
         let refused = ring::iopoll_refuses(&shared.config, &request);
         let inflight = match InFlight::admit(
             shared.engine_id,
