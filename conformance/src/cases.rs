@@ -1,4 +1,4 @@
-//! The cases. Each is a plain function over [`Engine`]; the contract point it pins is in its
+//! The cases. Each is a plain function over [`Backend`]; the contract point it pins is in its
 //! doc line.
 
 use std::future::Future;
@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use engine_core::raw::FileRaw;
+use engine_core::testing::FaultAction;
 use engine_core::{
-    block_on, AlignTarget, AlignedBuf, Completion, Engine, EngineExt, ErrorKind, FaultAction, File,
-    Geometry, OpKind, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request,
-    IO_BYTES_MAX,
+    block_on, AlignTarget, AlignedBuf, Backend, BackendExt, Completion, ErrorKind, File, Geometry,
+    Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request, IO_BYTES_MAX,
 };
 
 use crate::{
-    buf, pattern, read_exact, rw, write_all, Case, CaseResult, Harness, Hook, Skip, DEPTH,
+    buf, misaligned_buf, pattern, read_exact, rw, write_all, Case, CaseResult, Harness, Hook, Skip,
+    DEPTH,
 };
 
 /// Every case, in order.
-pub fn all<E: Engine + 'static>() -> Vec<Case<E>> {
+pub fn all<E: Backend + 'static>() -> Vec<Case<E>> {
     macro_rules! cases {
         ($($name:ident),* $(,)?) => {
             vec![$(Case { name: stringify!($name), run: $name::<E> }),*]
@@ -90,7 +92,7 @@ pub fn all<E: Engine + 'static>() -> Vec<Case<E>> {
 // Helpers
 
 /// Opens a new file with O_DIRECT and at least `align` alignment, or skips.
-fn direct_file<E: Engine>(
+fn direct_file<E: Backend>(
     h: &Harness<E>,
     engine: &E,
     contents: &[u8],
@@ -108,7 +110,7 @@ fn direct_file<E: Engine>(
     }
 }
 
-fn requires_hook<E: Engine>(engine: &E) -> CaseResult {
+fn requires_hook<E: Backend>(engine: &E) -> CaseResult {
     if engine.capabilities().fault_hook {
         Ok(())
     } else {
@@ -116,7 +118,7 @@ fn requires_hook<E: Engine>(engine: &E) -> CaseResult {
     }
 }
 
-fn complete<E: Engine>(engine: &E, request: Request) -> Completion {
+fn complete<E: Backend>(engine: &E, request: Request) -> Completion {
     block_on(engine.submit(request))
 }
 
@@ -131,7 +133,7 @@ fn expect_kind(completion: &Completion, kind: ErrorKind, what: &str) {
 // Contract point 1: geometry and alignment
 
 /// Geometry is probed per file and internally consistent.
-pub fn geometry_is_probed_and_sane<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn geometry_is_probed_and_sane<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     let g = file.geometry();
@@ -154,7 +156,7 @@ pub fn geometry_is_probed_and_sane<E: Engine>(h: &Harness<E>) -> CaseResult {
 
 /// The geometry an engine reports is the one the shared probe gives for the same file, so
 /// every backend reports the same geometry.
-pub fn geometry_matches_the_reference_probe<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn geometry_matches_the_reference_probe<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     for direct in [false, true] {
         let path = h.path();
@@ -165,7 +167,7 @@ pub fn geometry_matches_the_reference_probe<E: Engine>(h: &Harness<E>) -> CaseRe
             Err(e) if direct && e.kind() == ErrorKind::Unsupported => continue,
             Err(e) => panic!("open: {e}"),
         };
-        let (_, reference) = options.open_std(&path).expect("reference open");
+        let (_, reference) = engine_core::raw::open_std(&path, &options).expect("reference open");
         assert_eq!(*file.geometry(), reference, "geometry direct={direct}");
         let std = std::fs::File::open(&path).expect("std open");
         let probed = Geometry::probe(std::os::fd::AsFd::as_fd(&std));
@@ -185,7 +187,7 @@ pub fn geometry_matches_the_reference_probe<E: Engine>(h: &Harness<E>) -> CaseRe
 
 /// Submits a write and a read that break `target` at alignment `align`; both must fail with
 /// `Misaligned` before reaching the file.
-fn misaligned<E: Engine>(h: &Harness<E>, align: u32, target: AlignTarget) -> CaseResult {
+fn misaligned<E: Backend>(h: &Harness<E>, align: u32, target: AlignTarget) -> CaseResult {
     let engine = h.engine();
     let a = align as usize;
     let original = pattern(4 * a, 1);
@@ -197,28 +199,20 @@ fn misaligned<E: Engine>(h: &Harness<E>, align: u32, target: AlignTarget) -> Cas
             g.offset_align
         )));
     }
-    for kind in [OpKind::Write, OpKind::Read] {
+    for op in [Op::Write, Op::Read] {
         // Each shape breaks exactly one rule and keeps the other two.
-        let (offset, mut buffer, start) = match target {
-            AlignTarget::Memory => (
-                a as u64,
-                AlignedBuf::zeroed(a + a / 2, a).expect("buf"),
-                a / 2,
-            ),
-            AlignTarget::Offset => (a as u64 / 2, AlignedBuf::zeroed(a, a).expect("buf"), 0),
-            AlignTarget::Length => (0, AlignedBuf::zeroed(a + a / 2, a).expect("buf"), 0),
+        let (offset, mut buffer) = match target {
+            AlignTarget::Memory => (a as u64, misaligned_buf(a, a, a / 2)),
+            AlignTarget::Offset => (a as u64 / 2, AlignedBuf::zeroed(a, a).expect("buf")),
+            AlignTarget::Length => (0, AlignedBuf::zeroed(a + a / 2, a).expect("buf")),
         };
         buffer.fill(0xEE);
-        let request = Request {
-            kind,
-            file: file.clone(),
-            offset,
-            buf: Some(buffer),
-            buf_start: start,
-            user_data: 9,
+        let request = match op {
+            Op::Write => Request::write(&file, offset, buffer, 9),
+            _ => Request::read(&file, offset, buffer, 9),
         };
         let completion = complete(&engine, request);
-        let what = format!("{kind:?} with misaligned {target:?} at {align}");
+        let what = format!("{op:?} with misaligned {target:?} at {align}");
         expect_kind(&completion, ErrorKind::Misaligned, &what);
         let error = completion.result.as_ref().expect_err("error");
         let m = error.misalignment().expect("misalignment details");
@@ -239,32 +233,32 @@ fn misaligned<E: Engine>(h: &Harness<E>, align: u32, target: AlignTarget) -> Cas
 }
 
 /// Misaligned memory under O_DIRECT at 512 is rejected before submission.
-pub fn misaligned_memory_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_memory_rejected_at_512<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 512, AlignTarget::Memory)
 }
 /// Misaligned offset under O_DIRECT at 512 is rejected before submission.
-pub fn misaligned_offset_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_offset_rejected_at_512<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 512, AlignTarget::Offset)
 }
 /// Misaligned length under O_DIRECT at 512 is rejected before submission.
-pub fn misaligned_length_rejected_at_512<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_length_rejected_at_512<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 512, AlignTarget::Length)
 }
 /// Misaligned memory under O_DIRECT at 4096 is rejected before submission.
-pub fn misaligned_memory_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_memory_rejected_at_4096<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 4096, AlignTarget::Memory)
 }
 /// Misaligned offset under O_DIRECT at 4096 is rejected before submission.
-pub fn misaligned_offset_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_offset_rejected_at_4096<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 4096, AlignTarget::Offset)
 }
 /// Misaligned length under O_DIRECT at 4096 is rejected before submission.
-pub fn misaligned_length_rejected_at_4096<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn misaligned_length_rejected_at_4096<E: Backend>(h: &Harness<E>) -> CaseResult {
     misaligned(h, 4096, AlignTarget::Length)
 }
 
 /// Aligned O_DIRECT writes and reads round-trip.
-pub fn aligned_direct_io_round_trips<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn aligned_direct_io_round_trips<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = direct_file(h, &engine, b"", 4096)?;
     let data = pattern(3 * 4096, 2);
@@ -288,19 +282,19 @@ pub fn aligned_direct_io_round_trips<E: Engine>(h: &Harness<E>) -> CaseResult {
 
 const FILE_LEN: usize = 10_000;
 
-fn eof_file<E: Engine>(h: &Harness<E>, engine: &E) -> (File, Vec<u8>) {
+fn eof_file<E: Backend>(h: &Harness<E>, engine: &E) -> (File, Vec<u8>) {
     let data = pattern(FILE_LEN, 3);
     (h.file(engine, &data, &rw()), data)
 }
 
-fn read_at<E: Engine>(engine: &E, file: &File, offset: u64, len: usize) -> (usize, AlignedBuf) {
+fn read_at<E: Backend>(engine: &E, file: &File, offset: u64, len: usize) -> (usize, AlignedBuf) {
     let (result, buf) =
         block_on(engine.read_at(file, offset, AlignedBuf::zeroed(len, 8).expect("buf")));
     (result.expect("read_at"), buf)
 }
 
 /// A read at EOF-1 returns exactly one byte.
-pub fn read_at_eof_minus_one_returns_one_byte<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_at_eof_minus_one_returns_one_byte<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, data) = eof_file(h, &engine);
     let (n, buf) = read_at(&engine, &file, FILE_LEN as u64 - 1, 4096);
@@ -314,7 +308,7 @@ pub fn read_at_eof_minus_one_returns_one_byte<E: Engine>(h: &Harness<E>) -> Case
 }
 
 /// A read at EOF returns 0.
-pub fn read_at_eof_returns_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_at_eof_returns_zero<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, _) = eof_file(h, &engine);
     let (n, buf) = read_at(&engine, &file, FILE_LEN as u64, 4096);
@@ -324,7 +318,7 @@ pub fn read_at_eof_returns_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// A read a block past EOF returns 0.
-pub fn read_past_eof_by_a_block_returns_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_past_eof_by_a_block_returns_zero<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, _) = eof_file(h, &engine);
     let (n, _) = read_at(&engine, &file, FILE_LEN as u64 + 4096, 4096);
@@ -333,7 +327,7 @@ pub fn read_past_eof_by_a_block_returns_zero<E: Engine>(h: &Harness<E>) -> CaseR
 }
 
 /// A read across EOF returns the bytes up to EOF and nothing more.
-pub fn read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_across_eof_returns_bytes_up_to_eof<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, data) = eof_file(h, &engine);
     let (n, buf) = read_at(&engine, &file, 8192, 4096);
@@ -343,7 +337,7 @@ pub fn read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>) -> Cas
 }
 
 /// Under O_DIRECT, an aligned read across an unaligned EOF returns the bytes up to EOF.
-pub fn direct_read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn direct_read_across_eof_returns_bytes_up_to_eof<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let data = pattern(2 * 4096 + 100, 4);
     let file = direct_file(h, &engine, &data, 4096)?;
@@ -359,7 +353,7 @@ pub fn direct_read_across_eof_returns_bytes_up_to_eof<E: Engine>(h: &Harness<E>)
 }
 
 /// `read_exact_at` across EOF fails with UnexpectedEof and says how much it read.
-pub fn read_exact_reports_unexpected_eof_with_count<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_exact_reports_unexpected_eof_with_count<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, data) = eof_file(h, &engine);
     let (result, buf) =
@@ -378,7 +372,7 @@ pub fn read_exact_reports_unexpected_eof_with_count<E: Engine>(h: &Harness<E>) -
 // Contract point 6: read your writes
 
 /// A completed write is visible to every later read.
-pub fn read_your_writes<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_your_writes<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     for i in 0..16u64 {
@@ -394,7 +388,7 @@ pub fn read_your_writes<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// An overwrite of the middle of a file changes exactly that range.
-pub fn overwrite_in_the_middle_is_visible<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn overwrite_in_the_middle_is_visible<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let mut expected = pattern(8192, 5);
     let file = h.file(&engine, &expected, &rw());
@@ -411,7 +405,7 @@ pub fn overwrite_in_the_middle_is_visible<E: Engine>(h: &Harness<E>) -> CaseResu
 }
 
 /// A write past EOF extends the file and the gap reads as zeros.
-pub fn write_past_eof_leaves_a_zero_hole<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn write_past_eof_leaves_a_zero_hole<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"abc", &rw());
     write_all(&engine, &file, 10_000, b"xyz", 1);
@@ -429,8 +423,8 @@ pub fn write_past_eof_leaves_a_zero_hole<E: Engine>(h: &Harness<E>) -> CaseResul
 // Contract point 2: short transfers; point 3: retries and errors
 
 /// Short reads are resubmitted by `read_exact_at` until the buffer is full.
-pub fn short_reads_are_looped_by_read_exact<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Short(1000)));
+pub fn short_reads_are_looped_by_read_exact<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Read).then_some(FaultAction::Short(1000)));
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
     let data = pattern(8192, 7);
@@ -439,7 +433,7 @@ pub fn short_reads_are_looped_by_read_exact<E: Engine>(h: &Harness<E>) -> CaseRe
     let reads: Vec<u64> = hook
         .calls()
         .iter()
-        .filter(|c| c.kind == OpKind::Read)
+        .filter(|c| c.op == Op::Read)
         .map(|c| c.offset)
         .collect();
     assert_eq!(
@@ -451,26 +445,22 @@ pub fn short_reads_are_looped_by_read_exact<E: Engine>(h: &Harness<E>) -> CaseRe
 }
 
 /// Short writes are resubmitted by `write_all_at` until everything is written.
-pub fn short_writes_are_looped_by_write_all<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Short(3000)));
+pub fn short_writes_are_looped_by_write_all<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Write).then_some(FaultAction::Short(3000)));
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw());
     let data = pattern(10_000, 8);
     write_all(&engine, &file, 0, &data, 8);
     assert_eq!(h.contents(&file), data, "all bytes on disk");
-    let writes = hook
-        .calls()
-        .iter()
-        .filter(|c| c.kind == OpKind::Write)
-        .count();
+    let writes = hook.calls().iter().filter(|c| c.op == Op::Write).count();
     assert_eq!(writes, 4, "3000 + 3000 + 3000 + 1000");
     Ok(())
 }
 
 /// A single `read_at` may return fewer bytes than asked; that is not an error.
-pub fn single_read_returns_short_count<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Short(100)));
+pub fn single_read_returns_short_count<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Read).then_some(FaultAction::Short(100)));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
     let (file, data) = eof_file(h, &engine);
@@ -481,8 +471,8 @@ pub fn single_read_returns_short_count<E: Engine>(h: &Harness<E>) -> CaseResult 
 }
 
 /// A write that makes no progress ends `write_all_at` with WriteZero, never a loop.
-pub fn write_of_zero_bytes_is_write_zero<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Short(0)));
+pub fn write_of_zero_bytes_is_write_zero<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Write).then_some(FaultAction::Short(0)));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw());
@@ -493,7 +483,7 @@ pub fn write_of_zero_bytes_is_write_zero<E: Engine>(h: &Harness<E>) -> CaseResul
     Ok(())
 }
 
-fn transient_retried<E: Engine>(h: &Harness<E>, errno: i32) -> CaseResult {
+fn transient_retried<E: Backend>(h: &Harness<E>, errno: i32) -> CaseResult {
     let hook = Hook::new(move |c| (c.attempt < 2).then_some(FaultAction::Fail(errno)));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
@@ -516,18 +506,18 @@ fn transient_retried<E: Engine>(h: &Harness<E>, errno: i32) -> CaseResult {
 }
 
 /// EINTR is retried inside the engine and never surfaces.
-pub fn eintr_is_retried_inside_the_engine<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn eintr_is_retried_inside_the_engine<E: Backend>(h: &Harness<E>) -> CaseResult {
     transient_retried(h, libc::EINTR)
 }
 
 /// EAGAIN is retried inside the engine and never surfaces.
-pub fn eagain_is_retried_inside_the_engine<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn eagain_is_retried_inside_the_engine<E: Backend>(h: &Harness<E>) -> CaseResult {
     transient_retried(h, libc::EAGAIN)
 }
 
 /// EIO on a read surfaces once, typed, with op, file, offset, length and errno.
-pub fn eio_on_read_surfaces_once_with_context<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Read).then_some(FaultAction::Fail(libc::EIO)));
+pub fn eio_on_read_surfaces_once_with_context<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Read).then_some(FaultAction::Fail(libc::EIO)));
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
     let (file, _) = eof_file(h, &engine);
@@ -554,8 +544,8 @@ pub fn eio_on_read_surfaces_once_with_context<E: Engine>(h: &Harness<E>) -> Case
 }
 
 /// ENOSPC on a write is its own kind.
-pub fn enospc_on_write_is_no_space<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Fail(libc::ENOSPC)));
+pub fn enospc_on_write_is_no_space<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Write).then_some(FaultAction::Fail(libc::ENOSPC)));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw());
@@ -568,7 +558,7 @@ pub fn enospc_on_write_is_no_space<E: Engine>(h: &Harness<E>) -> CaseResult {
 // Contract points 4 and 5: syncs
 
 /// `sync_data` and `sync_all` reach the backend as fdatasync and fsync respectively.
-pub fn sync_data_and_sync_all_are_distinct_operations<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn sync_data_and_sync_all_are_distinct_operations<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = Hook::new(|_| None);
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
@@ -576,10 +566,10 @@ pub fn sync_data_and_sync_all_are_distinct_operations<E: Engine>(h: &Harness<E>)
     block_on(engine.sync_data(&file)).expect("sync_data");
     block_on(engine.sync_all(&file)).expect("sync_all");
     block_on(engine.sync_all(&file)).expect("sync_all");
-    let kinds: Vec<OpKind> = hook.calls().iter().map(|c| c.kind).collect();
+    let kinds: Vec<Op> = hook.calls().iter().map(|c| c.op).collect();
     assert_eq!(
         kinds,
-        [OpKind::SyncData, OpKind::SyncAll, OpKind::SyncAll],
+        [Op::SyncData, Op::SyncAll, Op::SyncAll],
         "operations issued"
     );
     let m = engine.metrics();
@@ -589,7 +579,7 @@ pub fn sync_data_and_sync_all_are_distinct_operations<E: Engine>(h: &Harness<E>)
 
 /// Syncs of O_DIRECT files reach the OS too: a direct write's completion is not durability
 /// (the device cache may still hold it).
-pub fn syncs_on_direct_files_reach_the_os<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn syncs_on_direct_files_reach_the_os<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = Hook::new(|_| None);
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
@@ -597,22 +587,22 @@ pub fn syncs_on_direct_files_reach_the_os<E: Engine>(h: &Harness<E>) -> CaseResu
     write_all(&engine, &file, 0, &pattern(4096, 21), 4096);
     block_on(engine.sync_data(&file)).expect("sync_data");
     block_on(engine.sync_all(&file)).expect("sync_all");
-    let syncs: Vec<OpKind> = hook
+    let syncs: Vec<Op> = hook
         .calls()
         .iter()
-        .filter(|c| c.kind.is_sync())
-        .map(|c| c.kind)
+        .filter(|c| c.op.is_sync())
+        .map(|c| c.op)
         .collect();
     assert_eq!(
         syncs,
-        [OpKind::SyncData, OpKind::SyncAll],
+        [Op::SyncData, Op::SyncAll],
         "both syncs reached the OS"
     );
     Ok(())
 }
 
 /// Syncs after completed writes succeed and leave the data readable.
-pub fn sync_after_writes_succeeds<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn sync_after_writes_succeeds<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     let data = pattern(20_000, 9);
@@ -626,7 +616,7 @@ pub fn sync_after_writes_succeeds<E: Engine>(h: &Harness<E>) -> CaseResult {
 fn fail_first_sync() -> Arc<Hook> {
     let failed = AtomicU32::new(0);
     Hook::new(move |c| {
-        (c.kind.is_sync() && failed.fetch_add(1, Ordering::Relaxed) == 0)
+        (c.op.is_sync() && failed.fetch_add(1, Ordering::Relaxed) == 0)
             .then_some(FaultAction::Fail(libc::EIO))
     })
 }
@@ -634,7 +624,7 @@ fn fail_first_sync() -> Arc<Hook> {
 /// After a failed sync, every later sync on that file fails as poisoned, carrying the
 /// original errno; the kernel is not even asked (a later success would re-acknowledge lost
 /// data).
-pub fn failed_sync_poisons_every_later_sync<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn failed_sync_poisons_every_later_sync<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = fail_first_sync();
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
@@ -661,7 +651,7 @@ pub fn failed_sync_poisons_every_later_sync<E: Engine>(h: &Harness<E>) -> CaseRe
         assert_eq!(error.raw_os_error(), Some(libc::EIO), "original errno");
     }
     assert_eq!(
-        hook.calls().iter().filter(|c| c.kind.is_sync()).count(),
+        hook.calls().iter().filter(|c| c.op.is_sync()).count(),
         1,
         "later syncs never reached the OS"
     );
@@ -671,7 +661,7 @@ pub fn failed_sync_poisons_every_later_sync<E: Engine>(h: &Harness<E>) -> CaseRe
 }
 
 /// Reopening the file gives a fresh, unpoisoned handle.
-pub fn reopening_clears_the_poison<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn reopening_clears_the_poison<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine_with_hook(fail_first_sync());
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw());
@@ -683,8 +673,8 @@ pub fn reopening_clears_the_poison<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// A failed write on an O_DSYNC file poisons later syncs: its data may be lost.
-pub fn failed_dsync_write_poisons_the_file<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook = Hook::new(|c| (c.kind == OpKind::Write).then_some(FaultAction::Fail(libc::EIO)));
+pub fn failed_dsync_write_poisons_the_file<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Write).then_some(FaultAction::Fail(libc::EIO)));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw().dsync(true));
@@ -699,7 +689,7 @@ pub fn failed_dsync_write_poisons_the_file<E: Engine>(h: &Harness<E>) -> CaseRes
 // Batches and queues; contract point 7
 
 /// A batch yields one completion per request, in request order, each with its own result.
-pub fn batch_returns_one_result_per_request_in_order<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn batch_returns_one_result_per_request_in_order<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, data) = eof_file(h, &engine);
     let closed = h.file(&engine, b"", &rw());
@@ -748,14 +738,14 @@ pub fn batch_returns_one_result_per_request_in_order<E: Engine>(h: &Harness<E>) 
 }
 
 /// An empty batch completes at once with nothing.
-pub fn empty_batch_returns_nothing<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn empty_batch_returns_nothing<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     assert!(block_on(engine.submit_batch(Vec::new())).is_empty());
     Ok(())
 }
 
 /// A full queue hands the request back untouched instead of failing or growing.
-pub fn queue_hands_back_the_request_when_full<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn queue_hands_back_the_request_when_full<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine_with(|c| c.queue_depth = 4);
     let (file, _) = eof_file(h, &engine);
     let mut queue = engine.queue().expect("queue");
@@ -778,7 +768,7 @@ pub fn queue_hands_back_the_request_when_full<E: Engine>(h: &Harness<E>) -> Case
             99,
         ))
         .expect_err("full");
-    assert_eq!(back.user_data, 99, "the same request comes back");
+    assert_eq!(back.user_data(), 99, "the same request comes back");
     assert_eq!(queue.in_flight(), 4);
     let mut out = Vec::new();
     queue.wait(1, &mut out).expect("wait");
@@ -793,7 +783,7 @@ pub fn queue_hands_back_the_request_when_full<E: Engine>(h: &Harness<E>) -> Case
 
 /// Ten times the depth of mixed requests through `push_or_wait`: in flight never exceeds the
 /// depth, nothing is lost or duplicated, and every buffer comes back.
-pub fn queue_yields_one_completion_per_push<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn queue_yields_one_completion_per_push<E: Backend>(h: &Harness<E>) -> CaseResult {
     let depth = 8;
     let engine = h.engine_with(|c| c.queue_depth = depth);
     let file = h.file(&engine, &pattern(64 * 512, 10), &rw());
@@ -829,7 +819,7 @@ pub fn queue_yields_one_completion_per_push<E: Engine>(h: &Harness<E>) -> CaseRe
         assert!(c.result.is_ok(), "request {}: {:?}", c.user_data, c.result);
         assert_eq!(
             c.buf.is_some(),
-            c.kind != OpKind::SyncData,
+            c.op != Op::SyncData,
             "buffer back for {}",
             c.user_data
         );
@@ -838,7 +828,7 @@ pub fn queue_yields_one_completion_per_push<E: Engine>(h: &Harness<E>) -> CaseRe
 }
 
 /// Invalid requests pushed on a queue complete with their typed error, once each.
-pub fn queue_completes_invalid_requests_with_errors<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn queue_completes_invalid_requests_with_errors<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let read_only = h.file(&engine, b"ro", &OpenOptions::new().read(true));
     let mut queue = engine.queue().expect("queue");
@@ -877,7 +867,7 @@ pub fn queue_completes_invalid_requests_with_errors<E: Engine>(h: &Harness<E>) -
 }
 
 /// `wait` never waits for more completions than are in flight: it cannot hang.
-pub fn queue_wait_is_bounded_by_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn queue_wait_is_bounded_by_in_flight<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, _) = eof_file(h, &engine);
     let mut queue = engine.queue().expect("queue");
@@ -908,12 +898,12 @@ pub fn queue_wait_is_bounded_by_in_flight<E: Engine>(h: &Harness<E>) -> CaseResu
         2,
         "both, then return"
     );
-    assert_eq!(queue.poll(&mut out), 0, "nothing more");
+    assert_eq!(queue.poll(&mut out).expect("poll"), 0, "nothing more");
     Ok(())
 }
 
 /// With depth 2, 64 concurrent async requests all complete: submitters wait, never fail.
-pub fn async_submitters_wait_when_the_queue_is_full<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn async_submitters_wait_when_the_queue_is_full<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine_with(|c| c.queue_depth = 2);
     let file = h.file(&engine, b"", &rw());
     let requests: Vec<Request> = (0..64u64)
@@ -943,7 +933,7 @@ pub fn async_submitters_wait_when_the_queue_is_full<E: Engine>(h: &Harness<E>) -
 /// Many requests in flight complete in whatever order the device finishes them, each with
 /// its own data: an fsync of 32 MiB of dirty data submitted first finishes after small cached
 /// reads submitted behind it.
-pub fn many_in_flight_complete_out_of_order<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn many_in_flight_complete_out_of_order<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let data = pattern(16, 11);
     let file = h.file(&engine, &data, &rw());
@@ -1015,9 +1005,8 @@ fn poll_once<F: Future>(future: F) -> Option<F::Output> {
 
 /// A write future dropped mid-flight still completes its write, with the buffer owned by the
 /// engine until then; the engine keeps working.
-pub fn dropped_future_keeps_its_buffer_until_completion<E: Engine>(h: &Harness<E>) -> CaseResult {
-    let hook =
-        Hook::latency(|c| Duration::from_millis(if c.kind == OpKind::Write { 50 } else { 0 }));
+pub fn dropped_future_keeps_its_buffer_until_completion<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::latency(|c| Duration::from_millis(if c.op == Op::Write { 50 } else { 0 }));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
     let file = h.file(&engine, b"", &rw());
@@ -1044,7 +1033,7 @@ pub fn dropped_future_keeps_its_buffer_until_completion<E: Engine>(h: &Harness<E
 
 /// Dropping the engine with requests in flight completes them, joins its threads, and the
 /// queue still yields every completion: nothing hangs.
-pub fn dropping_the_engine_completes_work_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn dropping_the_engine_completes_work_in_flight<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = Hook::latency(|_| Duration::from_millis(5));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
@@ -1078,7 +1067,7 @@ pub fn dropping_the_engine_completes_work_in_flight<E: Engine>(h: &Harness<E>) -
 }
 
 /// Dropping a queue with requests in flight neither hangs nor disturbs the engine.
-pub fn dropping_a_queue_with_work_in_flight_is_safe<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn dropping_a_queue_with_work_in_flight_is_safe<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = Hook::latency(|_| Duration::from_millis(2));
     let engine = h.engine_with_hook(hook);
     requires_hook(&engine)?;
@@ -1097,7 +1086,7 @@ pub fn dropping_a_queue_with_work_in_flight_is_safe<E: Engine>(h: &Harness<E>) -
 }
 
 /// After shutdown, opening, queue creation and every request fail with Shutdown.
-pub fn requests_after_shutdown_fail_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn requests_after_shutdown_fail_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"data", &rw());
     engine.shutdown();
@@ -1126,7 +1115,7 @@ pub fn requests_after_shutdown_fail_typed<E: Engine>(h: &Harness<E>) -> CaseResu
 // Contract point 10: bad handles and arguments
 
 /// A closed handle is a typed error, and so is closing it twice.
-pub fn closed_file_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn closed_file_is_bad_file<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"data", &rw());
     engine.close(&file).expect("close");
@@ -1146,7 +1135,7 @@ pub fn closed_file_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// A handle from another engine is refused.
-pub fn file_of_another_engine_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn file_of_another_engine_is_bad_file<E: Backend>(h: &Harness<E>) -> CaseResult {
     let first = h.engine();
     let second = h.engine();
     let file = h.file(&first, b"data", &rw());
@@ -1163,7 +1152,7 @@ pub fn file_of_another_engine_is_bad_file<E: Engine>(h: &Harness<E>) -> CaseResu
 }
 
 /// A write to a file opened read-only is a typed error and changes nothing.
-pub fn write_to_read_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn write_to_read_only_file_is_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"keep", &OpenOptions::new().read(true));
     let (result, _) = block_on(engine.write_all_at(&file, 0, buf(b"lose", 1)));
@@ -1173,7 +1162,7 @@ pub fn write_to_read_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResult
 }
 
 /// A read from a file opened write-only is a typed error.
-pub fn read_from_write_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn read_from_write_only_file_is_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"data", &OpenOptions::new().write(true));
     let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(4, 1).expect("buf")));
@@ -1183,7 +1172,7 @@ pub fn read_from_write_only_file_is_typed<E: Engine>(h: &Harness<E>) -> CaseResu
 
 /// A request longer than the kernel's single-I/O maximum is split at that maximum (never
 /// truncated to 32 bits), and `read_at` returns what exists.
-pub fn huge_length_is_capped_at_io_bytes_max<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn huge_length_is_capped_at_io_bytes_max<E: Backend>(h: &Harness<E>) -> CaseResult {
     let hook = Hook::new(|_| None);
     let engine = h.engine_with_hook(Arc::clone(&hook));
     requires_hook(&engine)?;
@@ -1207,7 +1196,7 @@ pub fn huge_length_is_capped_at_io_bytes_max<E: Engine>(h: &Harness<E>) -> CaseR
 }
 
 /// Offsets that overflow, or pass the largest file offset, are OutOfRange before submission.
-pub fn overflowing_offsets_are_out_of_range<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn overflowing_offsets_are_out_of_range<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     for offset in [u64::MAX, u64::MAX - 3, i64::MAX as u64, i64::MAX as u64 - 2] {
@@ -1225,7 +1214,7 @@ pub fn overflowing_offsets_are_out_of_range<E: Engine>(h: &Harness<E>) -> CaseRe
 }
 
 /// Open failures are typed: missing file, no access mode, create without write.
-pub fn open_errors_are_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn open_errors_are_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let missing = h.path();
     let error = engine.open(&missing, &rw()).expect_err("missing");
@@ -1250,7 +1239,7 @@ pub fn open_errors_are_typed<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// Zero-length reads and writes succeed with 0; the exact forms succeed at once.
-pub fn zero_length_transfers_succeed<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn zero_length_transfers_succeed<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let (file, _) = eof_file(h, &engine);
     let (r, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(0, 1).expect("buf")));
@@ -1266,7 +1255,7 @@ pub fn zero_length_transfers_succeed<E: Engine>(h: &Harness<E>) -> CaseResult {
 }
 
 /// Whatever the error, the completion hands back the very buffer that was submitted.
-pub fn buffer_comes_back_on_every_error<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn buffer_comes_back_on_every_error<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let read_only = h.file(&engine, b"x", &OpenOptions::new().read(true));
     let closed = h.file(&engine, b"x", &rw());
@@ -1290,7 +1279,7 @@ pub fn buffer_comes_back_on_every_error<E: Engine>(h: &Harness<E>) -> CaseResult
 
 /// Strict mode rejects a write overlapping a request in flight (pushed and not yet reaped),
 /// and a read overlapping a write in flight, and accepts adjacent ones.
-pub fn strict_mode_rejects_overlap_in_flight<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn strict_mode_rejects_overlap_in_flight<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine_with(|c| c.strict = true);
     if !engine.capabilities().strict_mode {
         return Err(Skip(format!(
@@ -1337,7 +1326,7 @@ pub fn strict_mode_rejects_overlap_in_flight<E: Engine>(h: &Harness<E>) -> CaseR
 }
 
 /// A caller's own memory (`Vec<u8>` through `IoBuf`) works for buffered I/O and comes back.
-pub fn caller_buffers_work_through_io_buf<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn caller_buffers_work_through_io_buf<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     let (w, back) =
@@ -1353,7 +1342,7 @@ pub fn caller_buffers_work_through_io_buf<E: Engine>(h: &Harness<E>) -> CaseResu
 }
 
 /// Buffers from the page pool meet O_DIRECT alignment and are reused after completion.
-pub fn pool_buffers_work_with_direct_io<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn pool_buffers_work_with_direct_io<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = direct_file(h, &engine, b"", 4096)?;
     let pool = PagePool::new(PoolConfig {
@@ -1387,7 +1376,7 @@ pub fn pool_buffers_work_with_direct_io<E: Engine>(h: &Harness<E>) -> CaseResult
 }
 
 /// Metrics count operations, bytes and errors per kind, and record latencies.
-pub fn metrics_count_operations_bytes_and_errors<E: Engine>(h: &Harness<E>) -> CaseResult {
+pub fn metrics_count_operations_bytes_and_errors<E: Backend>(h: &Harness<E>) -> CaseResult {
     let engine = h.engine();
     let file = h.file(&engine, b"", &rw());
     write_all(&engine, &file, 0, &[7; 3000], 1);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use engine_core::{
-    Capabilities, Completion, Engine, EngineConfig, File, MetricsSnapshot, OpKind, OpenOptions,
+    Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op, OpenOptions,
     PagePool, Queue, Request, Result,
 };
 
@@ -144,7 +144,7 @@ pub struct CrashSim<E> {
     ledger: Arc<Mutex<Ledger>>,
 }
 
-impl<E: Engine> CrashSim<E> {
+impl<E: Backend> CrashSim<E> {
     /// Wraps `inner`; `sector` is the granularity of torn writes and of the check (the
     /// logical block size).
     pub fn new(inner: E, sector: usize) -> CrashSim<E> {
@@ -300,7 +300,7 @@ impl CrashLedger {
     }
 
     /// Wraps a new engine (after the crash) with this ledger.
-    pub fn resume<E: Engine>(self, inner: E) -> CrashSim<E> {
+    pub fn resume<E: Backend>(self, inner: E) -> CrashSim<E> {
         CrashSim {
             inner,
             ledger: self.ledger,
@@ -321,50 +321,55 @@ impl CrashLedger {
 /// writes a sync covers).
 fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
     let mut ledger = lock(ledger);
-    let _ = ledger.state(request.file.path());
+    let file = request.file();
+    let _ = ledger.state(file.path());
     RequestFacts {
-        kind: request.kind,
-        path: request.file.path().to_path_buf(),
-        offset: request.offset,
-        buf_start: request.buf_start,
-        dsync: request.file.options().is_dsync(),
+        op: request.op(),
+        path: file.path().to_path_buf(),
+        offset: request.offset().unwrap_or(0),
+        dsync: file.options().is_dsync(),
         submitted_at: ledger.clock,
     }
 }
 
 /// Records a successful completion in the ledger: a write's data as done, a sync as covering
 /// what completed before it was submitted.
+///
+/// A failed exact write that moved some bytes first ([`engine_core::Error::transferred`])
+/// records those as written (not acknowledged): they may be on the file.
 fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completion) {
-    if completion.result.is_err() {
-        return;
-    }
+    let written = match &completion.result {
+        Ok(n) => *n,
+        Err(e) if request.op == Op::Write => e.transferred().unwrap_or(0) as usize,
+        Err(_) => return,
+    };
     let mut ledger = lock(ledger);
-    match request.kind {
-        OpKind::Write => {
-            let n = *completion.result.as_ref().unwrap_or(&0);
+    match request.op {
+        Op::Write => {
             if let Some(buf) = &completion.buf {
-                let data = &buf[request.buf_start..(request.buf_start + n).min(buf.len())];
-                ledger.write_done(&request.path, request.offset, data, request.dsync);
+                let data = &buf[..written.min(buf.len())];
+                if !data.is_empty() || completion.result.is_ok() {
+                    ledger.write_done(&request.path, request.offset, data, request.dsync);
+                }
             }
         }
-        OpKind::SyncData | OpKind::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
-        OpKind::Read => {}
+        Op::SyncData | Op::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
+        _ => {}
     }
 }
 
 /// What the simulator needs to remember of a request until it completes.
 struct RequestFacts {
-    kind: OpKind,
+    op: Op,
     path: PathBuf,
     offset: u64,
-    buf_start: usize,
     dsync: bool,
     /// The completion clock when the request was submitted: a sync covers writes completed
     /// up to here.
     submitted_at: u64,
 }
 
-impl<E: Engine> Engine for CrashSim<E> {
+impl<E: Backend> Backend for CrashSim<E> {
     type Queue = CrashQueue<E::Queue>;
 
     fn name(&self) -> &'static str {
@@ -437,7 +442,7 @@ impl<Q: Queue> Queue for CrashQueue<Q> {
     fn push(&mut self, mut request: Request) -> std::result::Result<(), Request> {
         let tag = self.next_tag;
         let facts = facts(&self.ledger, &request);
-        let user_data = std::mem::replace(&mut request.user_data, tag);
+        let user_data = request.replace_user_data(tag);
         match self.inner.push(request) {
             Ok(()) => {
                 self.next_tag += 1;
@@ -445,7 +450,7 @@ impl<Q: Queue> Queue for CrashQueue<Q> {
                 Ok(())
             }
             Err(mut back) => {
-                back.user_data = user_data;
+                back.replace_user_data(user_data);
                 Err(back)
             }
         }
@@ -453,11 +458,11 @@ impl<Q: Queue> Queue for CrashQueue<Q> {
     fn submit(&mut self) -> Result<usize> {
         self.inner.submit()
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let start = out.len();
-        let n = self.inner.poll(out);
+        let n = self.inner.poll(out)?;
         self.settle(&mut out[start..]);
-        n
+        Ok(n)
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
         let start = out.len();
@@ -501,13 +506,13 @@ pub struct CrashReport {
 /// # Errors
 ///
 /// Setup errors, and I/O errors the workload did not expect.
-pub fn crash_workload<E: Engine>(
+pub fn crash_workload<E: Backend>(
     make: &dyn Fn() -> Result<E>,
     dir: &Path,
     seed: u64,
     steps: usize,
 ) -> Result<CrashReport> {
-    use engine_core::{block_on, AlignedBuf, EngineExt};
+    use engine_core::{block_on, AlignedBuf, BackendExt};
     const FILE: usize = 32 << 10;
     let paths = [dir.join("crash-0"), dir.join("crash-1")];
     for path in &paths {

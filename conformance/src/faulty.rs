@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use engine_core::testing::{FaultAction, FaultHook};
 use engine_core::{
-    Capabilities, Completion, Engine, EngineConfig, FaultAction, FaultHook, File, MetricsSnapshot,
-    OpKind, OpenOptions, PagePool, Queue, Request, Result,
+    Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op, OpenOptions,
+    PagePool, Queue, Request, Result,
 };
 
 /// The faults the injector can cause.
@@ -47,13 +48,13 @@ impl Fault {
         Fault::Latency,
     ];
 
-    /// True when the fault can hit `kind` (for example: no short sync, no torn read).
-    pub fn applies_to(self, kind: OpKind) -> bool {
+    /// True when the fault can hit `op` (for example: no short sync, no torn read).
+    pub fn applies_to(self, op: Op) -> bool {
         match self {
             Fault::Eio | Fault::Eintr | Fault::Eagain | Fault::Latency => true,
-            Fault::Enospc => kind != OpKind::Read,
-            Fault::Short => !kind.is_sync(),
-            Fault::Torn => kind == OpKind::Write,
+            Fault::Enospc => op != Op::Read,
+            Fault::Short => !op.is_sync(),
+            Fault::Torn => op == Op::Write,
         }
     }
 
@@ -90,13 +91,13 @@ impl Fault {
     }
 }
 
-/// One entry of an explicit plan: the `occurrence`-th request of `kind` (counted from 0,
-/// over the whole engine) gets `fault`.
+/// One entry of an explicit plan: the `occurrence`-th request of `op` (counted from 0, over
+/// the whole engine) gets `fault`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanEntry {
-    /// The request kind.
-    pub kind: OpKind,
-    /// Which request of that kind.
+    /// The request operation.
+    pub op: Op,
+    /// Which request of that operation.
     pub occurrence: u64,
     /// What happens to it.
     pub fault: Fault,
@@ -113,13 +114,13 @@ pub enum Plan {
 }
 
 /// What identifies a request to the injector: file (by path, numbered in order of first
-/// sight), kind, offset and length.
+/// sight), operation, offset and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
     /// The file's number.
     pub file: u32,
-    /// The request kind.
-    pub kind: OpKind,
+    /// The request operation.
+    pub op: Op,
     /// Its offset (0 for syncs).
     pub offset: u64,
     /// Its length as submitted (0 for syncs).
@@ -206,7 +207,7 @@ impl Injector {
             .iter()
             .fold(self.seed, |h, (id, occ, fault, bytes)| {
                 let word = u64::from(id.file)
-                    ^ (id.kind as u64) << 8
+                    ^ (id.op as u64) << 8
                     ^ id.offset << 16
                     ^ (id.len as u64) << 40
                     ^ u64::from(*occ) << 52
@@ -219,18 +220,18 @@ impl Injector {
         match &self.plan {
             Plan::Explicit(entries) => entries
                 .iter()
-                .find(|e| e.kind == identity.kind && e.occurrence == per_kind)
+                .find(|e| e.op == identity.op && e.occurrence == per_kind)
                 .map(|e| e.fault),
             Plan::Rates(rates) => {
                 let key = self.seed
                     ^ u64::from(identity.file).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (identity.kind as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                    ^ (identity.op as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
                     ^ identity.offset.wrapping_mul(0x1656_67B1_9E37_79F9)
                     ^ (identity.len as u64).rotate_left(29)
                     ^ u64::from(occurrence).rotate_left(47);
                 let mut roll = (mix(key) >> 11) as f64 / (1u64 << 53) as f64;
                 for &(fault, rate) in rates {
-                    if !fault.applies_to(identity.kind) {
+                    if !fault.applies_to(identity.op) {
                         continue;
                     }
                     if roll < rate {
@@ -244,13 +245,18 @@ impl Injector {
     }
 }
 
+/// The position of a request operation in [`Op::IO`].
+pub fn op_index(op: Op) -> usize {
+    Op::IO.iter().position(|&o| o == op).unwrap_or(0)
+}
+
 /// Sector granularity of short and torn transfers.
 const SECTOR: usize = 512;
 
 impl FaultHook for Injector {
     fn before(
         &self,
-        kind: OpKind,
+        op: Op,
         file: &File,
         offset: u64,
         len: usize,
@@ -267,7 +273,7 @@ impl FaultHook for Injector {
             let file_number = *state.files.entry(file.path().to_path_buf()).or_insert(next);
             let identity = Identity {
                 file: file_number,
-                kind,
+                op,
                 offset,
                 len,
             };
@@ -276,11 +282,12 @@ impl FaultHook for Injector {
                 *counter += 1;
                 *counter - 1
             };
-            let per_kind = state.per_kind[kind.index()];
-            state.per_kind[kind.index()] += 1;
+            let index = op_index(op);
+            let per_kind = state.per_kind[index];
+            state.per_kind[index] += 1;
             let fault = self
                 .decide(identity, occurrence, per_kind)
-                .filter(|f| f.applies_to(kind));
+                .filter(|f| f.applies_to(op));
             let action = fault.and_then(|fault| {
                 let half = (len / 2) / SECTOR * SECTOR;
                 let (action, bytes) = match fault {
@@ -327,7 +334,7 @@ pub struct FaultyEngine<E> {
     reorder: bool,
 }
 
-impl<E: Engine> FaultyEngine<E> {
+impl<E: Backend> FaultyEngine<E> {
     /// Builds the inner engine with `make(config)`, the injector installed as its fault hook
     /// (ahead of any hook `config` already had). With `reorder`, the queue hands completions
     /// back in a permuted order.
@@ -342,9 +349,9 @@ impl<E: Engine> FaultyEngine<E> {
         injector: &Arc<Injector>,
         reorder: bool,
     ) -> Result<FaultyEngine<E>> {
-        config.fault_hook = Some(Arc::new(Chain {
+        config.testing.fault_hook = Some(Arc::new(Chain {
             injector: Arc::clone(injector),
-            next: config.fault_hook.take(),
+            next: config.testing.fault_hook.take(),
         }));
         let inner = make(config)?;
         if !inner.capabilities().fault_hook {
@@ -385,23 +392,23 @@ struct Chain {
 impl FaultHook for Chain {
     fn before(
         &self,
-        kind: OpKind,
+        op: Op,
         file: &File,
         offset: u64,
         len: usize,
         attempt: u32,
     ) -> Option<FaultAction> {
         self.injector
-            .before(kind, file, offset, len, attempt)
+            .before(op, file, offset, len, attempt)
             .or_else(|| {
                 self.next
                     .as_ref()
-                    .and_then(|h| h.before(kind, file, offset, len, attempt))
+                    .and_then(|h| h.before(op, file, offset, len, attempt))
             })
     }
 }
 
-impl<E: Engine> Engine for FaultyEngine<E> {
+impl<E: Backend> Backend for FaultyEngine<E> {
     type Queue = FaultyQueue<E::Queue>;
 
     fn name(&self) -> &'static str {
@@ -416,8 +423,11 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     fn close(&self, file: &File) -> Result<()> {
         self.inner.close(file)
     }
-    async fn submit(&self, request: Request) -> Completion {
-        self.inner.submit(request).await
+    fn submit(
+        &self,
+        request: Request,
+    ) -> impl std::future::Future<Output = Completion> + Send + '_ {
+        self.inner.submit(request)
     }
     fn queue(&self) -> Result<FaultyQueue<E::Queue>> {
         Ok(FaultyQueue {
@@ -472,11 +482,11 @@ impl<Q: Queue> Queue for FaultyQueue<Q> {
     fn submit(&mut self) -> Result<usize> {
         self.inner.submit()
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let start = out.len();
-        let n = self.inner.poll(out);
+        let n = self.inner.poll(out)?;
         self.permute(&mut out[start..]);
-        n
+        Ok(n)
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
         let start = out.len();

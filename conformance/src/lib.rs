@@ -1,11 +1,12 @@
 //! The contract every engine backend keeps, as one suite of plain functions over
-//! [`engine_core::Engine`], run against every backend compiled in (`cargo test -p
+//! [`engine_core::Backend`], run against every backend compiled in (`cargo test -p
 //! conformance`).
 //!
 //! Each case is a `pub fn(&Harness<E>) -> CaseResult`: it passes, fails by panicking with a
 //! labelled assertion, or returns [`Skip`] with the reason when the backend's
-//! [`engine_core::Capabilities`] or the machine do not allow it. Skips are printed and counted
-//! as skips, never as passes. At the end of a run, [`run_suite`] prints one line per backend:
+//! [`engine_core::Capabilities`] or the machine do not allow it. The [`runner`] reports skips as
+//! `ignored` with the reason, never as passes, takes libtest's filters (`cargo test -p
+//! conformance -- eof`), and ends with one line per backend:
 //! `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
 
 pub mod cases;
@@ -14,16 +15,20 @@ pub mod faulty;
 pub mod mem;
 pub mod mutants;
 pub mod oracle;
+pub mod runner;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use engine_core::testing::{FaultAction, FaultHook};
 use engine_core::{
-    block_on, AlignedBuf, Engine, EngineConfig, EngineExt, FaultAction, FaultHook, File, OpKind,
+    block_on, AlignedBuf, Backend, BackendExt, EngineConfig, File, IoBuf, IoBufMut, Op,
     OpenOptions, Result,
 };
+
+use runner::{Outcome, Trial};
 
 pub use mem::MemEngine;
 
@@ -57,7 +62,7 @@ pub struct Harness<E> {
 /// The queue depth of engines from [`Harness::engine`].
 pub const DEPTH: usize = 32;
 
-impl<E: Engine> Harness<E> {
+impl<E: Backend> Harness<E> {
     /// A harness for `backend`, whose engines come from `make`. The scratch directory is
     /// created under `CONFORMANCE_DIR` if set, else the system temp directory.
     ///
@@ -108,7 +113,7 @@ impl<E: Engine> Harness<E> {
 
     /// A fresh engine with `hook` installed.
     pub fn engine_with_hook(&self, hook: Arc<Hook>) -> E {
-        self.engine_with(|c| c.fault_hook = Some(hook))
+        self.engine_with(|c| c.testing.fault_hook = Some(hook))
     }
 
     /// A new path in the scratch directory.
@@ -167,12 +172,56 @@ pub fn buf(data: &[u8], align: usize) -> AlignedBuf {
     AlignedBuf::from_slice(data, align).expect("allocate buffer")
 }
 
+/// A buffer of `len` bytes whose address is `shift` bytes past an `align`-aligned address
+/// (`shift` not a multiple of `align`): a caller's own memory that breaks O_DIRECT's memory
+/// rule on purpose.
+///
+/// # Panics
+///
+/// When allocation fails.
+pub fn misaligned_buf(len: usize, align: usize, shift: usize) -> AlignedBuf {
+    let inner = AlignedBuf::zeroed(len + shift, align).expect("allocate buffer");
+    AlignedBuf::from_io_buf(Shifted { inner, shift })
+}
+
+/// An aligned buffer seen from `shift` bytes in.
+struct Shifted {
+    inner: AlignedBuf,
+    shift: usize,
+}
+
+// SAFETY: the pointer is `shift` bytes into the inner buffer's memory, which the inner buffer
+// owns and which does not move when it does; `bytes_init` and `bytes_total` stay within it.
+unsafe impl IoBuf for Shifted {
+    fn stable_ptr(&self) -> *const u8 {
+        self.inner[self.shift..].as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.inner.len() - self.shift
+    }
+    fn bytes_total(&self) -> usize {
+        self.inner.len() - self.shift
+    }
+}
+
+// SAFETY: as above, writable.
+unsafe impl IoBufMut for Shifted {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        let shift = self.shift;
+        self.inner[shift..].as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        // Every byte of the inner buffer is initialised already; only the length changes.
+        let _ = self.inner.resize(len + self.shift);
+    }
+}
+
 /// Writes all of `data` at `offset` through the engine.
 ///
 /// # Panics
 ///
 /// When the write fails.
-pub fn write_all<E: Engine>(engine: &E, file: &File, offset: u64, data: &[u8], align: usize) {
+pub fn write_all<E: Backend>(engine: &E, file: &File, offset: u64, data: &[u8], align: usize) {
     let (result, _) = block_on(engine.write_all_at(file, offset, buf(data, align)));
     result.expect("write_all_at");
 }
@@ -182,7 +231,7 @@ pub fn write_all<E: Engine>(engine: &E, file: &File, offset: u64, data: &[u8], a
 /// # Panics
 ///
 /// When the read fails.
-pub fn read_exact<E: Engine>(
+pub fn read_exact<E: Backend>(
     engine: &E,
     file: &File,
     offset: u64,
@@ -198,8 +247,8 @@ pub fn read_exact<E: Engine>(
 /// One call the fault hook saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HookCall {
-    /// The request's kind.
-    pub kind: OpKind,
+    /// The request's operation.
+    pub op: Op,
     /// Its offset.
     pub offset: u64,
     /// The length the backend was about to transfer.
@@ -251,14 +300,14 @@ impl Hook {
 impl FaultHook for Hook {
     fn before(
         &self,
-        kind: OpKind,
+        op: Op,
         _file: &File,
         offset: u64,
         len: usize,
         attempt: u32,
     ) -> Option<FaultAction> {
         let call = HookCall {
-            kind,
+            op,
             offset,
             len,
             attempt,
@@ -274,113 +323,65 @@ impl FaultHook for Hook {
     }
 }
 
-/// Counts of one backend's run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Cases that passed.
-    pub passed: usize,
-    /// Cases skipped, each with its reason printed.
-    pub skipped: usize,
-    /// Cases that failed or hung.
-    pub failed: usize,
-}
-
 /// The longest a case may run before it is reported as hung.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How one case ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CaseOutcome {
-    /// It passed.
-    Passed,
-    /// It could not run here; the reason.
-    Skipped(String),
-    /// It failed; the message (at most 600 characters).
-    Failed(String),
+/// Runs one case against `harness` and maps its result to the runner's outcome.
+pub fn outcome<E: Backend>(harness: &Harness<E>, case: fn(&Harness<E>) -> CaseResult) -> Outcome {
+    match case(harness) {
+        Ok(()) => Outcome::Passed,
+        Err(Skip(reason)) => Outcome::Skipped(reason),
+    }
 }
 
-/// Runs one case on its own thread, with a time limit: a case still running after `timeout`
-/// fails as hung (its thread is left behind).
-pub fn run_case<E: Engine + 'static>(
+/// One trial per case, named `<backend>::<case>`, sharing `harness`.
+pub fn trials<E: Backend + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) -> Vec<Trial> {
+    let harness = Arc::new(harness);
+    let backend = harness.backend().to_string();
+    cases
+        .into_iter()
+        .map(|case| {
+            let harness = Arc::clone(&harness);
+            Trial::new(&backend, case.name, CASE_TIMEOUT, move || {
+                outcome(&harness, case.run)
+            })
+        })
+        .collect()
+}
+
+/// Runs one case on its own thread with a time limit (a case still running after `timeout`
+/// fails as hung), outside the runner: for checks that run cases themselves (the mutants).
+pub fn run_case<E: Backend + 'static>(
     harness: &Arc<Harness<E>>,
     case: &Case<E>,
     timeout: Duration,
-) -> CaseOutcome {
+) -> Outcome {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = Arc::clone(harness);
     let run = case.run;
     let spawned = std::thread::Builder::new()
         .name(case.name.to_string())
         .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&h)));
-            let _ = tx.send(outcome);
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| outcome(&h, run)))
+                    .unwrap_or_else(|panic| Outcome::Failed(runner::panic_message(&*panic)));
+            let _ = tx.send(result);
         });
     if let Err(e) = spawned {
-        return CaseOutcome::Failed(format!("cannot spawn the case thread: {e}"));
+        return Outcome::Failed(format!("cannot spawn the case thread: {e}"));
     }
     match rx.recv_timeout(timeout) {
-        Ok(Ok(Ok(()))) => CaseOutcome::Passed,
-        Ok(Ok(Err(Skip(reason)))) => CaseOutcome::Skipped(reason),
-        Ok(Err(panic)) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            CaseOutcome::Failed(message.chars().take(600).collect())
-        }
-        Err(_) => CaseOutcome::Failed(format!("hung for more than {timeout:?}")),
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed(format!("hung for more than {timeout:?}")),
     }
 }
 
-/// Silences the default panic output while `body` runs (failures are reported one line
-/// each by the runner), then restores it.
+/// Silences the default panic output while `body` runs (failures are reported by the
+/// runner, with their message), then restores it.
 pub fn quietly<T>(body: impl FnOnce() -> T) -> T {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = body();
     std::panic::set_hook(default_hook);
     result
-}
-
-/// Runs every case against one backend, printing one line per case; the caller prints
-/// [`Summary::line`] at the end of the whole run.
-pub fn run_suite<E: Engine + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) -> Summary {
-    let harness = Arc::new(harness);
-    let backend = harness.backend().to_string();
-    let mut summary = Summary::default();
-    println!(
-        "conformance: running {} cases on backend {backend}",
-        cases.len()
-    );
-    quietly(|| {
-        for case in &cases {
-            match run_case(&harness, case, CASE_TIMEOUT) {
-                CaseOutcome::Passed => {
-                    summary.passed += 1;
-                    println!("  ok   {}", case.name);
-                }
-                CaseOutcome::Skipped(reason) => {
-                    summary.skipped += 1;
-                    println!("  skip {}: {reason}", case.name);
-                }
-                CaseOutcome::Failed(message) => {
-                    summary.failed += 1;
-                    println!("  FAIL {}: {message}", case.name);
-                }
-            }
-        }
-    });
-    println!("conformance: finished backend {backend}");
-    summary
-}
-
-impl Summary {
-    /// The summary line: `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
-    pub fn line(&self, backend: &str) -> String {
-        format!(
-            "conformance: backend={backend} passed={} skipped={} failed={}",
-            self.passed, self.skipped, self.failed
-        )
-    }
 }

@@ -4,21 +4,21 @@
 //! Files are opened for real (so open errors, permissions and geometry are the real ones) and
 //! their existing contents are loaded into memory. From then on reads are served from the
 //! in-memory image, and writes update the image and are mirrored to the file (so the checks
-//! that read a file back with std apply to the model too). It shares the validation and result mapping of every backend
-//! (`engine_core::prepare` and `finish`) and honours the fault hook, so it keeps the contract
-//! too and runs the whole suite as backend `mem`.
+//! that read a file back with std apply to the model too). Its [`Kernel`] runs each request
+//! at once, in submission order; everything around it (validation, retries, short transfers,
+//! poisoning, the fault hook, both APIs) is the shared lifecycle every backend uses, so it
+//! keeps the contract too and runs the whole suite as backend `mem`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use engine_core::raw::{lock, Common, Driver, FileRaw, Io, Kernel, QueueDriver, Reaped, Wait};
 use engine_core::{
-    finish, next_engine_id, prepare, reject, run_with_retries, Capabilities, Completion, Engine,
-    EngineConfig, Error, ErrorKind, File, Metrics, MetricsSnapshot, Op, OpKind, OpenOptions,
-    Prepared, Queue, RawResult, Request, Result,
+    Backend, Capabilities, Completion, EngineConfig, Error, ErrorKind, File, MetricsSnapshot, Op,
+    OpenOptions, Request, Result,
 };
 
 /// The registry name of the reference engine.
@@ -26,43 +26,120 @@ pub const NAME: &str = "mem";
 
 type Image = Arc<Mutex<Vec<u8>>>;
 
-struct Inner {
-    id: u64,
-    config: EngineConfig,
-    metrics: Metrics,
-    /// One image per path; `File::backend_index` indexes `images`.
+/// One image per path; a file's backend index is its image's place in `images`.
+#[derive(Default)]
+struct Images {
     paths: Mutex<HashMap<PathBuf, u32>>,
     images: Mutex<Vec<Image>>,
-    shut: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+impl Images {
+    fn image(&self, file: &File) -> Image {
+        Arc::clone(&lock(&self.images)[file.backend_index() as usize])
+    }
+}
+
+/// Runs requests in memory, at once.
+struct MemKernel {
+    images: Arc<Images>,
+    done: VecDeque<Reaped>,
+}
+
+impl MemKernel {
+    fn run(&self, io: Io<'_>) -> std::result::Result<usize, i32> {
+        let image = self.images.image(io.file());
+        let mut data = lock(&image);
+        match io {
+            Io::Read { offset, buf, .. } => {
+                let offset = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+                let available = data.len().saturating_sub(offset).min(buf.len());
+                if available > 0 {
+                    buf[..available].copy_from_slice(&data[offset..offset + available]);
+                }
+                Ok(available)
+            }
+            Io::Write {
+                file, offset, buf, ..
+            } => {
+                let start = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+                let end = start.checked_add(buf.len()).ok_or(libc::EFBIG)?;
+                if end > data.len() {
+                    data.resize(end, 0);
+                }
+                data[start..end].copy_from_slice(buf);
+                std::os::unix::fs::FileExt::write_all_at(file.std(), buf, offset)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                Ok(buf.len())
+            }
+            // Durability is not modelled: a sync of the in-memory image always succeeds.
+            Io::SyncData { .. } | Io::SyncAll { .. } => Ok(0),
+        }
+    }
+}
+
+impl Kernel for MemKernel {
+    fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+        let result = match self.run(io) {
+            Ok(n) => n as i64,
+            Err(errno) => -i64::from(errno),
+        };
+        self.done.push_back(Reaped { slot, result });
+        true
+    }
+    fn submit(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn reap(&mut self, out: &mut [Reaped]) -> usize {
+        let n = self.done.len().min(out.len());
+        for (slot, reaped) in out.iter_mut().zip(self.done.drain(..n)) {
+            *slot = reaped;
+        }
+        n
+    }
+    fn wait(&mut self, _min: usize) -> Result<()> {
+        // Everything completes at push.
+        Ok(())
+    }
+    fn wake(&mut self) {}
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+    fn notify_with(&mut self, _notify: engine_core::raw::Notify) -> bool {
+        // Completions are ready at push, on the polling thread: no reaper needed.
+        true
+    }
+}
+
+/// Nothing to wait for: every request completes at push.
+struct MemWait;
+
+impl Wait for MemWait {
+    fn wait(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The in-memory reference engine.
 pub struct MemEngine {
-    inner: Arc<Inner>,
+    driver: Arc<Driver<MemKernel, MemWait>>,
+    images: Arc<Images>,
     capabilities: Capabilities,
 }
 
+/// The reference engine's queue: the shared queue over the in-memory kernel.
+pub struct MemQueue(QueueDriver<MemKernel>);
+
 impl MemEngine {
-    /// Creates an engine; only `queue_depth`, `strict` and `fault_hook` matter.
+    /// Creates an engine; only `queue_depth`, `strict` and the fault hook matter.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for a queue depth of 0.
+    /// [`ErrorKind::InvalidInput`] for a bad queue depth.
     pub fn new(config: EngineConfig) -> Result<MemEngine> {
-        if config.queue_depth == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                Op::Setup,
-                "queue depth 0",
-            ));
-        }
+        config.validate()?;
         let capabilities = Capabilities {
             backend: NAME,
-            queue_depth: config.queue_depth,
+            queue_depth_max: config.queue_depth,
             threads: 0,
             op_occupies_thread: false,
             submit_may_block: true,
@@ -70,103 +147,25 @@ impl MemEngine {
             dsync: true,
             fault_hook: true,
             strict_mode: true,
-            registered_buffers: Some("not applicable: no kernel I/O".into()),
             notes: vec!["reference model: requests complete in submission order, on submit".into()],
+            ..Capabilities::default()
         };
+        let images = Arc::new(Images::default());
+        let kernel = MemKernel {
+            images: Arc::clone(&images),
+            done: VecDeque::new(),
+        };
+        let common = Arc::new(Common::new(config));
+        let driver = Driver::start(common, kernel, MemWait, "mem-reaper")?;
         Ok(MemEngine {
-            inner: Arc::new(Inner {
-                id: next_engine_id(),
-                config,
-                metrics: Metrics::default(),
-                paths: Mutex::new(HashMap::new()),
-                images: Mutex::new(Vec::new()),
-                shut: AtomicBool::new(false),
-            }),
+            driver,
+            images,
             capabilities,
         })
     }
 }
 
-impl Inner {
-    fn image(&self, file: &File) -> Image {
-        let images = lock(&self.images);
-        Arc::clone(&images[file.backend_index() as usize])
-    }
-
-    /// Validates a request, as every backend does before submission.
-    fn admit(&self, request: Request) -> Result<(Request, Prepared), Completion> {
-        if self.shut.load(Ordering::Acquire) {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            return Err(reject(request, None, error, &self.metrics));
-        }
-        match prepare(self.id, &request) {
-            Ok(prepared) => Ok((request, prepared)),
-            Err(error) => Err(reject(request, None, error, &self.metrics)),
-        }
-    }
-
-    fn execute(&self, mut request: Request, prepared: Prepared) -> Completion {
-        let image = self.image(&request.file);
-        let hook = self.config.fault_hook.as_deref();
-        let (kind, offset, start) = (request.kind, request.offset, request.buf_start);
-        let mut buf = request.buf.take();
-        let (raw, retries) =
-            run_with_retries(hook, kind, &request.file, offset, prepared.len, |len| {
-                let mut data = lock(&image);
-                let target = buf.as_mut().map(|b| &mut b[start..start + len]);
-                transfer(&mut data, request.file.std(), kind, offset, target)
-            });
-        request.buf = buf;
-        let result = finish(&mut request, &prepared, raw, retries, &self.metrics);
-        Completion {
-            user_data: request.user_data,
-            kind,
-            result,
-            buf: request.buf,
-        }
-    }
-}
-
-/// Applies one read or write to an image, mirroring writes to `file`; syncs are no-ops in
-/// memory.
-fn transfer(
-    data: &mut Vec<u8>,
-    file: &std::fs::File,
-    kind: OpKind,
-    offset: u64,
-    buf: Option<&mut [u8]>,
-) -> RawResult {
-    let Some(buf) = buf else {
-        return if kind.is_sync() {
-            Ok(0)
-        } else {
-            Err(libc::EINVAL)
-        };
-    };
-    let offset = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
-    match kind {
-        OpKind::Read => {
-            let available = data.len().saturating_sub(offset).min(buf.len());
-            if available > 0 {
-                buf[..available].copy_from_slice(&data[offset..offset + available]);
-            }
-            Ok(available)
-        }
-        OpKind::Write => {
-            let end = offset.checked_add(buf.len()).ok_or(libc::EFBIG)?;
-            if end > data.len() {
-                data.resize(end, 0);
-            }
-            data[offset..end].copy_from_slice(buf);
-            std::os::unix::fs::FileExt::write_all_at(file, buf, offset as u64)
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-            Ok(buf.len())
-        }
-        OpKind::SyncData | OpKind::SyncAll => Ok(0),
-    }
-}
-
-impl Engine for MemEngine {
+impl Backend for MemEngine {
     type Queue = MemQueue;
 
     fn name(&self) -> &'static str {
@@ -178,16 +177,14 @@ impl Engine for MemEngine {
     }
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        if self.inner.shut.load(Ordering::Acquire) {
-            return Err(Error::shutdown(Op::Open));
-        }
-        let (std, geometry) = options.open_std(path)?;
+        let common = self.driver.common();
+        let (std, geometry) = common.open_std(path, options)?;
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut paths = lock(&self.inner.paths);
+        let mut paths = lock(&self.images.paths);
         let index = match paths.get(&key) {
             Some(&index) => {
                 if options.is_truncate() {
-                    let image = Arc::clone(&lock(&self.inner.images)[index as usize]);
+                    let image = Arc::clone(&lock(&self.images.images)[index as usize]);
                     lock(&image).clear();
                 }
                 index
@@ -201,103 +198,72 @@ impl Engine for MemEngine {
                         .read_to_end(&mut contents)
                         .map_err(|e| Error::from_io(&e, Op::Open))?;
                 }
-                let mut images = lock(&self.inner.images);
+                let mut images = lock(&self.images.images);
                 let index = images.len() as u32;
                 images.push(Arc::new(Mutex::new(contents)));
                 paths.insert(key, index);
                 index
             }
         };
-        Ok(File::new(
-            self.inner.id,
-            std,
-            path,
-            options.clone(),
-            geometry,
-            self.inner.config.strict,
-            index,
-        ))
+        Ok(common.file(std, path, options.clone(), geometry, index, None))
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        file.mark_closed(self.inner.id)
+        self.driver.common().close(file)
     }
 
     fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
-        let completion = match self.inner.admit(request) {
-            Ok((request, prepared)) => self.inner.execute(request, prepared),
-            Err(completion) => completion,
-        };
-        std::future::ready(completion)
+        self.driver.submit(request)
     }
 
     fn queue(&self) -> Result<MemQueue> {
-        if self.inner.shut.load(Ordering::Acquire) {
-            return Err(Error::shutdown(Op::Setup));
+        let common = self.driver.common();
+        if common.is_shut_down() {
+            return Err(Error::new(
+                ErrorKind::Shutdown,
+                Op::Setup,
+                "the engine has shut down",
+            ));
         }
-        Ok(MemQueue {
-            inner: Arc::clone(&self.inner),
-            depth: self.inner.config.queue_depth,
-            pending: Vec::with_capacity(self.inner.config.queue_depth),
-            done: VecDeque::with_capacity(self.inner.config.queue_depth),
-        })
+        let kernel = MemKernel {
+            images: Arc::clone(&self.images),
+            done: VecDeque::new(),
+        };
+        Ok(MemQueue(QueueDriver::new(Arc::clone(common), kernel)))
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot()
+        self.driver.common().metrics().snapshot()
     }
 
     fn shutdown(&self) {
-        self.inner.shut.store(true, Ordering::Release);
+        self.driver.shutdown();
     }
 }
 
 impl Drop for MemEngine {
     fn drop(&mut self) {
-        self.inner.shut.store(true, Ordering::Release);
+        self.driver.shutdown();
     }
 }
 
-/// The reference engine's queue: requests are validated at push and run at submit, in
-/// order.
-pub struct MemQueue {
-    inner: Arc<Inner>,
-    depth: usize,
-    pending: Vec<(Request, Prepared)>,
-    done: VecDeque<Completion>,
-}
-
-impl Queue for MemQueue {
+impl engine_core::Queue for MemQueue {
     fn depth(&self) -> usize {
-        self.depth
+        self.0.depth()
     }
     fn in_flight(&self) -> usize {
-        self.pending.len() + self.done.len()
+        self.0.in_flight()
     }
     fn push(&mut self, request: Request) -> std::result::Result<(), Request> {
-        if self.in_flight() >= self.depth {
-            return Err(request);
-        }
-        match self.inner.admit(request) {
-            Ok(admitted) => self.pending.push(admitted),
-            Err(completion) => self.done.push_back(completion),
-        }
-        Ok(())
+        self.0.push(request)
     }
     fn submit(&mut self) -> Result<usize> {
-        let count = self.pending.len();
-        for (request, prepared) in self.pending.drain(..) {
-            self.done.push_back(self.inner.execute(request, prepared));
-        }
-        Ok(count)
+        self.0.submit()
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        let count = self.done.len();
-        out.extend(self.done.drain(..));
-        count
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
+        self.0.poll(out)
     }
-    fn wait(&mut self, _min: usize, out: &mut Vec<Completion>) -> Result<usize> {
-        self.submit()?;
-        Ok(self.poll(out))
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        self.0.wait(min, out)
     }
 }

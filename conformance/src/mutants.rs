@@ -1,4 +1,10 @@
-//! The catalogue of seeded bugs: `Mutant<E>` wraps a real engine and breaks exactly one rule.
+//! The catalogue of seeded bugs. Two kinds:
+//! - `Mutant<E>` wraps a real engine and breaks exactly one rule of the contract on its way in
+//!   or out ([`Bug`]); [`Bug::None`] is the control, which breaks nothing and must pass.
+//! - [`engine_core::testing::Mutation`] seeds a bug inside the engine's own request
+//!   bookkeeping (a lost submission, a slot mix-up, a buffer handed back before its data), on
+//!   the kernel backends themselves.
+//!
 //! The suite must catch every one (`cargo test -p conformance --test mutants`); a mutant that
 //! slips through shows a hole in the checks.
 
@@ -8,14 +14,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use engine_core::raw::FileRaw;
 use engine_core::{
-    AlignedBuf, Capabilities, Completion, Engine, Error, ErrorKind, File, MetricsSnapshot, OpKind,
+    AlignedBuf, Backend, Capabilities, Completion, Error, ErrorKind, File, MetricsSnapshot, Op,
     OpenOptions, PagePool, Queue, Request, Result,
 };
 
 /// One deliberate bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bug {
+    /// No bug: the control, which must pass every check (a wrapper whose own bookkeeping were
+    /// wrong would "catch" every mutant).
+    None,
     /// Acknowledges a write at once and performs it only when the next write comes.
     AckOnSubmit,
     /// Acknowledges a write at once and performs it on a background thread a little later,
@@ -85,19 +95,17 @@ impl Bug {
 /// What the mutant remembers of a request until its completion.
 #[derive(Clone)]
 struct Facts {
-    kind: OpKind,
+    op: Op,
     file: File,
     len: usize,
-    buf_start: usize,
 }
 
 impl Facts {
     fn of(request: &Request) -> Facts {
         Facts {
-            kind: request.kind,
-            file: request.file.clone(),
+            op: request.op(),
+            file: request.file().clone(),
             len: request.len(),
-            buf_start: request.buf_start,
         }
     }
 }
@@ -111,7 +119,7 @@ struct State {
 }
 
 /// A real engine with one bug.
-pub struct Mutant<E: Engine> {
+pub struct Mutant<E: Backend> {
     inner: Arc<E>,
     bug: Bug,
     state: Arc<Mutex<State>>,
@@ -120,7 +128,7 @@ pub struct Mutant<E: Engine> {
     owner: bool,
 }
 
-impl<E: Engine> Drop for Mutant<E> {
+impl<E: Backend> Drop for Mutant<E> {
     fn drop(&mut self) {
         if self.owner {
             lock(&self.state).shut_down = true;
@@ -135,36 +143,35 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// Runs a read or write directly on the descriptor, as an engine without checks would.
 fn raw_io(request: &mut Request) -> Result<usize> {
-    let op = request.kind.op();
-    let start = request.buf_start;
-    let file = request.file.std();
-    let Some(buf) = request.buf.as_mut() else {
-        return Ok(0);
-    };
-    let result = match request.kind {
-        OpKind::Read => file.read_at(&mut buf[start..], request.offset),
-        OpKind::Write => file.write_at(&buf[start..], request.offset),
-        OpKind::SyncData => file.sync_data().map(|()| 0),
-        OpKind::SyncAll => file.sync_all().map(|()| 0),
+    let op = request.op();
+    let offset = request.offset().unwrap_or(0);
+    let file = request.file().clone();
+    let std = file.std();
+    let result = match (op, request.buf_mut()) {
+        (Op::Read, Some(buf)) => std.read_at(buf, offset),
+        (Op::Write, Some(buf)) => std.write_at(buf, offset),
+        (Op::SyncData, _) => std.sync_data().map(|()| 0),
+        (Op::SyncAll, _) => std.sync_all().map(|()| 0),
+        _ => Ok(0),
     };
     result.map_err(|e| Error::from_io(&e, op))
 }
 
 fn misaligned(request: &Request) -> bool {
-    let g = request.file.geometry();
-    if !request.file.options().is_direct() || request.kind.is_sync() {
+    let file = request.file();
+    let g = file.geometry();
+    let (Some(offset), Some(buf)) = (request.offset(), request.buf()) else {
+        return false;
+    };
+    if !file.options().is_direct() {
         return false;
     }
-    let address = request
-        .buf
-        .as_ref()
-        .map_or(0, |b| b.as_ptr() as u64 + request.buf_start as u64);
-    address % u64::from(g.mem_align) != 0
-        || request.offset % u64::from(g.offset_align) != 0
+    buf.as_ptr() as u64 % u64::from(g.mem_align) != 0
+        || offset % u64::from(g.offset_align) != 0
         || request.len() as u64 % u64::from(g.offset_align) != 0
 }
 
-impl<E: Engine + 'static> Mutant<E> {
+impl<E: Backend + 'static> Mutant<E> {
     /// Wraps `inner` with `bug`.
     pub fn new(inner: E, bug: Bug) -> Mutant<E> {
         Mutant {
@@ -188,31 +195,28 @@ impl<E: Engine + 'static> Mutant<E> {
     /// engine would accept (a bug that changed the answer to an invalid request would be
     /// caught as a validation bug, which it is not).
     fn valid(request: &Request) -> bool {
-        engine_core::prepare(request.file.engine_id(), request).is_ok()
+        engine_core::raw::validate(request.file().engine_id(), request).is_ok()
     }
 
     /// Whether the bug takes this request over instead of passing it to the inner engine.
     fn intercepts(&self, request: &Request) -> bool {
-        let write = request.kind == OpKind::Write;
+        let write = request.op() == Op::Write;
+        let file = request.file();
         match self.bug {
             Bug::AckOnSubmit | Bug::SyncCoversInFlight => write && Self::valid(request),
             Bug::SkipAlignmentCheck => misaligned(request),
             Bug::DirectCompletionIsDurable => {
-                request.kind.is_sync() && request.file.options().is_direct() && Self::valid(request)
+                request.op().is_sync() && file.options().is_direct() && Self::valid(request)
             }
-            Bug::AcceptClosedHandle => request.file.is_closed(),
-            Bug::IgnoreReadOnly => write && !request.file.options().is_write(),
-            Bug::UncheckedOffsetOverflow => {
-                !request.kind.is_sync()
-                    && request
-                        .offset
-                        .checked_add(request.len() as u64)
-                        .is_none_or(|e| e > i64::MAX as u64)
-            }
+            Bug::AcceptClosedHandle => file.is_closed(),
+            Bug::IgnoreReadOnly => write && !file.options().is_write(),
+            Bug::UncheckedOffsetOverflow => request.offset().is_some_and(|offset| {
+                offset
+                    .checked_add(request.len() as u64)
+                    .is_none_or(|e| e > i64::MAX as u64)
+            }),
             Bug::WrongOffsetOnSplit => write && request.len() > 4096 && Self::valid(request),
-            Bug::ReuseBufferBeforeCompletion => {
-                request.kind == OpKind::Read && Self::valid(request)
-            }
+            Bug::ReuseBufferBeforeCompletion => request.op() == Op::Read && Self::valid(request),
             Bug::SucceedAfterShutdown => lock(&self.state).shut_down,
             _ => false,
         }
@@ -221,7 +225,7 @@ impl<E: Engine + 'static> Mutant<E> {
     /// Changes a request on its way in.
     fn rewrite(&self, request: &mut Request) {
         if self.bug == Bug::TruncateLengthTo32Bits {
-            if let Some(buf) = request.buf.as_mut() {
+            if let Some(buf) = request.buf_mut() {
                 let len = buf.len();
                 buf.truncate(len as u32 as usize);
             }
@@ -232,20 +236,13 @@ impl<E: Engine + 'static> Mutant<E> {
     async fn intercept(&self, mut request: Request) -> Completion {
         match self.bug {
             Bug::AckOnSubmit => {
-                let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
-                let held = Request {
-                    kind: OpKind::Write,
-                    file: request.file.clone(),
-                    offset: request.offset,
-                    buf: AlignedBuf::from_slice(
-                        &data,
-                        request.buf.as_ref().map_or(1, |b| b.align()),
-                    )
-                    .ok(),
-                    buf_start: request.buf_start,
-                    user_data: 0,
-                };
-                let previous = lock(&self.state).deferred.replace(held);
+                let data = request.buf().map(|b| b.to_vec()).unwrap_or_default();
+                let align = request.buf().map_or(1, |b| b.align());
+                let offset = request.offset().unwrap_or(0);
+                let held = AlignedBuf::from_slice(&data, align)
+                    .ok()
+                    .map(|buf| Request::write(request.file(), offset, buf, 0));
+                let previous = std::mem::replace(&mut lock(&self.state).deferred, held);
                 if let Some(previous) = previous {
                     let _ = self.inner.submit(previous).await;
                 }
@@ -253,33 +250,29 @@ impl<E: Engine + 'static> Mutant<E> {
                 request.into_completion(Ok(len))
             }
             Bug::SyncCoversInFlight => {
-                let data = request.buf.as_ref().map(|b| b.to_vec()).unwrap_or_default();
-                let (file, offset, start, len) = (
-                    request.file.clone(),
-                    request.offset,
-                    request.buf_start,
+                let data = request.buf().map(|b| b.to_vec()).unwrap_or_default();
+                let (file, offset, len) = (
+                    request.file().clone(),
+                    request.offset().unwrap_or(0),
                     request.len(),
                 );
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(20));
-                    let _ = file.std().write_all_at(&data[start..], offset);
+                    let _ = file.std().write_all_at(&data, offset);
                 });
                 request.into_completion(Ok(len))
             }
             Bug::WrongOffsetOnSplit => {
-                let align = request.buf.as_ref().map_or(1, |b| b.align());
-                let data = request
-                    .buf
-                    .as_ref()
-                    .map(|b| b[request.buf_start..].to_vec())
-                    .unwrap_or_default();
+                let align = request.buf().map_or(1, |b| b.align());
+                let data = request.buf().map(|b| b.to_vec()).unwrap_or_default();
+                let offset = request.offset().unwrap_or(0);
                 for (i, chunk) in data.chunks(4096).enumerate() {
                     // The bug: every piece after the first lands one piece early.
-                    let at = request.offset + (i.saturating_sub(1) * 4096) as u64;
+                    let at = offset + (i.saturating_sub(1) * 4096) as u64;
                     if let Ok(piece) = AlignedBuf::from_slice(chunk, align.max(1)) {
                         let completion = self
                             .inner
-                            .submit(Request::write(&request.file, at, piece, 0))
+                            .submit(Request::write(request.file(), at, piece, 0))
                             .await;
                         if let Err(e) = completion.result {
                             return request.into_completion(Err(e));
@@ -291,14 +284,13 @@ impl<E: Engine + 'static> Mutant<E> {
             }
             Bug::ReuseBufferBeforeCompletion => {
                 // The read lands in a scratch buffer; the caller's comes back untouched.
-                match AlignedBuf::zeroed(
-                    request.len(),
-                    request.buf.as_ref().map_or(1, |b| b.align()),
-                ) {
+                let align = request.buf().map_or(1, |b| b.align());
+                match AlignedBuf::zeroed(request.len(), align) {
                     Ok(scratch) => {
+                        let offset = request.offset().unwrap_or(0);
                         let completion = self
                             .inner
-                            .submit(Request::read(&request.file, request.offset, scratch, 0))
+                            .submit(Request::read(request.file(), offset, scratch, 0))
                             .await;
                         request.into_completion(completion.result)
                     }
@@ -331,13 +323,13 @@ impl<E: Engine + 'static> Mutant<E> {
     /// The bug's effect on a completion.
     fn after(&self, mut completion: Completion, facts: &Facts) -> Completion {
         match (self.bug, &completion.result) {
-            (Bug::IgnoreShortWrite, Ok(n)) if facts.kind == OpKind::Write && *n < facts.len => {
+            (Bug::IgnoreShortWrite, Ok(n)) if facts.op == Op::Write && *n < facts.len => {
                 completion.result = Ok(facts.len);
             }
-            (Bug::PadReadsAtEof, Ok(n)) if facts.kind == OpKind::Read && *n < facts.len => {
+            (Bug::PadReadsAtEof, Ok(n)) if facts.op == Op::Read && *n < facts.len => {
                 if let Some(buf) = completion.buf.as_mut() {
-                    let _ = buf.resize(facts.buf_start + facts.len);
-                    buf[facts.buf_start + n..].fill(0);
+                    let _ = buf.resize(facts.len);
+                    buf[*n..].fill(0);
                 }
                 completion.result = Ok(facts.len);
             }
@@ -347,9 +339,9 @@ impl<E: Engine + 'static> Mutant<E> {
                 completion.result = Ok(facts.len);
             }
             (Bug::RetryFsyncAfterEio, Err(e))
-                if facts.kind.is_sync() && e.kind() == ErrorKind::Io =>
+                if facts.op.is_sync() && e.kind() == ErrorKind::Io =>
             {
-                let retried = if facts.kind == OpKind::SyncData {
+                let retried = if facts.op == Op::SyncData {
                     facts.file.std().sync_data()
                 } else {
                     facts.file.std().sync_all()
@@ -358,7 +350,7 @@ impl<E: Engine + 'static> Mutant<E> {
                     completion.result = Ok(0);
                 }
             }
-            (Bug::UnpoisonAfterReport, Err(e)) if facts.kind.is_sync() => {
+            (Bug::UnpoisonAfterReport, Err(e)) if facts.op.is_sync() => {
                 let mut state = lock(&self.state);
                 if e.kind() == ErrorKind::Poisoned && state.reported.contains(&facts.file.id()) {
                     completion.result = Ok(0);
@@ -375,7 +367,7 @@ impl<E: Engine + 'static> Mutant<E> {
     }
 }
 
-impl<E: Engine + 'static> Engine for Mutant<E> {
+impl<E: Backend + 'static> Backend for Mutant<E> {
     type Queue = MutantQueue<E>;
 
     fn name(&self) -> &'static str {
@@ -424,7 +416,7 @@ impl<E: Engine + 'static> Engine for Mutant<E> {
 
 /// The mutant's queue: the inner engine's queue, with the bug applied to what goes in and
 /// what comes out, and the queue-level bugs on top.
-pub struct MutantQueue<E: Engine> {
+pub struct MutantQueue<E: Backend> {
     engine: Mutant<E>,
     inner: E::Queue,
     /// The caller's user data and the facts of each request in the inner queue, by tag.
@@ -437,7 +429,7 @@ pub struct MutantQueue<E: Engine> {
     next_tag: u64,
 }
 
-impl<E: Engine + 'static> MutantQueue<E> {
+impl<E: Backend + 'static> MutantQueue<E> {
     fn take(&mut self, completions: Vec<Completion>, out: &mut Vec<Completion>) -> usize {
         let mut count = 0;
         for mut completion in completions {
@@ -453,7 +445,7 @@ impl<E: Engine + 'static> MutantQueue<E> {
             if self.engine.bug == Bug::DuplicateCompletion && self.completed % 3 == 0 {
                 out.push(Completion {
                     user_data: completion.user_data,
-                    kind: completion.kind,
+                    op: completion.op,
                     result: Ok(0),
                     buf: None,
                 });
@@ -466,7 +458,7 @@ impl<E: Engine + 'static> MutantQueue<E> {
     }
 }
 
-impl<E: Engine + 'static> Queue for MutantQueue<E> {
+impl<E: Backend + 'static> Queue for MutantQueue<E> {
     fn depth(&self) -> usize {
         self.inner.depth()
     }
@@ -491,13 +483,13 @@ impl<E: Engine + 'static> Queue for MutantQueue<E> {
         self.engine.rewrite(&mut request);
         let tag = self.next_tag;
         self.next_tag += 1;
-        let user_data = std::mem::replace(&mut request.user_data, tag);
+        let user_data = request.replace_user_data(tag);
         self.facts.insert(tag, (user_data, Facts::of(&request)));
         match self.inner.push(request) {
             Ok(()) => Ok(()),
             Err(mut back) => {
                 self.facts.remove(&tag);
-                back.user_data = user_data;
+                back.replace_user_data(user_data);
                 self.in_flight -= 1;
                 Err(back)
             }
@@ -507,18 +499,18 @@ impl<E: Engine + 'static> Queue for MutantQueue<E> {
         self.pushed_since_submit = 0;
         self.inner.submit()
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let mut count = self.ready.len();
         out.extend(self.ready.drain(..));
         let mut inner = Vec::new();
-        self.inner.poll(&mut inner);
+        self.inner.poll(&mut inner)?;
         count += self.take(inner, out);
         self.in_flight = self.in_flight.saturating_sub(count);
-        count
+        Ok(count)
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
         let target = min.min(self.in_flight);
-        let mut got = self.poll(out);
+        let mut got = self.poll(out)?;
         // A queue that lost requests waits for them forever, as the real bug would; the
         // suite's per-case time limit catches it.
         while got < target {

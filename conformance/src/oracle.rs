@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use engine_core::{
-    block_on, AlignedBuf, Engine, EngineExt, ErrorKind, File, OpKind, OpenOptions, Result,
+    block_on, AlignedBuf, Backend, BackendExt, ErrorKind, File, Op, OpenOptions, Result,
 };
 
 use crate::faulty::{Fault, FaultyEngine, Injection};
@@ -16,13 +16,13 @@ use crate::faulty::{Fault, FaultyEngine, Injection};
 pub const FILE_BYTES: usize = 64 << 10;
 const SECTOR: usize = 512;
 
-/// One operation of an oracle workload.
+/// One step of an oracle workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Op {
+pub struct Step {
     /// Which file.
     pub file: usize,
     /// What.
-    pub kind: OpKind,
+    pub op: Op,
     /// Through `read_exact_at`/`write_all_at` (true) or one `read_at`/`write_at`.
     pub exact: bool,
     /// Offset, sector-aligned.
@@ -57,13 +57,16 @@ struct Model {
 }
 
 /// Opens `count` files of [`FILE_BYTES`] in `dir` through `engine`, the second with O_DSYNC.
-fn open_files<E: Engine>(engine: &FaultyEngine<E>, dir: &Path, count: usize) -> Result<Vec<Model>> {
+fn open_files<E: Backend>(
+    engine: &FaultyEngine<E>,
+    dir: &Path,
+    count: usize,
+) -> Result<Vec<Model>> {
     let mut models = Vec::new();
     for i in 0..count {
         let path = dir.join(format!("oracle-{i}"));
         let initial = crate::pattern(FILE_BYTES, 1000 + i as u64);
-        std::fs::write(&path, &initial)
-            .map_err(|e| engine_core::Error::from_io(&e, engine_core::Op::Open))?;
+        std::fs::write(&path, &initial).map_err(|e| engine_core::Error::from_io(&e, Op::Open))?;
         let dsync = i == 1;
         let options = OpenOptions::new().read(true).write(true).dsync(dsync);
         let file = engine.open(&path, &options)?;
@@ -84,47 +87,47 @@ fn kind_of(fault: Fault) -> ErrorKind {
     }
 }
 
-/// Runs `op` and checks it against the faults injected while it ran.
-fn check<E: Engine>(
+/// Runs `step` and checks it against the faults injected while it ran.
+fn check<E: Backend>(
     engine: &FaultyEngine<E>,
     models: &mut [Model],
-    op: &Op,
+    step: &Step,
     index: usize,
     verdict: &mut Verdict,
 ) {
     let mark = engine.injector().log_len();
-    let model = &mut models[op.file];
+    let model = &mut models[step.file];
     let file = model.file.clone();
-    let data = crate::pattern(op.len, op.seed);
+    let data = crate::pattern(step.len, step.seed);
     // Ok(bytes transferred, bytes read) or the error.
     let outcome: std::result::Result<(usize, Vec<u8>), engine_core::Error> = block_on(async {
-        match (op.kind, op.exact) {
-            (OpKind::Read, true) => {
+        match (step.op, step.exact) {
+            (Op::Read, true) => {
                 let (r, buf) = engine
-                    .read_exact_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?)
+                    .read_exact_at(&file, step.offset, AlignedBuf::zeroed(step.len, SECTOR)?)
                     .await;
-                r.map(|()| (op.len, buf.to_vec()))
+                r.map(|()| (step.len, buf.to_vec()))
             }
-            (OpKind::Read, false) => {
+            (Op::Read, false) => {
                 let (r, buf) = engine
-                    .read_at(&file, op.offset, AlignedBuf::zeroed(op.len, SECTOR)?)
+                    .read_at(&file, step.offset, AlignedBuf::zeroed(step.len, SECTOR)?)
                     .await;
                 r.map(|n| (n, buf.to_vec()))
             }
-            (OpKind::Write, true) => {
+            (Op::Write, true) => {
                 let (r, _) = engine
-                    .write_all_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?)
+                    .write_all_at(&file, step.offset, AlignedBuf::from_slice(&data, SECTOR)?)
                     .await;
-                r.map(|()| (op.len, Vec::new()))
+                r.map(|()| (step.len, Vec::new()))
             }
-            (OpKind::Write, false) => {
+            (Op::Write, false) => {
                 let (r, _) = engine
-                    .write_at(&file, op.offset, AlignedBuf::from_slice(&data, SECTOR)?)
+                    .write_at(&file, step.offset, AlignedBuf::from_slice(&data, SECTOR)?)
                     .await;
                 r.map(|n| (n, Vec::new()))
             }
-            (OpKind::SyncData, _) => engine.sync_data(&file).await.map(|()| (0, Vec::new())),
-            (OpKind::SyncAll, _) => engine.sync_all(&file).await.map(|()| (0, Vec::new())),
+            (Op::SyncData, _) => engine.sync_data(&file).await.map(|()| (0, Vec::new())),
+            _ => engine.sync_all(&file).await.map(|()| (0, Vec::new())),
         }
     });
     let injected: Vec<Injection> = engine.injector().log()[mark..].to_vec();
@@ -133,23 +136,23 @@ fn check<E: Engine>(
     let persistent = injected.iter().find(|i| !i.fault.maskable());
     let short = injected
         .iter()
-        .find(|i| i.fault == Fault::Short && i.identity.offset == op.offset);
+        .find(|i| i.fault == Fault::Short && i.identity.offset == step.offset);
     let seed = engine.injector().seed();
     let mut violation = |what: String| {
         verdict.violations.push(format!(
-            "seed {seed:#x}, op {index} {op:?}: {what}; injected {injected:?}"
+            "seed {seed:#x}, op {index} {step:?}: {what}; injected {injected:?}"
         ));
     };
-    let range = op.offset as usize..op.offset as usize + op.len;
+    let range = step.offset as usize..step.offset as usize + step.len;
     match (&outcome, persistent, model.poisoned) {
-        (Err(e), _, Some(errno)) if op.kind.is_sync() => {
+        (Err(e), _, Some(errno)) if step.op.is_sync() => {
             if e.kind() != ErrorKind::Poisoned || e.raw_os_error() != Some(errno) {
                 violation(format!(
                     "a sync on a poisoned file must fail as poisoned with errno {errno}, got {e}"
                 ));
             }
         }
-        (Ok(_), _, Some(_)) if op.kind.is_sync() => {
+        (Ok(_), _, Some(_)) if step.op.is_sync() => {
             violation("a sync on a poisoned file succeeded".into())
         }
         (Err(e), Some(fault), _) => {
@@ -161,20 +164,20 @@ fn check<E: Engine>(
             if e.file().map(|f| f.id) != Some(file.id()) {
                 violation(format!("error does not name the file: {e}"));
             }
-            if !op.kind.is_sync() {
+            if !step.op.is_sync() {
                 let inside = e.offset().is_some_and(|o| range.contains(&(o as usize)))
                     && e.length().is_some();
                 if !inside {
                     violation(format!("error does not carry the request's range: {e}"));
                 }
             }
-            if op.kind == OpKind::Write {
+            if step.op == Op::Write {
                 // Part of the range may have reached the file (torn, or before the failure).
                 for b in &mut model.bytes[range.clone()] {
                     *b = None;
                 }
             }
-            if (op.kind.is_sync() || (op.kind == OpKind::Write && model.dsync))
+            if (step.op.is_sync() || (step.op == Op::Write && model.dsync))
                 && model.poisoned.is_none()
             {
                 // The first failure's errno is the one every later sync reports.
@@ -188,17 +191,17 @@ fn check<E: Engine>(
         (Err(e), None, _) => violation(format!("an error with nothing injected: {e}")),
         (Ok((n, read)), None, _) => {
             verdict.masked += injected.len();
-            let expected_n = match (op.exact, short, op.kind.is_sync()) {
+            let expected_n = match (step.exact, short, step.op.is_sync()) {
                 (_, _, true) => 0,
-                (true, _, false) => op.len,
+                (true, _, false) => step.len,
                 (false, Some(short), false) => short.bytes,
-                (false, None, false) => op.len,
+                (false, None, false) => step.len,
             };
             if *n != expected_n {
                 violation(format!("transferred {n} bytes, expected {expected_n}"));
             }
-            match op.kind {
-                OpKind::Read => {
+            match step.op {
+                Op::Read => {
                     let got = (*n).min(read.len());
                     let expected = &model.bytes[range.start..range.start + got];
                     let wrong = expected
@@ -212,7 +215,7 @@ fn check<E: Engine>(
                         ));
                     }
                 }
-                OpKind::Write => {
+                Op::Write => {
                     for (i, b) in data[..*n].iter().enumerate() {
                         model.bytes[range.start + i] = Some(*b);
                     }
@@ -229,7 +232,7 @@ fn check<E: Engine>(
 /// # Errors
 ///
 /// Setup errors (opening the files).
-pub fn random_workload<E: Engine>(
+pub fn random_workload<E: Backend>(
     engine: &FaultyEngine<E>,
     dir: &Path,
     seed: u64,
@@ -246,22 +249,22 @@ pub fn random_workload<E: Engine>(
     };
     for index in 0..count {
         let kind = match next() % 10 {
-            0..=3 => OpKind::Read,
-            4..=7 => OpKind::Write,
-            8 => OpKind::SyncData,
-            _ => OpKind::SyncAll,
+            0..=3 => Op::Read,
+            4..=7 => Op::Write,
+            8 => Op::SyncData,
+            _ => Op::SyncAll,
         };
         let sectors = 1 + (next() % 16) as usize;
         let start = (next() as usize % (FILE_BYTES / SECTOR - sectors)) * SECTOR;
-        let op = Op {
+        let step = Step {
             file: (next() % 2) as usize,
-            kind,
+            op: kind,
             exact: next() % 2 == 0,
             offset: if kind.is_sync() { 0 } else { start as u64 },
             len: if kind.is_sync() { 0 } else { sectors * SECTOR },
             seed: next(),
         };
-        check(engine, &mut models, &op, index, &mut verdict);
+        check(engine, &mut models, &step, index, &mut verdict);
     }
     Ok(verdict)
 }
@@ -272,21 +275,21 @@ pub fn random_workload<E: Engine>(
 /// # Errors
 ///
 /// Setup errors.
-pub fn single<E: Engine>(engine: &FaultyEngine<E>, dir: &Path, kind: OpKind) -> Result<Verdict> {
+pub fn single<E: Backend>(engine: &FaultyEngine<E>, dir: &Path, kind: Op) -> Result<Verdict> {
     let mut models = open_files(engine, dir, 1)?;
     let mut verdict = Verdict::default();
-    let op = Op {
+    let step = Step {
         file: 0,
-        kind,
+        op: kind,
         exact: true,
         offset: if kind.is_sync() { 0 } else { 4096 },
         len: if kind.is_sync() { 0 } else { 8192 },
         seed: 7,
     };
-    check(engine, &mut models, &op, 0, &mut verdict);
+    check(engine, &mut models, &step, 0, &mut verdict);
     // A second sync shows whether a sync failure stuck.
     if kind.is_sync() {
-        check(engine, &mut models, &op, 1, &mut verdict);
+        check(engine, &mut models, &step, 1, &mut verdict);
     }
     Ok(verdict)
 }

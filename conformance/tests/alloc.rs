@@ -3,10 +3,15 @@
 //! the async API. A counting global allocator counts every allocation in the process, in
 //! every thread (workers and reapers included).
 
+use std::time::Duration;
+
+use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, BUILTIN_BACKENDS};
+use engine_core::raw::CountingAllocator;
+use engine_core::raw::FileRaw;
 use engine_core::{
-    block_on, AlignedBuf, Completion, CountingAllocator, EngineConfig, EngineExt, File,
-    OpenOptions, PageAllocator, Queue, Request,
+    block_on, AlignedBuf, Completion, EngineConfig, File, OpenOptions, PageAllocator, Queue,
+    Request,
 };
 
 #[global_allocator]
@@ -68,8 +73,15 @@ fn run_async(engine: &Engine, file: &File, buf: AlignedBuf, ops: u64) -> Aligned
     })
 }
 
-/// Returns (queue API allocations, async API allocations) in steady state.
-fn measure(engine: &Engine) -> (u64, u64) {
+/// Which API a trial measures.
+#[derive(Clone, Copy, Debug)]
+enum Api {
+    Queue,
+    Async,
+}
+
+/// The heap allocations of `ops` operations through `api` in steady state (after a warm-up).
+fn measure(engine: &Engine, api: Api) -> (u64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("data");
     let direct = OpenOptions::new()
@@ -91,21 +103,25 @@ fn measure(engine: &Engine) -> (u64, u64) {
         Some(pool) => pool.alloc(n).expect("pool buffer"),
         None => AlignedBuf::zeroed(n, 4096).expect("buffer"),
     };
-
-    let mut queue = engine.queue().expect("queue");
-    let mut bufs: Vec<AlignedBuf> = (0..DEPTH).map(|_| alloc(BLOCK)).collect();
-    let mut out = Vec::with_capacity(DEPTH);
-    run_queue(&mut queue, &file, &mut bufs, &mut out, QUEUE_ROUNDS / 5);
-    let before = ALLOC.allocations();
-    run_queue(&mut queue, &file, &mut bufs, &mut out, QUEUE_ROUNDS);
-    let queue_allocations = ALLOC.allocations() - before;
-
-    let buf = run_async(engine, &file, alloc(BLOCK), ASYNC_OPS / 5);
-    let before = ALLOC.allocations();
-    let buf = run_async(engine, &file, buf, ASYNC_OPS);
-    let async_allocations = ALLOC.allocations() - before;
-    drop(buf);
-    (queue_allocations, async_allocations)
+    match api {
+        Api::Queue => {
+            let mut queue = engine.queue().expect("queue");
+            let mut bufs: Vec<AlignedBuf> = (0..DEPTH).map(|_| alloc(BLOCK)).collect();
+            let mut out = Vec::with_capacity(DEPTH);
+            run_queue(&mut queue, &file, &mut bufs, &mut out, QUEUE_ROUNDS / 5);
+            let before = ALLOC.allocations();
+            run_queue(&mut queue, &file, &mut bufs, &mut out, QUEUE_ROUNDS);
+            (ALLOC.allocations() - before, QUEUE_ROUNDS * DEPTH as u64)
+        }
+        Api::Async => {
+            let buf = run_async(engine, &file, alloc(BLOCK), ASYNC_OPS / 5);
+            let before = ALLOC.allocations();
+            let buf = run_async(engine, &file, buf, ASYNC_OPS);
+            let allocations = ALLOC.allocations() - before;
+            drop(buf);
+            (allocations, ASYNC_OPS)
+        }
+    }
 }
 
 fn main() {
@@ -114,38 +130,35 @@ fn main() {
     drop(std::hint::black_box(Box::new(1u64)));
     assert!(ALLOC.allocations() > before, "counting allocator is live");
 
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut all = Vec::new();
     for name in BUILTIN_BACKENDS {
-        let config = EngineConfig {
-            queue_depth: DEPTH,
-            threads: 4,
-            ..EngineConfig::default()
-        };
-        let engine = match Engine::with_backend(name, config) {
-            Ok(engine) => engine,
-            Err(e) => {
-                println!(
-                    "skipped {name}: {}",
-                    e.message().lines().nth(2).unwrap_or("").trim()
-                );
-                skipped += 1;
-                continue;
-            }
-        };
-        let (queue, async_) = measure(&engine);
-        let queue_ops = QUEUE_ROUNDS * DEPTH as u64;
-        println!("{name}: queue API {queue} allocations over {queue_ops} operations; async API {async_} allocations over {ASYNC_OPS} operations");
-        for (api, count) in [("queue", queue), ("async", async_)] {
-            if count == 0 {
-                passed += 1;
-            } else {
-                println!("FAIL {name} {api} API allocates in steady state: {count}");
-                failed += 1;
-            }
+        for api in [Api::Queue, Api::Async] {
+            let case = format!("{api:?}_api_allocates_nothing_per_operation").to_lowercase();
+            all.push(Trial::new(
+                &format!("alloc:{name}"),
+                &case,
+                Duration::from_secs(120),
+                move || {
+                    let config = EngineConfig {
+                        queue_depth: DEPTH,
+                        threads: 4,
+                        ..EngineConfig::default()
+                    };
+                    let engine = match Engine::with_backend(name, config) {
+                        Ok(engine) => engine,
+                        Err(e) => return Outcome::Skipped(format!("{name} cannot run here: {e}")),
+                    };
+                    let (allocations, ops) = measure(&engine, api);
+                    if allocations == 0 {
+                        Outcome::Passed
+                    } else {
+                        Outcome::Failed(format!(
+                            "{name} {api:?} API: {allocations} allocations over {ops} operations in steady state"
+                        ))
+                    }
+                },
+            ));
         }
     }
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 || passed == 0 {
-        std::process::exit(1);
-    }
+    runner::run(all);
 }

@@ -4,50 +4,41 @@
 //!
 //! `CONFORMANCE_CRASH_SEEDS` sets the seeds per backend (default 6); a failure prints its seed.
 
+use std::time::Duration;
+
 use conformance::crash::{crash_config, crash_workload, CrashPolicy, CrashSim};
+use conformance::runner::{self, Outcome, Trial};
 use conformance::MemEngine;
 use engine::{Engine, BUILTIN_BACKENDS};
-use engine_core::{block_on, AlignedBuf, Engine as _, EngineExt, OpenOptions};
+use engine_core::{block_on, AlignedBuf, Backend, BackendExt, OpenOptions};
 
-fn main() {
-    let seeds: u64 = std::env::var("CONFORMANCE_CRASH_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
-    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
-    let mut backends: Vec<&str> = BUILTIN_BACKENDS.to_vec();
-    backends.push("mem");
-    for backend in backends {
-        let make = move || -> engine::Result<Box<dyn engine::DynEngine>> {
-            if backend == "mem" {
-                Ok(Box::new(MemEngine::new(crash_config())?))
-            } else {
-                Ok(Box::new(Engine::with_backend(backend, crash_config())?))
-            }
-        };
-        if make().is_err() {
-            println!("skipped backend {backend}: not available here");
-            skipped += 1;
-            continue;
-        }
-        for seed in 0..seeds {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let seed = 0xC4A5_0000 + seed;
-            let report = crash_workload(&make, dir.path(), seed, 80).expect("workload");
-            if report.losses.is_empty() && report.crashes > 0 {
-                passed += 1;
-                println!(
-                    "{backend}: seed {seed:#x}: {} crashes, {} acknowledged sectors intact",
-                    report.crashes, report.acknowledged
-                );
-            } else {
-                failed += 1;
-                println!("FAIL {backend}: seed {seed:#x}: {:?}", report.losses);
-            }
-        }
+fn make(backend: &'static str) -> engine::Result<Box<dyn engine::DynBackend>> {
+    if backend == "mem" {
+        Ok(Box::new(MemEngine::new(crash_config())?))
+    } else {
+        Ok(Box::new(Engine::with_backend(backend, crash_config())?))
     }
+}
 
-    // Negative control: damage an acknowledged sector after a crash; verify must see it.
+/// The crash workload with `seed` on `backend`.
+fn workload(backend: &'static str, seed: u64) -> Outcome {
+    if let Err(e) = make(backend) {
+        return Outcome::Skipped(format!("backend {backend} cannot run here: {e}"));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = crash_workload(&|| make(backend), dir.path(), seed, 80).expect("workload");
+    if report.crashes == 0 {
+        return Outcome::Failed(format!("seed {seed:#x}: no crash was simulated"));
+    }
+    if report.losses.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed(format!("seed {seed:#x}: {:?}", report.losses))
+    }
+}
+
+/// Damages an acknowledged sector after a crash: verify must report exactly it.
+fn negative_control() -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("control");
     std::fs::write(&path, vec![0u8; 4096]).expect("file");
@@ -70,14 +61,36 @@ fn main() {
     std::fs::write(&path, damaged).expect("damage");
     let losses = ledger.verify();
     if clean && losses.len() == 1 && losses[0].sector == 1 {
-        passed += 1;
-        println!("negative control: a damaged acknowledged sector is reported");
+        Outcome::Passed
     } else {
-        failed += 1;
-        println!("FAIL negative control: clean={clean} losses={losses:?}");
+        Outcome::Failed(format!("clean={clean} losses={losses:?}"))
     }
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        std::process::exit(1);
+}
+
+fn main() {
+    let seeds: u64 = std::env::var("CONFORMANCE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let mut backends: Vec<&'static str> = BUILTIN_BACKENDS.to_vec();
+    backends.push("mem");
+    let mut all = Vec::new();
+    for backend in backends {
+        for seed in 0..seeds {
+            let seed = 0xC4A5_0000 + seed;
+            all.push(Trial::new(
+                &format!("crash:{backend}"),
+                &format!("seed_{seed:x}"),
+                Duration::from_secs(120),
+                move || workload(backend, seed),
+            ));
+        }
     }
+    all.push(Trial::new(
+        "crash",
+        "negative_control_reports_a_damaged_sector",
+        Duration::from_secs(30),
+        negative_control,
+    ));
+    runner::run(all);
 }

@@ -10,7 +10,7 @@ use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
 use conformance::MemEngine;
 use engine::{Engine, BUILTIN_BACKENDS};
 use engine_core::{
-    block_on, AlignedBuf, Completion, EngineConfig, EngineExt, File, OpenOptions, Queue, Request,
+    block_on, AlignedBuf, BackendExt, Completion, EngineConfig, File, OpenOptions, Queue, Request,
 };
 use proptest::prelude::*;
 
@@ -85,7 +85,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// One engine under test and its file.
-struct Side<E: engine_core::Engine> {
+struct Side<E: engine_core::Backend> {
     engine: E,
     file: File,
     options: OpenOptions,
@@ -120,7 +120,7 @@ fn settle(ops: &[Op], size: u64, block_size: usize) -> Vec<Op> {
         .collect()
 }
 
-impl<E: engine_core::Engine> Side<E> {
+impl<E: engine_core::Backend> Side<E> {
     fn requests(&self, ops: &[Op], block_size: usize) -> Vec<Request> {
         ops.iter()
             .enumerate()
@@ -190,7 +190,7 @@ impl<E: engine_core::Engine> Side<E> {
     }
 }
 
-fn open<E: engine_core::Engine>(
+fn open<E: engine_core::Backend>(
     engine: E,
     dir: &std::path::Path,
     name: &str,

@@ -6,9 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, EngineConfig, BUILTIN_BACKENDS};
-use engine_core::{block_on, AlignTarget, AlignedBuf, DirectIo, EngineExt, ErrorKind, OpenOptions};
+use engine_core::{block_on, AlignTarget, AlignedBuf, ErrorKind, OpenOptions, Support};
 
 /// A loop device, detached on drop.
 struct Loop(String);
@@ -256,7 +258,7 @@ fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
         &OpenOptions::new().read(true).write(true).direct(true),
     );
     match (&direct, g.direct_io) {
-        (Ok(_), DirectIo::Unsupported) => {
+        (Ok(_), Support::Unsupported) => {
             return Err(format!(
                 "O_DIRECT opened but geometry says unsupported: {g}"
             ))
@@ -264,7 +266,7 @@ fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
         (Err(e), _) if e.kind() != ErrorKind::Unsupported => {
             return Err(format!("O_DIRECT on tmpfs: {e}"))
         }
-        (Err(_), DirectIo::Supported) => {
+        (Err(_), Support::Supported) => {
             return Err(format!("O_DIRECT refused but geometry says supported: {g}"))
         }
         _ => {}
@@ -301,47 +303,46 @@ fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
+type Part = fn(&Engine, &Path) -> Result<(), String>;
+
+/// Runs one part on `backend`, or says why it cannot run here.
+fn part(backend: &'static str, body: Part) -> Outcome {
     // SAFETY: geteuid takes no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    if !root {
-        println!("skipped: the real-device tier needs root for loop devices and mounts");
-        println!("0 passed, 0 failed, 3 skipped");
-        return;
+    if unsafe { libc::geteuid() } != 0 {
+        return Outcome::Skipped(
+            "the real-device tier needs root for loop devices and mounts".into(),
+        );
     }
+    let engine = match Engine::with_backend(backend, config()) {
+        Ok(engine) => engine,
+        Err(e) => return Outcome::Skipped(format!("backend {backend} cannot run here: {e}")),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    match body(&engine, dir.path()) {
+        Ok(()) => Outcome::Passed,
+        Err(e) if e.contains("losetup") && e.contains("No such file") => {
+            Outcome::Skipped(format!("loop devices unavailable: {e}"))
+        }
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+fn main() {
+    let parts: [(&str, Part); 3] = [
+        ("loop_device_with_4096_byte_sectors", loop_4k),
+        ("ext4_to_enospc_then_read_only", ext4_enospc),
+        ("tmpfs", tmpfs),
+    ];
+    let mut all = Vec::new();
     for backend in BUILTIN_BACKENDS {
-        let Ok(engine) = Engine::with_backend(backend, config()) else {
-            println!("skipped backend {backend}: not available here");
-            skipped += 3;
-            continue;
-        };
-        type Part = fn(&Engine, &Path) -> Result<(), String>;
-        let parts: [(&str, Part); 3] = [
-            ("loop device with 4096-byte sectors", loop_4k),
-            ("ext4 to ENOSPC, then read-only", ext4_enospc),
-            ("tmpfs", tmpfs),
-        ];
-        for (name, part) in parts {
-            let dir = tempfile::tempdir().expect("tempdir");
-            match part(&engine, dir.path()) {
-                Ok(()) => {
-                    passed += 1;
-                    println!("ok   {backend}: {name}");
-                }
-                Err(e) if e.contains("losetup") && e.contains("No such file") => {
-                    skipped += 1;
-                    println!("skip {backend}: {name}: loop devices unavailable: {e}");
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("FAIL {backend}: {name}: {e}");
-                }
-            }
+        for (name, body) in parts {
+            all.push(Trial::new(
+                &format!("realdev:{backend}"),
+                name,
+                Duration::from_secs(120),
+                move || part(backend, body),
+            ));
         }
     }
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    runner::run(all);
 }

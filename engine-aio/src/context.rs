@@ -1,17 +1,14 @@
-//! What the async engine's context and every queue's context share: the RAII context, turning
-//! a request into an iocb, and the one-time probe of native AIO fsync.
+//! An AIO context (RAII, with user-space reaping of its completion ring) and the one-time
+//! probe of native AIO fsync.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use engine_core::{Error, ErrorKind, InFlight, Op, OpKind};
+use engine_core::{EngineConfig, Error, ErrorKind, Op};
 
 use crate::abi::{
     io_destroy, io_getevents, io_setup, io_submit, ContextId, IoEvent, Iocb, IOCB_CMD_FDSYNC,
-    IOCB_CMD_FSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
 };
 
 /// An AIO context, destroyed on drop (`io_destroy` waits for requests still in flight).
@@ -20,9 +17,10 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// `io_setup` for `depth` requests, with the probe's diagnosis when it fails.
-    pub(crate) fn new(depth: usize) -> Result<Context, Error> {
-        if let Some(errno) = crate::probe::simulated_errno() {
+    /// `io_setup` for `depth` requests, with the probe's diagnosis when it fails (also when
+    /// the configuration's test switches simulate a failure).
+    pub(crate) fn new(depth: usize, config: &EngineConfig) -> Result<Context, Error> {
+        if let Some(errno) = engine_core::raw::simulated_setup_errno(config, crate::NAME) {
             let diagnosis = crate::probe::diagnose(errno);
             return Err(setup_error(errno, diagnosis.to_string()));
         }
@@ -74,8 +72,9 @@ impl Context {
     /// a syscall (what libaio and fio call user-space reaping). Returns `None` when the ring
     /// layout is not the one this code knows, so the caller uses `io_getevents` instead.
     ///
-    /// Only one thread may reap a context at a time; each owner of a `Context` here does.
-    pub(crate) fn reap_user(&self, events: &mut [IoEvent]) -> Option<usize> {
+    /// Takes `&mut self`: only one thread may consume a context's events at a time, and
+    /// `io_getevents` on the same context must not run meanwhile.
+    pub(crate) fn reap_user(&mut self, events: &mut [IoEvent]) -> Option<usize> {
         let base = self.id as usize as *const u8;
         if base.is_null() {
             return None;
@@ -122,66 +121,16 @@ impl Drop for Context {
     }
 }
 
-/// Builds the iocb of an in-flight request. `resfd` is the eventfd to signal, if any.
-pub(crate) fn iocb(inflight: &mut InFlight, user_data: u64, resfd: Option<RawFd>) -> Iocb {
-    let request = &mut inflight.request;
-    let start = request.buf_start;
-    let (opcode, buf) = match (request.kind, request.buf.as_mut()) {
-        (OpKind::Read, Some(buf)) => {
-            // SAFETY: `start <= buf.len()`, checked by `prepare`, so the pointer stays within
-            // the buffer, which the request owns until its event is reaped.
-            (IOCB_CMD_PREAD, unsafe { buf.as_mut_ptr().add(start) }
-                as u64)
-        }
-        (OpKind::Write, Some(buf)) => {
-            // SAFETY: as above.
-            (IOCB_CMD_PWRITE, unsafe { buf.as_mut_ptr().add(start) }
-                as u64)
-        }
-        (OpKind::SyncData, _) => (IOCB_CMD_FDSYNC, 0),
-        (OpKind::SyncAll, _) => (IOCB_CMD_FSYNC, 0),
-        // `prepare` refuses reads and writes without a buffer; an empty read is harmless.
-        (OpKind::Read | OpKind::Write, None) => (IOCB_CMD_PREAD, 0),
-    };
-    let dsync = request.kind == OpKind::Write && request.file.options().is_dsync();
-    Iocb {
-        aio_data: user_data,
-        aio_rw_flags: if dsync { libc::RWF_DSYNC } else { 0 },
-        aio_lio_opcode: opcode,
-        aio_fildes: request.file.raw_fd() as u32,
-        aio_buf: buf,
-        aio_nbytes: if opcode == IOCB_CMD_PREAD || opcode == IOCB_CMD_PWRITE {
-            inflight.len as u64
-        } else {
-            0
-        },
-        aio_offset: request.offset as i64,
-        aio_flags: if resfd.is_some() { IOCB_FLAG_RESFD } else { 0 },
-        aio_resfd: resfd.unwrap_or(0) as u32,
-        ..Iocb::default()
-    }
-}
-
-static FORCE_THREADED_SYNC: AtomicBool = AtomicBool::new(false);
-
-/// Makes engines created from now on run syncs on a thread as if the kernel had no AIO
-/// fsync (before Linux 4.18), to test that path on kernels that have it.
-pub fn force_threaded_sync(on: bool) {
-    FORCE_THREADED_SYNC.store(on, Ordering::SeqCst);
-}
-
 /// Whether `IOCB_CMD_FSYNC`/`FDSYNC` work here: probed once per process on a temporary file.
 pub(crate) fn native_fsync() -> bool {
     static PROBED: OnceLock<bool> = OnceLock::new();
-    if FORCE_THREADED_SYNC.load(Ordering::SeqCst) {
-        return false;
-    }
     *PROBED.get_or_init(|| probe_fsync().unwrap_or(false))
 }
 
 fn probe_fsync() -> io::Result<bool> {
     let file = tempfile_in_tmp()?;
-    let ctx = Context::new(1).map_err(|_| io::Error::from_raw_os_error(libc::EAGAIN))?;
+    let ctx = Context::new(1, &EngineConfig::default())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EAGAIN))?;
     let mut iocb = Iocb {
         aio_lio_opcode: IOCB_CMD_FDSYNC,
         aio_fildes: std::os::fd::AsRawFd::as_raw_fd(&file) as u32,

@@ -2,14 +2,18 @@
 //! (`io_setup`, `io_submit`, `io_getevents`, `io_destroy`); no C library is needed.
 //!
 //! Two layers, both keeping the whole engine contract:
-//! - the async API ([`AioEngine`]): tasks call `io_submit` themselves; every iocb signals an
-//!   eventfd (`IOCB_FLAG_RESFD`) on which one reaper thread sleeps, so nothing polls.
+//! - the async API ([`AioEngine`]): a task's future calls `io_submit` and reaps the mapped
+//!   completion ring itself, so a request that completes inside `io_submit` (buffered, or a
+//!   synchronous device) costs no thread hop; every iocb also signals an eventfd
+//!   (`IOCB_FLAG_RESFD`), on which a `block_on` thread waits itself and a reaper thread waits
+//!   for futures polled by other executors. Nothing polls.
 //! - the queue API ([`AioQueue`]): one context per queue; the owning thread submits and reaps
 //!   with `io_getevents`. A partial `io_submit` keeps the rest queued; EAGAIN waits for
 //!   completions instead of failing.
 //!
 //! `sync_data` is `IOCB_CMD_FDSYNC` and `sync_all` `IOCB_CMD_FSYNC` where the kernel has them
-//! (probed once); otherwise they run on a thread with the same meaning. Writes to `O_DSYNC`
+//! (probed once); otherwise they run on a thread with the same meaning, as do requests on files
+//! AIO refuses outright (procfs files, for one). Writes to `O_DSYNC`
 //! files carry `RWF_DSYNC`. Linux AIO is asynchronous only for O_DIRECT files: buffered
 //! requests work, correctly, but run synchronously inside `io_submit`, and the capabilities say
 //! so. `fs.aio-max-nr` exhaustion is a probe diagnosis with its remedy.
@@ -18,7 +22,7 @@
 //!
 //! ```
 //! use engine_aio::AioEngine;
-//! use engine_core::{block_on, AlignedBuf, Engine, EngineConfig, EngineExt, OpenOptions};
+//! use engine_core::{block_on, AlignedBuf, Backend, BackendExt, EngineConfig, OpenOptions};
 //!
 //! let engine = match AioEngine::new(EngineConfig::default()) {
 //!     Ok(engine) => engine,
@@ -41,15 +45,15 @@
 mod abi;
 mod context;
 mod engine;
+mod kernel;
 mod probe;
-mod queue;
 
-pub use context::force_threaded_sync;
-pub use engine::AioEngine;
-pub use probe::{diagnose, probe, simulate_setup_failure};
-pub use queue::AioQueue;
+pub use engine::{AioEngine, AioQueue};
+pub use kernel::AioKernel;
+pub use probe::{diagnose, probe};
 
-use engine_core::{DynEngine, EngineConfig, Plugin, Probe, Result};
+use engine_core::registry::{Plugin, Probe};
+use engine_core::{DynBackend, EngineConfig, Result};
 
 /// The backend's registry name.
 pub const NAME: &str = "aio";
@@ -64,10 +68,10 @@ impl Plugin for AioPlugin {
     }
 
     fn probe(&self, config: &EngineConfig) -> Probe {
-        probe::probe(config.queue_depth)
+        probe::probe(config)
     }
 
-    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynEngine>> {
+    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynBackend>> {
         Ok(Box::new(AioEngine::new(config.clone())?))
     }
 }

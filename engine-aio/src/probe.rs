@@ -1,26 +1,11 @@
 //! Can Linux AIO run here, and if not, why and what to do: `fs.aio-max-nr` exhausted, a
 //! kernel without AIO, seccomp.
 
-use std::sync::atomic::{AtomicI32, Ordering};
-
-use engine_core::{Diagnosis, Probe};
+use engine_core::raw::{force_thread_sync, simulated_setup_errno};
+use engine_core::registry::{Diagnosis, Probe};
+use engine_core::EngineConfig;
 
 use crate::abi::{io_destroy, io_setup};
-
-static SIMULATED_SETUP_ERRNO: AtomicI32 = AtomicI32::new(0);
-
-/// Makes every later probe (and engine or queue creation) in this process behave as if
-/// `io_setup` failed with `errno`; `None` restores real probing. For tests of the fallback.
-pub fn simulate_setup_failure(errno: Option<i32>) {
-    SIMULATED_SETUP_ERRNO.store(errno.unwrap_or(0), Ordering::SeqCst);
-}
-
-pub(crate) fn simulated_errno() -> Option<i32> {
-    match SIMULATED_SETUP_ERRNO.load(Ordering::SeqCst) {
-        0 => None,
-        errno => Some(errno),
-    }
-}
 
 fn sysctl(name: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
@@ -28,9 +13,11 @@ fn sysctl(name: &str) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// Probes for real: creates and destroys a context of `depth` requests.
-pub fn probe(depth: usize) -> Probe {
-    let result = match simulated_errno() {
+/// Probes for real: creates and destroys a context of the configuration's queue depth (a
+/// setup failure simulated by the configuration's test switches counts as real).
+pub fn probe(config: &EngineConfig) -> Probe {
+    let depth = config.queue_depth;
+    let result = match simulated_setup_errno(config, crate::NAME) {
         Some(errno) => Err(errno),
         None => io_setup(u32::try_from(depth).unwrap_or(u32::MAX))
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
@@ -38,7 +25,7 @@ pub fn probe(depth: usize) -> Probe {
     match result {
         Ok(ctx) => {
             let _ = io_destroy(ctx);
-            let fsync = if crate::context::native_fsync() {
+            let fsync = if crate::context::native_fsync() && !force_thread_sync(config) {
                 "native"
             } else {
                 "on a thread"

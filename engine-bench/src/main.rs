@@ -3,7 +3,7 @@
 use clap::Parser;
 use engine_bench::args::{Args, Format};
 use engine_bench::report;
-use engine_core::CountingAllocator;
+use engine_core::raw::CountingAllocator;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();

@@ -5,9 +5,7 @@ use std::path::Path;
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use engine::{
-    AlignedBuf, Completion, Engine, EngineExt, File, OpenOptions, PageAllocator, Queue, Request,
-};
+use engine::{AlignedBuf, Completion, Engine, File, OpenOptions, PageAllocator, Queue, Request};
 use engine_core::{block_on, join_all};
 use hdrhistogram::Histogram;
 

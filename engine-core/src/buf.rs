@@ -428,21 +428,16 @@ impl AlignedBuf {
         Ok(())
     }
 
-    /// Records that an operation wrote `n` bytes into `buf[start..]` and sets the length to
-    /// `start + n`. Used by backends after the kernel fills the buffer.
-    ///
-    /// # Safety
-    ///
-    /// `start + n` must not exceed the length the buffer had when the read was submitted, and
-    /// the kernel (or a copy) must have written those bytes.
-    pub unsafe fn set_filled(&mut self, start: usize, n: usize) {
-        let end = start.saturating_add(n);
+    /// Sets the length to `len` after an operation filled the buffer's first `len` bytes.
+    /// Those bytes are within the length the buffer had when the read was submitted, so they
+    /// are initialised whatever the kernel did; the length is clamped to be sure.
+    pub(crate) fn set_filled(&mut self, len: usize) {
         debug_assert!(
-            end <= self.initialized,
-            "filled {end} > initialized {}",
+            len <= self.initialized,
+            "filled {len} > initialized {}",
             self.initialized
         );
-        self.len = end.min(self.initialized);
+        self.len = len.min(self.initialized);
     }
 }
 

@@ -1,61 +1,20 @@
-//! Engine settings shared by every backend, and the test-only fault hook.
+//! Engine settings shared by every backend.
 
 use std::fmt;
-use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Op, Result};
-use crate::file::File;
-use crate::request::OpKind;
-
-/// What an installed [`FaultHook`] makes the backend do instead of the real operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultAction {
-    /// Fail with this errno without touching the file. `EINTR` and `EAGAIN` are retried by
-    /// the engine like real ones.
-    Fail(i32),
-    /// Transfer at most this many bytes (a short read or write).
-    Short(usize),
-    /// A torn write: transfer at most `persist` bytes, then fail with `errno` anyway, as a
-    /// device that lost power part-way would.
-    Torn {
-        /// Bytes that reach the file.
-        persist: usize,
-        /// The error reported.
-        errno: i32,
-    },
-}
-
-/// A test hook consulted before each operation reaches the OS.
-///
-/// It exists so the conformance suite can prove short-transfer loops, retries and sticky sync
-/// failure against real backends; a deterministic fault-injecting wrapper engine builds on the
-/// same idea. Production code leaves it unset, which costs one branch per operation.
-pub trait FaultHook: Send + Sync {
-    /// Decides the fate of one attempt of an operation. `attempt` counts retries of the same
-    /// request, from 0.
-    fn before(
-        &self,
-        kind: OpKind,
-        file: &File,
-        offset: u64,
-        len: usize,
-        attempt: u32,
-    ) -> Option<FaultAction>;
-}
 
 /// Settings every backend accepts. Backends may read more from their own options.
 #[derive(Clone)]
 pub struct EngineConfig {
     /// The most requests in flight at once through the async API (and the default depth of a
-    /// queue from [`crate::Engine::queue`]). Submitters wait when it is reached.
+    /// queue from [`crate::Backend::queue`]). Submitters wait when it is reached.
     pub queue_depth: usize,
     /// Worker threads, for backends that use them; 0 lets the backend decide.
     pub threads: usize,
     /// Strict mode: reject a write overlapping another request in flight, and a read
     /// overlapping a write in flight, with [`crate::ErrorKind::Overlap`] (contract point 6).
     pub strict: bool,
-    /// The test-only fault hook.
-    pub fault_hook: Option<Arc<dyn FaultHook>>,
     /// Kernel-side submission polling with this idle time in milliseconds (io_uring
     /// `SQPOLL`); `None` submits with a syscall.
     pub sqpoll_idle_ms: Option<u32>,
@@ -72,6 +31,9 @@ pub struct EngineConfig {
     /// backend): no hand-off between threads, and no parallelism inside one queue, like fio's
     /// psync. For cached data, or one queue per thread.
     pub inline: bool,
+    /// Test switches (the fault hook, simulated setup failures), with the `testing` feature.
+    #[cfg(feature = "testing")]
+    pub testing: crate::testing::Testing,
 }
 
 impl EngineConfig {
@@ -123,12 +85,13 @@ impl Default for EngineConfig {
             queue_depth: EngineConfig::QUEUE_DEPTH_DEFAULT,
             threads: 0,
             strict: false,
-            fault_hook: None,
             sqpoll_idle_ms: None,
             iopoll: false,
             register_buffers_bytes: EngineConfig::REGISTER_BUFFERS_DEFAULT,
             restricted: false,
             inline: false,
+            #[cfg(feature = "testing")]
+            testing: crate::testing::Testing::default(),
         }
     }
 }
@@ -139,12 +102,11 @@ impl fmt::Debug for EngineConfig {
             .field("queue_depth", &self.queue_depth)
             .field("threads", &self.threads)
             .field("strict", &self.strict)
-            .field("fault_hook", &self.fault_hook.is_some())
             .field("sqpoll_idle_ms", &self.sqpoll_idle_ms)
             .field("iopoll", &self.iopoll)
             .field("register_buffers_bytes", &self.register_buffers_bytes)
             .field("restricted", &self.restricted)
             .field("inline", &self.inline)
-            .finish()
+            .finish_non_exhaustive()
     }
 }

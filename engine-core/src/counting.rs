@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// ```
 /// #[global_allocator]
-/// static ALLOC: engine_core::CountingAllocator = engine_core::CountingAllocator::new();
+/// static ALLOC: engine_core::raw::CountingAllocator =
+///     engine_core::raw::CountingAllocator::new();
 ///
 /// fn main() {
 ///     let before = ALLOC.allocations();

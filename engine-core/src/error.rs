@@ -74,11 +74,6 @@ impl ErrorKind {
         }
     }
 
-    /// Returns true for errnos the engine retries itself (contract point 3): `EINTR`, `EAGAIN`.
-    pub fn errno_is_transient(errno: i32) -> bool {
-        errno == libc::EINTR || errno == libc::EAGAIN
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Misaligned => "misaligned",
@@ -108,12 +103,10 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// The operation an error belongs to.
+/// An operation: what a request does, and what an error belongs to.
 #[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
-    /// Opening a file.
-    Open,
     /// A positional read.
     Read,
     /// A positional write.
@@ -122,26 +115,53 @@ pub enum Op {
     SyncData,
     /// `fsync`.
     SyncAll,
+    /// Opening a file.
+    Open,
     /// Closing a file.
     Close,
     /// Creating an engine or a queue.
     Setup,
     /// Allocating a buffer.
     Alloc,
+    /// Handing queued requests to the kernel.
+    Submit,
+    /// Waiting for completions.
+    Wait,
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Op::Open => "open",
+impl Op {
+    /// The operations a request can carry, in the order metrics index them.
+    pub const IO: [Op; 4] = [Op::Read, Op::Write, Op::SyncData, Op::SyncAll];
+
+    /// True for the two syncs.
+    pub fn is_sync(self) -> bool {
+        matches!(self, Op::SyncData | Op::SyncAll)
+    }
+
+    /// The position in [`Op::IO`], for the four request operations.
+    pub(crate) fn io_index(self) -> Option<usize> {
+        Op::IO.iter().position(|&op| op == self)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
             Op::Read => "read",
             Op::Write => "write",
             Op::SyncData => "sync_data",
             Op::SyncAll => "sync_all",
+            Op::Open => "open",
             Op::Close => "close",
             Op::Setup => "setup",
             Op::Alloc => "alloc",
-        })
+            Op::Submit => "submit",
+            Op::Wait => "wait",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -185,6 +205,8 @@ struct Inner {
     len: Option<u64>,
     errno: Option<i32>,
     misalignment: Option<Misalignment>,
+    /// Bytes transferred before the failure (exact transfers).
+    transferred: Option<u64>,
     message: Cow<'static, str>,
 }
 
@@ -211,6 +233,7 @@ impl Error {
             len: None,
             errno: None,
             misalignment: None,
+            transferred: None,
             message: message.into(),
         }))
     }
@@ -256,6 +279,12 @@ impl Error {
         self
     }
 
+    /// Attaches the number of bytes an exact transfer moved before it failed.
+    pub fn with_transferred(mut self, bytes: u64) -> Error {
+        self.0.transferred = Some(bytes);
+        self
+    }
+
     /// Replaces the message.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Error {
         self.0.message = message.into();
@@ -291,6 +320,12 @@ impl Error {
     /// the sync failure that poisoned the file.
     pub fn raw_os_error(&self) -> Option<i32> {
         self.0.errno
+    }
+
+    /// For a failed exact transfer (`read_exact_at`, `write_all_at`): the bytes moved before
+    /// it failed. For [`ErrorKind::UnexpectedEof`], the bytes up to end of file.
+    pub fn transferred(&self) -> Option<u64> {
+        self.0.transferred
     }
 
     /// The misalignment, for [`ErrorKind::Misaligned`].
@@ -387,9 +422,6 @@ mod tests {
         assert_eq!(ErrorKind::from_errno(libc::EROFS), ErrorKind::ReadOnly);
         assert_eq!(ErrorKind::from_errno(libc::ENOSYS), ErrorKind::Unsupported);
         assert_eq!(ErrorKind::from_errno(libc::EXDEV), ErrorKind::Other);
-        assert!(ErrorKind::errno_is_transient(libc::EINTR));
-        assert!(ErrorKind::errno_is_transient(libc::EAGAIN));
-        assert!(!ErrorKind::errno_is_transient(libc::EIO));
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! backends: geometry, sticky sync failure and strict-mode overlap tracking.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::error::{Error, ErrorKind, FileRef, Op, Result};
-use crate::geometry::{DirectIo, Geometry};
+use crate::geometry::{Geometry, Support};
 
 /// How to open a file. Like `std::fs::OpenOptions`, plus `direct`, `dsync` and a minimum
 /// alignment.
@@ -122,7 +122,7 @@ impl OpenOptions {
     ///
     /// [`ErrorKind::InvalidInput`] for contradictory options; [`ErrorKind::Unsupported`] when
     /// `direct` is asked of a filesystem without O_DIRECT; the OS error otherwise.
-    pub fn open_std(&self, path: &Path) -> Result<(std::fs::File, Geometry)> {
+    pub(crate) fn open_std(&self, path: &Path) -> Result<(std::fs::File, Geometry)> {
         let invalid = |why: &'static str| {
             Error::new(ErrorKind::InvalidInput, Op::Open, why).with_file(FileRef {
                 id: 0,
@@ -137,6 +137,17 @@ impl OpenOptions {
         }
         if self.align_min != 0 && !self.align_min.is_power_of_two() {
             return Err(invalid("align_min must be a power of two"));
+        }
+        // A FIFO is refused before opening it: opening one for reading blocks until a writer
+        // comes, and positional I/O on it cannot work anyway.
+        if let Ok(meta) = std::fs::metadata(path) {
+            let kind = meta.file_type();
+            if kind.is_fifo() || kind.is_socket() {
+                return Err(not_seekable(
+                    path,
+                    if kind.is_fifo() { "a FIFO" } else { "a socket" },
+                ));
+            }
         }
         let mut flags = libc::O_CLOEXEC;
         if self.direct {
@@ -168,16 +179,39 @@ impl OpenOptions {
             }
             error
         })?;
+        // Character devices such as terminals open fine but cannot seek: positional reads
+        // and writes would ignore the offset (or hang waiting for input).
+        // SAFETY: lseek takes no pointers; the descriptor is open for the duration of the call.
+        if unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESPIPE)
+        {
+            return Err(not_seekable(path, "not seekable"));
+        }
         let mut geometry = Geometry::probe(file.as_fd());
-        if self.direct && geometry.direct_io == DirectIo::Unknown {
+        if self.direct && geometry.direct_io == Support::Unknown {
             // The open with O_DIRECT succeeded, which is the kernel's answer.
-            geometry.direct_io = DirectIo::Supported;
+            geometry.direct_io = Support::Supported;
         }
         if self.align_min != 0 {
             geometry.require_alignment(self.align_min);
         }
+        if self.read {
+            geometry.nowait = crate::geometry::probe_nowait(file.as_fd(), &geometry);
+        }
         Ok((file, geometry))
     }
+}
+
+fn not_seekable(path: &Path, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        Op::Open,
+        format!("{what}: positional I/O needs a regular file or a block device"),
+    )
+    .with_file(FileRef {
+        id: 0,
+        path: Some(Arc::from(path)),
+    })
 }
 
 static FILE_IDS: AtomicU64 = AtomicU64::new(1);
@@ -206,6 +240,25 @@ struct FileInner {
     tokens: AtomicU64,
     /// A backend's own index for the file (for example a registered-file slot).
     backend_index: u32,
+    /// Facts a backend learns about the file as it goes (for example: AIO refuses it).
+    backend_flags: AtomicU32,
+    /// Told when the last handle goes, so the backend can let go of what it registered.
+    dropped: Option<Arc<dyn FileDropped>>,
+}
+
+/// Told by a [`File`] when its last handle (including those held by requests in flight) is
+/// dropped, just before its descriptor closes.
+pub trait FileDropped: Send + Sync {
+    /// The file with process-unique `id` and backend index `backend_index` is going away.
+    fn dropped(&self, id: u64, backend_index: u32);
+}
+
+impl Drop for FileInner {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.dropped.take() {
+            dropped.dropped(self.id, self.backend_index);
+        }
+    }
 }
 
 /// An open file. Clones refer to the same open file; the descriptor closes when the engine
@@ -214,8 +267,10 @@ struct FileInner {
 pub struct File(Arc<FileInner>);
 
 impl File {
-    /// Wraps an opened file for engine `engine_id`. Backends call this from `open`.
-    pub fn new(
+    /// Wraps an opened file for engine `engine_id`; backends go through
+    /// [`crate::raw::Common::file`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
         engine_id: u64,
         std: std::fs::File,
         path: &Path,
@@ -223,6 +278,7 @@ impl File {
         geometry: Geometry,
         strict: bool,
         backend_index: u32,
+        dropped: Option<Arc<dyn FileDropped>>,
     ) -> File {
         File(Arc::new(FileInner {
             id: FILE_IDS.fetch_add(1, Ordering::Relaxed),
@@ -236,6 +292,8 @@ impl File {
             spans: strict.then(|| Mutex::new(Vec::new())),
             tokens: AtomicU64::new(1),
             backend_index,
+            backend_flags: AtomicU32::new(0),
+            dropped,
         }))
     }
 
@@ -264,19 +322,10 @@ impl File {
         &self.0.geometry
     }
 
-    /// The std file, for backends.
-    pub fn std(&self) -> &std::fs::File {
-        &self.0.std
-    }
-
-    /// The raw descriptor, for backends.
-    pub fn raw_fd(&self) -> RawFd {
-        self.0.std.as_raw_fd()
-    }
-
-    /// The backend's own index for this file.
-    pub fn backend_index(&self) -> u32 {
-        self.0.backend_index
+    /// True when requests must meet the geometry's alignment: the file was opened with
+    /// O_DIRECT or a minimum alignment.
+    pub fn enforces_alignment(&self) -> bool {
+        self.0.options.direct || self.0.options.align_min != 0
     }
 
     /// True when both handles are the same open file.
@@ -290,7 +339,7 @@ impl File {
     /// # Errors
     ///
     /// [`ErrorKind::BadFile`] when another engine opened the file, or it was already closed.
-    pub fn mark_closed(&self, engine_id: u64) -> Result<()> {
+    pub(crate) fn mark_closed(&self, engine_id: u64) -> Result<()> {
         if self.engine_id() != engine_id {
             return Err(self
                 .error(ErrorKind::BadFile, Op::Close)
@@ -310,7 +359,7 @@ impl File {
     }
 
     /// Identifies the file in errors.
-    pub fn file_ref(&self) -> FileRef {
+    pub(crate) fn file_ref(&self) -> FileRef {
         FileRef {
             id: self.0.id,
             path: Some(Arc::clone(&self.0.path)),
@@ -318,7 +367,7 @@ impl File {
     }
 
     /// An error of `kind` for `op` on this file.
-    pub fn error(&self, kind: ErrorKind, op: Op) -> Error {
+    pub(crate) fn error(&self, kind: ErrorKind, op: Op) -> Error {
         Error::new(kind, op, "").with_file(self.file_ref())
     }
 
@@ -332,7 +381,7 @@ impl File {
 
     /// Records a sync failure (contract point 5): every later sync fails until reopened.
     /// The first failure's errno is kept.
-    pub fn poison(&self, errno: i32) {
+    pub(crate) fn poison(&self, errno: i32) {
         let errno = if errno == 0 { libc::EIO } else { errno };
         let _ = self
             .0
@@ -383,6 +432,79 @@ impl File {
                 spans.swap_remove(index);
             }
         }
+    }
+}
+
+/// What backends (and test wrappers) need of a [`File`] beyond the user's view. Reached as
+/// `engine_core::raw::FileRaw`.
+pub trait FileRaw {
+    /// The std file, for the syscall itself.
+    fn std(&self) -> &std::fs::File;
+    /// The raw descriptor.
+    fn raw_fd(&self) -> RawFd;
+    /// The backend's own index for this file (0 when it has none).
+    fn backend_index(&self) -> u32;
+    /// The flags the backend recorded (see [`FileRaw::set_backend_flag`]).
+    fn backend_flags(&self) -> u32;
+    /// Records a fact the backend learned about the file, as a bit.
+    fn set_backend_flag(&self, flag: u32);
+    /// An error of `kind` for `op` on this file, carrying its identity.
+    fn error_of(&self, kind: ErrorKind, op: Op) -> Error;
+    /// Identifies the file in errors.
+    fn file_ref_of(&self) -> FileRef;
+    /// A handle that does not keep the file open.
+    fn downgrade(&self) -> WeakFile;
+}
+
+impl FileRaw for File {
+    fn std(&self) -> &std::fs::File {
+        &self.0.std
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.0.std.as_raw_fd()
+    }
+    fn backend_index(&self) -> u32 {
+        self.0.backend_index
+    }
+    fn backend_flags(&self) -> u32 {
+        self.0.backend_flags.load(Ordering::Acquire)
+    }
+    fn set_backend_flag(&self, flag: u32) {
+        self.0.backend_flags.fetch_or(flag, Ordering::AcqRel);
+    }
+    fn error_of(&self, kind: ErrorKind, op: Op) -> Error {
+        self.error(kind, op)
+    }
+    fn file_ref_of(&self) -> FileRef {
+        self.file_ref()
+    }
+    fn downgrade(&self) -> WeakFile {
+        WeakFile {
+            id: self.0.id,
+            inner: Arc::downgrade(&self.0),
+        }
+    }
+}
+
+/// A [`File`] handle that does not keep the file open: for backend tables that must notice
+/// when a file is gone.
+#[derive(Clone, Debug)]
+pub struct WeakFile {
+    id: u64,
+    inner: Weak<FileInner>,
+}
+
+impl WeakFile {
+    /// The file's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// True while some handle of the file exists and it has not been closed.
+    pub fn is_open(&self) -> bool {
+        self.inner
+            .upgrade()
+            .is_some_and(|inner| !inner.closed.load(Ordering::Acquire))
     }
 }
 

@@ -15,14 +15,16 @@ pub const IO_BYTES_MAX: u64 = 0x7fff_f000;
 /// The alignment assumed when nothing better can be probed.
 pub const ALIGN_FALLBACK: u32 = 4096;
 
-/// Whether the file's filesystem or device can do O_DIRECT.
+/// Whether a file's filesystem or device supports a feature ([`Geometry::direct_io`],
+/// [`Geometry::nowait`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DirectIo {
-    /// `statx` reported direct-I/O alignment, or it is a block device.
+pub enum Support {
+    /// The kernel said yes (for direct I/O: `statx` reported an alignment, or it is a block
+    /// device; for NOWAIT: a non-blocking read was accepted).
     Supported,
-    /// `statx` reported that this file cannot do direct I/O (alignment 0).
+    /// The kernel said no (direct I/O: `statx` reported alignment 0; NOWAIT: `EOPNOTSUPP`).
     Unsupported,
-    /// The kernel did not say; opening with O_DIRECT decides.
+    /// The kernel did not say (for example a file opened without read access).
     Unknown,
 }
 
@@ -57,7 +59,11 @@ pub struct Geometry {
     /// boundary and completed by the exact-transfer loop.
     pub io_bytes_max: u64,
     /// Whether direct I/O is possible on this file.
-    pub direct_io: DirectIo,
+    pub direct_io: Support,
+    /// Whether the file takes non-blocking reads (`RWF_NOWAIT`, `FMODE_NOWAIT`). Without
+    /// them io_uring hands every request on it to kernel worker threads, and the sync backend
+    /// cannot try a read on the caller's thread first (zram is such a device).
+    pub nowait: Support,
     /// Which probe supplied the alignment.
     pub source: GeometrySource,
     /// True for block devices.
@@ -73,7 +79,8 @@ impl Geometry {
         logical_block_size: ALIGN_FALLBACK,
         physical_block_size: ALIGN_FALLBACK,
         io_bytes_max: IO_BYTES_MAX,
-        direct_io: DirectIo::Unknown,
+        direct_io: Support::Unknown,
+        nowait: Support::Unknown,
         source: GeometrySource::Fallback,
         is_block_device: false,
     };
@@ -88,9 +95,9 @@ impl Geometry {
             geometry.is_block_device = (stat.stx_mode as u32 & libc::S_IFMT) == libc::S_IFBLK;
             if stat.stx_mask & libc::STATX_DIOALIGN != 0 {
                 if stat.stx_dio_offset_align == 0 {
-                    geometry.direct_io = DirectIo::Unsupported;
+                    geometry.direct_io = Support::Unsupported;
                 } else {
-                    geometry.direct_io = DirectIo::Supported;
+                    geometry.direct_io = Support::Supported;
                     geometry.mem_align = stat.stx_dio_mem_align.max(1);
                     geometry.offset_align = stat.stx_dio_offset_align;
                     geometry.read_offset_align = stat.stx_dio_offset_align;
@@ -108,7 +115,7 @@ impl Geometry {
             if let Some((logical, physical)) = block_sizes(fd) {
                 geometry.logical_block_size = logical;
                 geometry.physical_block_size = physical;
-                geometry.direct_io = DirectIo::Supported;
+                geometry.direct_io = Support::Supported;
                 if !have_align {
                     geometry.mem_align = logical;
                     geometry.offset_align = logical;
@@ -171,7 +178,7 @@ impl fmt::Display for Geometry {
         write!(
             f,
             "mem_align={} offset_align={} read_offset_align={} logical={} physical={} \
-             io_bytes_max={} direct_io={:?} source={:?}",
+             io_bytes_max={} direct_io={:?} nowait={:?} source={:?}",
             self.mem_align,
             self.offset_align,
             self.read_offset_align,
@@ -179,8 +186,34 @@ impl fmt::Display for Geometry {
             self.physical_block_size,
             self.io_bytes_max,
             self.direct_io,
+            self.nowait,
             self.source
         )
+    }
+}
+
+/// Whether `fd` (open for reading) takes `RWF_NOWAIT` reads: one `preadv2(2)` of one aligned
+/// block at offset 0. `EOPNOTSUPP` means the file or device has no NOWAIT support; any other
+/// answer (data, end of file, `EAGAIN`) means it has.
+pub(crate) fn probe_nowait(fd: BorrowedFd<'_>, geometry: &Geometry) -> Support {
+    let len = geometry.offset_align.max(geometry.mem_align).max(512) as usize;
+    let Ok(mut buf) = crate::buf::AlignedBuf::zeroed(len, geometry.mem_align.max(1) as usize)
+    else {
+        return Support::Unknown;
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which lives across the call and is `len` bytes long.
+    let rc = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    if rc >= 0 {
+        return Support::Supported;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Support::Unsupported,
+        Some(libc::EAGAIN) => Support::Supported,
+        _ => Support::Unknown,
     }
 }
 

@@ -2,18 +2,19 @@
 //!
 //! This crate holds what every backend shares: the aligned buffer ([`AlignedBuf`]) and the
 //! traits for callers' own memory ([`IoBuf`], [`IoBufMut`]); the page allocator
-//! ([`PageAllocator`], [`PagePool`]); per-file [`Geometry`] probing; the [`Engine`] trait and
-//! its conveniences ([`EngineExt`]); the per-thread [`Queue`] trait; validation before
-//! submission and result mapping after it ([`prepare`], [`finish`]); retries; the one
-//! [`Error`] type; metrics; and the plugin [`registry`]. It depends on no backend.
+//! ([`PageAllocator`], [`PagePool`]); per-file [`Geometry`] probing; the [`Request`] enum and
+//! its [`Completion`]; the [`Backend`] trait and its conveniences ([`BackendExt`]); the
+//! per-thread [`Queue`] trait; the one [`Error`] type; metrics; and the plugin [`registry`].
+//! Backends build on [`raw`], where the request lifecycle lives. It depends on no backend.
 //!
 //! # The contract every backend keeps
 //!
 //! 1. Geometry is probed and identical across backends; misaligned memory, offset or length
 //!    under O_DIRECT is rejected before submission with [`ErrorKind::Misaligned`].
 //! 2. A read at or past end of file returns 0; across it, the bytes up to it;
-//!    `read_exact_at` reports [`ErrorKind::UnexpectedEof`]; `write_all_at` loops over short
-//!    writes and reports [`ErrorKind::WriteZero`] when a write makes no progress.
+//!    `read_exact_at` reports [`ErrorKind::UnexpectedEof`] with the count; `write_all_at`
+//!    resumes short writes and reports [`ErrorKind::WriteZero`] when a write makes no
+//!    progress.
 //! 3. EINTR and EAGAIN are retried inside the engine; other OS errors surface once, typed,
 //!    with op, file, offset and length.
 //! 4. `sync_data` is fdatasync and `sync_all` is fsync; a sync covers every write that
@@ -43,44 +44,31 @@
 //! # Ok::<(), engine_core::Error>(())
 //! ```
 
+mod backend;
 mod buf;
 mod config;
 mod counting;
-mod engine;
 mod error;
 mod executor;
 mod file;
 mod geometry;
-mod inflight;
 mod metrics;
 mod pool;
 mod queue;
+pub mod raw;
 pub mod registry;
 mod request;
-mod retry;
-mod slots;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use backend::{Backend, BackendExt, Capabilities, DynBackend};
 pub use buf::{AlignedBuf, IoBuf, IoBufMut, ALIGN_MAX};
-pub use config::{EngineConfig, FaultAction, FaultHook};
-pub use counting::CountingAllocator;
-pub use engine::{Capabilities, DynEngine, Engine, EngineExt};
+pub use config::EngineConfig;
 pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result};
 pub use executor::{block_on, join_all, JoinAll};
 pub use file::{File, OpenOptions};
-pub use geometry::{DirectIo, Geometry, GeometrySource, ALIGN_FALLBACK, IO_BYTES_MAX};
-pub use inflight::{Admission, InFlight, InFlightTable, Settled};
-pub use metrics::{Metrics, MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
+pub use geometry::{Geometry, GeometrySource, Support, IO_BYTES_MAX};
+pub use metrics::{MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
 pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;
-pub use registry::{Attempt, Diagnosis, Outcome, Plugin, Probe, SelectionReport};
-pub use request::{finish, prepare, reject, Completion, OpKind, Prepared, RawResult, Request};
-pub use retry::{hook_gate, run_with_retries, HookGate, RETRIES_MAX};
-pub use slots::{Acquire, Closed, SlotFuture, Slots};
-
-/// A process-unique number for a new engine, so files can be checked against the engine that
-/// opened them.
-pub fn next_engine_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static IDS: AtomicU64 = AtomicU64::new(1);
-    IDS.fetch_add(1, Ordering::Relaxed)
-}
+pub use request::{Completion, Request};

@@ -4,8 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::request::OpKind;
+use crate::error::{Op, Result};
 
 /// Latency buckets: bucket `i` counts latencies in `[2^i, 2^(i+1))` nanoseconds (bucket 0
 /// also holds 0; the last bucket holds everything from 2^31 ns, about 2.1 s, up).
@@ -26,10 +25,20 @@ pub struct Metrics {
     kinds: [Counters; 4],
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
 impl Metrics {
-    /// Records one finished request.
-    pub fn record(&self, kind: OpKind, result: &Result<usize>, latency: Duration, retries: u32) {
-        let c = &self.kinds[kind.index()];
+    /// Records one finished request of `op` (one of [`Op::IO`]; others are not counted).
+    pub fn record(&self, op: Op, result: &Result<usize>, latency: Duration, retries: u32) {
+        let Some(index) = op.io_index() else {
+            debug_assert!(false, "{op} is not a request operation");
+            return;
+        };
+        let c = &self.kinds[index];
         c.ops.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(n) => c.bytes.fetch_add(*n as u64, Ordering::Relaxed),
@@ -53,10 +62,10 @@ impl Metrics {
             latency_ns_buckets: std::array::from_fn(|i| c.latency[i].load(Ordering::Relaxed)),
         };
         MetricsSnapshot {
-            read: take(&self.kinds[OpKind::Read.index()]),
-            write: take(&self.kinds[OpKind::Write.index()]),
-            sync_data: take(&self.kinds[OpKind::SyncData.index()]),
-            sync_all: take(&self.kinds[OpKind::SyncAll.index()]),
+            read: take(&self.kinds[0]),
+            write: take(&self.kinds[1]),
+            sync_data: take(&self.kinds[2]),
+            sync_all: take(&self.kinds[3]),
         }
     }
 }
@@ -110,13 +119,14 @@ pub struct MetricsSnapshot {
 }
 
 impl MetricsSnapshot {
-    /// The counters of `kind`.
-    pub fn of(&self, kind: OpKind) -> &OpMetrics {
-        match kind {
-            OpKind::Read => &self.read,
-            OpKind::Write => &self.write,
-            OpKind::SyncData => &self.sync_data,
-            OpKind::SyncAll => &self.sync_all,
+    /// The counters of `op`; `None` for operations that are not requests.
+    pub fn of(&self, op: Op) -> Option<&OpMetrics> {
+        match op {
+            Op::Read => Some(&self.read),
+            Op::Write => Some(&self.write),
+            Op::SyncData => Some(&self.sync_data),
+            Op::SyncAll => Some(&self.sync_all),
+            _ => None,
         }
     }
 }
@@ -124,15 +134,15 @@ impl MetricsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{Error, ErrorKind, Op};
+    use crate::error::{Error, ErrorKind};
 
     #[test]
     fn counts_and_quantiles() {
         let m = Metrics::default();
-        m.record(OpKind::Read, &Ok(4096), Duration::from_nanos(1000), 0);
-        m.record(OpKind::Read, &Ok(4096), Duration::from_nanos(3000), 2);
+        m.record(Op::Read, &Ok(4096), Duration::from_nanos(1000), 0);
+        m.record(Op::Read, &Ok(4096), Duration::from_nanos(3000), 2);
         m.record(
-            OpKind::Read,
+            Op::Read,
             &Err(Error::new(ErrorKind::Io, Op::Read, "")),
             Duration::from_micros(100),
             0,

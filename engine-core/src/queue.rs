@@ -11,6 +11,8 @@ use crate::request::{Completion, Request};
 /// request back when the queue is full, and the caller reaps before pushing again (or uses
 /// [`Queue::push_or_wait`]). Invalid requests are not refused at push: they complete with
 /// their typed error like any other, so every pushed request yields exactly one completion.
+/// After the engine shuts down, pushed requests complete with [`ErrorKind::Shutdown`]; those
+/// already in flight finish normally.
 pub trait Queue {
     /// The most requests pushed and not yet reaped.
     fn depth(&self) -> usize;
@@ -30,20 +32,24 @@ pub trait Queue {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Shutdown`] when the engine has shut down; the requests then complete with
-    /// that error.
+    /// The kernel interface failed; the requests stay queued.
     fn submit(&mut self) -> Result<usize>;
 
-    /// Appends the completions that are ready, without blocking; returns how many.
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+    /// Submits what is pushed and appends the completions that are ready, without blocking;
+    /// returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The kernel interface failed (for example an io_uring queue moved to another thread
+    /// with requests in flight); nothing was appended.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize>;
 
     /// Submits what is pushed, then blocks until at least `min` completions (no more than
     /// are in flight) have been appended to `out`; returns how many were appended.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Shutdown`] when the engine died with requests in flight that can no
-    /// longer complete.
+    /// The kernel interface failed, or requests wait for a kernel that can take none.
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize>;
 
     /// Pushes `request`, first reaping completions into `out` while the queue is full.
@@ -65,8 +71,8 @@ pub trait Queue {
             }
         }
         Err(Error::new(
-            ErrorKind::Shutdown,
-            Op::Setup,
+            ErrorKind::Other,
+            Op::Wait,
             "the queue is full and nothing completes",
         ))
     }
@@ -85,7 +91,7 @@ impl<Q: Queue + ?Sized> Queue for Box<Q> {
     fn submit(&mut self) -> Result<usize> {
         (**self).submit()
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         (**self).poll(out)
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::backend::DynBackend;
 use crate::config::EngineConfig;
-use crate::engine::DynEngine;
 use crate::error::{Error, ErrorKind, Op, Result};
 
 /// Why a backend cannot run here, and what to do about it.
@@ -56,7 +56,7 @@ pub trait Plugin: Send + Sync {
     /// # Errors
     ///
     /// The setup error; callers record it in the report.
-    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynEngine>>;
+    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynBackend>>;
 }
 
 static PLUGINS: Mutex<Vec<Arc<dyn Plugin>>> = Mutex::new(Vec::new());
@@ -131,6 +131,9 @@ pub struct SelectionReport {
     pub attempts: Vec<Attempt>,
     /// The chosen backend's name.
     pub chosen: Option<String>,
+    /// What the engine noticed after it was chosen that a person should know (for example a
+    /// device without NOWAIT support), one sentence each.
+    pub observations: Vec<String>,
 }
 
 impl SelectionReport {
@@ -140,6 +143,7 @@ impl SelectionReport {
             requested: requested.into(),
             attempts: Vec::new(),
             chosen: None,
+            observations: Vec::new(),
         }
     }
 
@@ -169,9 +173,13 @@ impl fmt::Display for SelectionReport {
             writeln!(f, "  {}. {}: {verdict}: {detail}", i + 1, attempt.backend)?;
         }
         match &self.chosen {
-            Some(name) => write!(f, "  => using {name}"),
-            None => write!(f, "  => no backend could be used"),
+            Some(name) => write!(f, "  => using {name}")?,
+            None => write!(f, "  => no backend could be used")?,
         }
+        for note in &self.observations {
+            write!(f, "\n  note: {note}")?;
+        }
+        Ok(())
     }
 }
 

@@ -1,27 +1,46 @@
-//! The sync engine: the async API and file handling over the worker pool.
+//! The sync engine: blocking syscalls through the shared request lifecycle
+//! ([`engine_core::raw::Driver`], [`engine_core::raw::QueueDriver`]) over the shared worker
+//! pool ([`ThreadKernel`]).
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use engine_core::raw::{Common, Driver, Pool, PoolWait, QueueDriver, ThreadKernel};
 use engine_core::{
-    next_engine_id, prepare, reject, Capabilities, Completion, Engine, EngineConfig, Error,
-    ErrorKind, File, MetricsSnapshot, Op, OpenOptions, Request, Result, SlotFuture,
+    Backend, Capabilities, Completion, EngineConfig, Error, File, MetricsSnapshot, Op, OpenOptions,
+    Request, Result,
 };
-
-use crate::queue::SyncQueue;
-use crate::worker::{Job, Reply, Shared};
 
 /// The largest default worker count; `ENGINE_THREADS` or [`EngineConfig::threads`] can go
 /// higher.
 pub const THREADS_DEFAULT_MAX: usize = 32;
 
+/// The per-thread queue of the sync backend: requests run on the engine's worker pool (or on
+/// the thread that submits, when a read would not block or the engine is inline), and the
+/// thread that waits runs queued requests itself before it sleeps.
+pub type SyncQueue = QueueDriver<ThreadKernel>;
+
 /// pread/pwrite/fdatasync/fsync on a bounded pool of worker threads.
 ///
-/// Every request in flight occupies one worker while its syscall runs, so queue depth gives
-/// real parallelism up to the number of threads; its [`Capabilities`] say so.
+/// A read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`, so a cached
+/// read costs what `pread` costs; only requests that would block go to the pool, where each
+/// occupies a worker while its syscall runs (queue depth gives real parallelism up to the
+/// number of threads). A thread waiting for completions runs queued requests itself.
 pub struct SyncEngine {
-    shared: Arc<Shared>,
+    driver: Arc<Driver<ThreadKernel, PoolWait>>,
+    pool: Option<Arc<Pool>>,
     capabilities: Capabilities,
+}
+
+/// The worker count a configuration asks for: 0 inline, else `threads` or
+/// `min(queue_depth, 32)`.
+pub(crate) fn threads_for(config: &EngineConfig) -> usize {
+    match (config.inline, config.threads) {
+        (true, _) => 0,
+        (false, 0) => config.queue_depth.min(THREADS_DEFAULT_MAX),
+        (false, n) => n,
+    }
 }
 
 impl SyncEngine {
@@ -29,19 +48,16 @@ impl SyncEngine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for a queue depth of 0 or above
+    /// [`engine_core::ErrorKind::InvalidInput`] for a queue depth of 0 or above
     /// [`EngineConfig::QUEUE_DEPTH_MAX`], or more than [`EngineConfig::THREADS_MAX`] threads;
     /// the OS error when a thread cannot be spawned.
     pub fn new(config: EngineConfig) -> Result<SyncEngine> {
         config.validate()?;
-        let threads = match (config.inline, config.threads) {
-            (true, _) => 0,
-            (false, 0) => config.queue_depth.min(THREADS_DEFAULT_MAX),
-            (false, n) => n,
-        };
+        let threads = threads_for(&config);
+        let depth = config.queue_depth;
         let capabilities = Capabilities {
             backend: crate::NAME,
-            queue_depth: config.queue_depth,
+            queue_depth_max: depth,
             threads,
             op_occupies_thread: true,
             submit_may_block: config.inline,
@@ -49,27 +65,41 @@ impl SyncEngine {
             dsync: true,
             fault_hook: true,
             strict_mode: true,
-            registered_buffers: Some("not applicable: pread and pwrite take plain pointers".into()),
             notes: vec![if config.inline {
                 "inline: each request runs on the thread that submits it, inside submit; no \
                  parallelism within a queue"
                     .to_string()
             } else {
                 format!(
-                    "each request in flight occupies one of {threads} worker threads; \
-                     depth beyond that only queues"
+                    "reads are first tried on the submitting thread with RWF_NOWAIT (a cached \
+                     read runs there); the rest occupy one of {threads} worker threads each, and \
+                     a thread waiting for completions runs queued requests itself"
                 )
             }],
+            ..Capabilities::default()
         };
-        let shared = Shared::start(next_engine_id(), config, threads)?;
+        let pool = if threads == 0 {
+            None
+        } else {
+            Some(Pool::start(threads, depth, "engine-sync")?)
+        };
+        let common = Arc::new(Common::new(config));
+        let kernel = ThreadKernel::new(pool.clone(), depth, true);
+        let waiter = kernel.waiter();
+        let driver = Driver::start(common, kernel, waiter, "engine-sync-reaper")?;
         Ok(SyncEngine {
-            shared,
+            driver,
+            pool,
             capabilities,
         })
     }
+
+    fn common(&self) -> &Common {
+        self.driver.common()
+    }
 }
 
-impl Engine for SyncEngine {
+impl Backend for SyncEngine {
     type Queue = SyncQueue;
 
     fn name(&self) -> &'static str {
@@ -81,68 +111,44 @@ impl Engine for SyncEngine {
     }
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        if self.shared.is_shut_down() {
-            return Err(Error::shutdown(Op::Open));
-        }
-        let (std, geometry) = options.open_std(path)?;
-        Ok(File::new(
-            self.shared.engine_id,
-            std,
-            path,
-            options.clone(),
-            geometry,
-            self.shared.config.strict,
-            0,
-        ))
+        let common = self.common();
+        let (std, geometry) = common.open_std(path, options)?;
+        Ok(common.file(std, path, options.clone(), geometry, 0, None))
     }
 
     fn close(&self, file: &File) -> Result<()> {
-        file.mark_closed(self.shared.engine_id)
+        self.common().close(file)
     }
 
-    async fn submit(&self, request: Request) -> Completion {
-        let shared = &*self.shared;
-        let prepared = match prepare(shared.engine_id, &request) {
-            Ok(prepared) => prepared,
-            Err(error) => return reject(request, None, error, &shared.metrics),
-        };
-        let Ok(slot) = shared.slots.acquire().await else {
-            let error = request.file.error(ErrorKind::Shutdown, request.kind.op());
-            return reject(request, Some(&prepared), error, &shared.metrics);
-        };
-        // From here the slot receives exactly one completion: from a worker, or from `enqueue`
-        // itself when the engine shut down meanwhile.
-        let job = Job {
-            request,
-            prepared,
-            reply: Reply::Slot(slot),
-        };
-        shared.enqueue(std::iter::once(job));
-        SlotFuture::new(&shared.slots, slot).await
+    fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
+        self.driver.submit(request)
     }
 
     fn queue(&self) -> Result<SyncQueue> {
-        if self.shared.is_shut_down() {
+        let common = self.driver.common();
+        if common.is_shut_down() {
             return Err(Error::shutdown(Op::Setup));
         }
-        Ok(SyncQueue::new(
-            Arc::clone(&self.shared),
-            self.shared.config.queue_depth,
-        ))
+        let depth = common.config().queue_depth;
+        let kernel = ThreadKernel::new(self.pool.clone(), depth, true);
+        Ok(QueueDriver::new(Arc::clone(common), kernel))
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        self.shared.metrics.snapshot()
+        self.common().metrics().snapshot()
     }
 
     fn shutdown(&self) {
-        self.shared.shutdown();
+        self.driver.shutdown();
+        if let Some(pool) = &self.pool {
+            pool.shutdown();
+        }
     }
 }
 
 impl Drop for SyncEngine {
     fn drop(&mut self) {
-        self.shared.shutdown();
+        Backend::shutdown(self);
     }
 }
 
@@ -150,7 +156,7 @@ impl std::fmt::Debug for SyncEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncEngine")
             .field("threads", &self.capabilities.threads)
-            .field("queue_depth", &self.capabilities.queue_depth)
+            .field("queue_depth_max", &self.capabilities.queue_depth_max)
             .finish()
     }
 }

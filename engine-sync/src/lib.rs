@@ -1,14 +1,16 @@
 //! The pread/pwrite backend of the storage I/O engine, on a bounded worker pool.
 //!
-//! Every request runs as one blocking syscall (`pread`, `pwrite`, `fdatasync`, `fsync`) on one
-//! of a fixed number of worker threads; queue depth gives real parallelism up to the number of
-//! threads. It keeps the whole engine contract (see `engine-core`) and runs everywhere Linux
-//! does, so it is the last fallback of `Engine::from_env()`.
+//! Every request runs as one blocking syscall (`pread`, `pwrite`, `fdatasync`, `fsync`): a read
+//! first on the submitting thread with `RWF_NOWAIT` (a cached read costs what `pread` costs),
+//! everything that would block on one of a fixed number of worker threads (queue depth gives
+//! real parallelism up to the number of threads). It keeps the whole engine contract (see
+//! `engine-core`) and runs everywhere Linux does, so it is the last fallback of
+//! `Engine::from_env()`.
 //!
 //! # Examples
 //!
 //! ```
-//! use engine_core::{block_on, AlignedBuf, Engine, EngineConfig, EngineExt, OpenOptions};
+//! use engine_core::{block_on, AlignedBuf, Backend, BackendExt, EngineConfig, OpenOptions};
 //! use engine_sync::SyncEngine;
 //!
 //! let dir = tempfile::tempdir()?;
@@ -30,13 +32,11 @@
 #![forbid(unsafe_code)]
 
 mod engine;
-mod queue;
-mod worker;
 
-pub use engine::{SyncEngine, THREADS_DEFAULT_MAX};
-pub use queue::SyncQueue;
+pub use engine::{SyncEngine, SyncQueue, THREADS_DEFAULT_MAX};
 
-use engine_core::{DynEngine, EngineConfig, Plugin, Probe, Result};
+use engine_core::registry::{Plugin, Probe};
+use engine_core::{DynBackend, EngineConfig, Result};
 
 /// The backend's registry name.
 pub const NAME: &str = "sync";
@@ -55,17 +55,14 @@ impl Plugin for SyncPlugin {
         if config.inline {
             return Probe::Available("pread/pwrite inline on the submitting thread".into());
         }
-        let threads = match config.threads {
-            0 => config.queue_depth.min(THREADS_DEFAULT_MAX),
-            n => n,
-        };
+        let threads = engine::threads_for(config);
         Probe::Available(format!(
             "pread/pwrite on {threads} worker threads, queue depth {}",
             config.queue_depth
         ))
     }
 
-    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynEngine>> {
+    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynBackend>> {
         Ok(Box::new(SyncEngine::new(config.clone())?))
     }
 }

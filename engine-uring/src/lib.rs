@@ -1,13 +1,14 @@
 //! The io_uring backend of the storage I/O engine.
 //!
 //! Two layers, both keeping the whole engine contract:
-//! - the async API ([`UringEngine`]): tasks push SQEs and enter the kernel themselves, one
-//!   reaper thread reaps every ready CQE per wake-up and wakes the tasks. Futures complete
-//!   under any executor.
+//! - the async API ([`UringEngine`]): a task's future pushes its SQE, enters the kernel and
+//!   reaps every ready CQE itself, so a request that completes at once (a cached read) costs no
+//!   thread hop; under [`engine_core::block_on`] the waiting thread waits in the ring itself,
+//!   and a reaper thread serves only futures polled by other executors.
 //! - the queue API ([`UringQueue`]): one ring per queue, submitted and reaped by the one
 //!   thread that owns it, with SINGLE_ISSUER and DEFER_TASKRUN where the kernel has them.
 //!
-//! Files are registered, and the engine's page pool ([`engine_core::Engine::pool`]) is
+//! Files are registered, and the engine's page pool ([`engine_core::Backend::pool`]) is
 //! registered as a fixed buffer when `RLIMIT_MEMLOCK` allows, so buffers allocated from it use
 //! READ_FIXED/WRITE_FIXED; when it is refused, the capabilities say why. `sync_data` is
 //! `IORING_FSYNC_DATASYNC`, `sync_all` a full fsync; a sync covers what completed before it
@@ -17,7 +18,7 @@
 //! # Examples
 //!
 //! ```
-//! use engine_core::{block_on, AlignedBuf, Engine, EngineConfig, EngineExt, OpenOptions, PageAllocator};
+//! use engine_core::{block_on, AlignedBuf, Backend, BackendExt, EngineConfig, OpenOptions, PageAllocator};
 //! use engine_uring::UringEngine;
 //!
 //! let engine = match UringEngine::new(EngineConfig::default()) {
@@ -45,15 +46,16 @@
 
 mod engine;
 mod iopoll;
+mod kernel;
 mod probe;
-mod queue;
 mod ring;
 
-pub use engine::UringEngine;
-pub use probe::{diagnose, probe, simulate_setup_failure};
-pub use queue::UringQueue;
+pub use engine::{UringEngine, UringQueue};
+pub use kernel::QueueKernel;
+pub use probe::{diagnose, probe};
 
-use engine_core::{DynEngine, EngineConfig, Plugin, Probe, Result};
+use engine_core::registry::{Plugin, Probe};
+use engine_core::{DynBackend, EngineConfig, Result};
 
 /// The backend's registry name.
 pub const NAME: &str = "uring";
@@ -67,11 +69,11 @@ impl Plugin for UringPlugin {
         NAME
     }
 
-    fn probe(&self, _config: &EngineConfig) -> Probe {
-        probe::probe()
+    fn probe(&self, config: &EngineConfig) -> Probe {
+        probe::probe(config)
     }
 
-    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynEngine>> {
+    fn create(&self, config: &EngineConfig) -> Result<Box<dyn DynBackend>> {
         Ok(Box::new(UringEngine::new(config.clone())?))
     }
 }

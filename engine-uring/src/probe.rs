@@ -1,32 +1,13 @@
 //! Can io_uring run here, and if not, why and what to do: ENOSYS, the
 //! `kernel.io_uring_disabled` sysctl, seccomp or container denial, memlock, missing opcodes.
 
-use std::sync::atomic::{AtomicI32, Ordering};
-
-use engine_core::{Diagnosis, Probe};
+use engine_core::raw::simulated_setup_errno;
+use engine_core::registry::{Diagnosis, Probe};
+use engine_core::EngineConfig;
 use io_uring::{opcode, IoUring};
 
 /// The sysctl that disables io_uring (Linux 6.6 and later).
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
-
-/// 0 = probe for real; otherwise the errno the next probes pretend `io_uring_setup` failed
-/// with. For tests of the fallback path.
-static SIMULATED_SETUP_ERRNO: AtomicI32 = AtomicI32::new(0);
-
-/// Makes every later probe (and engine creation) in this process behave as if
-/// `io_uring_setup` failed with `errno`; `None` restores real probing. For tests that show
-/// the fallback when io_uring is blocked, on machines where it is not.
-pub fn simulate_setup_failure(errno: Option<i32>) {
-    SIMULATED_SETUP_ERRNO.store(errno.unwrap_or(0), Ordering::SeqCst);
-}
-
-/// The errno set by [`simulate_setup_failure`], if any.
-pub(crate) fn simulated_errno() -> Option<i32> {
-    match SIMULATED_SETUP_ERRNO.load(Ordering::SeqCst) {
-        0 => None,
-        errno => Some(errno),
-    }
-}
 
 /// The opcodes the backend needs, with their names.
 const NEEDED: [(u8, &str); 4] = [
@@ -36,12 +17,18 @@ const NEEDED: [(u8, &str); 4] = [
     (opcode::Nop::CODE, "NOP"),
 ];
 
-/// Probes for real: reads the sysctl, creates a two-entry ring and probes its opcodes.
-pub fn probe() -> Probe {
-    let sysctl = std::fs::read_to_string(SYSCTL)
+/// Reads the `kernel.io_uring_disabled` sysctl, if the kernel has it (Linux 6.6 and later).
+pub(crate) fn sysctl() -> Option<u8> {
+    std::fs::read_to_string(SYSCTL)
         .ok()
-        .and_then(|s| s.trim().parse::<u8>().ok());
-    let setup = match simulated_errno() {
+        .and_then(|s| s.trim().parse::<u8>().ok())
+}
+
+/// Probes for real: reads the sysctl, creates a two-entry ring and probes its opcodes (a
+/// setup failure simulated by the configuration's test switches counts as real).
+pub fn probe(config: &EngineConfig) -> Probe {
+    let sysctl = sysctl();
+    let setup = match simulated_setup_errno(config, crate::NAME) {
         Some(errno) => Err(errno),
         None => IoUring::new(2).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
     };

@@ -1,16 +1,10 @@
 //! What the async engine's ring and every queue's ring share: setup with flag fallbacks,
-//! registration of the page pool and of files, turning a request into an SQE, and turning a
-//! CQE back into a completion.
+//! registration of the page pool and of files, and restrictions.
 
 use std::io;
 
-use engine_core::{
-    EngineConfig, Error, ErrorKind, InFlight, Op, OpKind, PagePool, PoolConfig, Request,
-};
-use io_uring::{opcode, register, squeue, types, IoUring};
-
-/// user_data of the NOP that wakes the async engine's reaper.
-pub(crate) const WAKE: u64 = u64::MAX;
+use engine_core::{EngineConfig, Error, ErrorKind, Op, PagePool, PoolConfig};
+use io_uring::{opcode, register, squeue, IoUring};
 
 /// Files a ring can register; requests on others use their plain descriptor.
 pub(crate) const FILES_MAX: u32 = 1024;
@@ -31,7 +25,7 @@ pub(crate) struct Ring {
     pub(crate) fixed_files: bool,
     /// True when the ring was created disabled and still needs enabling.
     pub(crate) disabled: bool,
-    _pool: Option<PagePool>,
+    pool: Option<PagePool>,
 }
 
 /// How a ring is used.
@@ -141,7 +135,7 @@ impl Ring {
             fixed_pool,
             fixed_files,
             disabled,
-            _pool: pool.cloned(),
+            pool: pool.cloned(),
         };
         Ok((ring, why_unregistered))
     }
@@ -154,6 +148,11 @@ impl Ring {
             self.disabled = false;
         }
         Ok(())
+    }
+
+    /// The page pool registered in this ring, if any.
+    pub(crate) fn pool(&self) -> Option<&PagePool> {
+        self.pool.as_ref()
     }
 
     /// Registers descriptor `fd` at `slot`.
@@ -206,7 +205,7 @@ fn register_pool(ring: &IoUring, pool: &PagePool) -> Result<(), String> {
         iov_base: base.cast(),
         iov_len: len,
     };
-    // SAFETY: the region stays allocated while the ring holds the pool (`Ring::_pool`), and
+    // SAFETY: the region stays allocated while the ring holds the pool (`Ring::pool`), and
     // the ring is dropped, unregistering it, before that pool handle.
     match unsafe { ring.submitter().register_buffers(&[iovec]) } {
         Ok(()) => Ok(()),
@@ -236,7 +235,7 @@ pub(crate) fn memlock_limit() -> Option<u64> {
 const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 const IORING_REGISTER_FILES_UPDATE2: u8 = 14;
 
-/// Restricted mode: only reads, writes, fsyncs and the reaper's NOP, only on registered
+/// Restricted mode: only reads, writes, fsyncs and the wake-up NOP, only on registered
 /// files, and only file-table updates as registrations.
 fn restrict(ring: &IoUring) -> io::Result<()> {
     let mut restrictions = [
@@ -251,100 +250,4 @@ fn restrict(ring: &IoUring) -> io::Result<()> {
         register::Restriction::register_op(IORING_REGISTER_FILES_UPDATE2),
     ];
     ring.submitter().register_restrictions(&mut restrictions)
-}
-
-/// Where the SQE's file and buffer come from.
-#[derive(Clone, Copy)]
-pub(crate) struct Fixed {
-    /// The registered file slot, if the file is registered in this ring.
-    pub(crate) file: Option<u32>,
-    /// The registered pool's id in this ring, if any.
-    pub(crate) pool: Option<u64>,
-}
-
-/// Builds the SQE for an in-flight request.
-pub(crate) fn entry(inflight: &mut InFlight, fixed: Fixed, user_data: u64) -> squeue::Entry {
-    let request = &mut inflight.request;
-    let offset = request.offset;
-    // `prepare` capped the length at `io_bytes_max`, below `u32::MAX`.
-    let len = u32::try_from(inflight.len).unwrap_or(engine_core::IO_BYTES_MAX as u32);
-    let start = request.buf_start;
-    let raw_fd = request.file.raw_fd();
-    macro_rules! with_fd {
-        ($op:ident, $($arg:expr),*) => {
-            match fixed.file {
-                Some(slot) => opcode::$op::new(types::Fixed(slot), $($arg),*),
-                None => opcode::$op::new(types::Fd(raw_fd), $($arg),*),
-            }
-        };
-    }
-    let sqe = match (request.kind, request.buf.as_mut()) {
-        (OpKind::Read, Some(buf)) => {
-            // SAFETY: `start <= buf.len()`, checked by `prepare`, so the pointer stays within
-            // the buffer, which the request owns until the CQE is reaped.
-            let ptr = unsafe { buf.as_mut_ptr().add(start) };
-            if fixed.pool.is_some() && buf.pool_id() == fixed.pool {
-                with_fd!(ReadFixed, ptr, len, 0).offset(offset).build()
-            } else {
-                with_fd!(Read, ptr, len).offset(offset).build()
-            }
-        }
-        (OpKind::Write, Some(buf)) => {
-            // SAFETY: as above.
-            let ptr = unsafe { buf.as_mut_ptr().add(start) };
-            if fixed.pool.is_some() && buf.pool_id() == fixed.pool {
-                with_fd!(WriteFixed, ptr, len, 0).offset(offset).build()
-            } else {
-                with_fd!(Write, ptr.cast_const(), len)
-                    .offset(offset)
-                    .build()
-            }
-        }
-        (OpKind::SyncData, _) => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),
-        (OpKind::SyncAll, _) => with_fd!(Fsync,).build(),
-        // `prepare` refuses reads and writes without a buffer; a NOP keeps the slot's
-        // accounting whole if that ever changes.
-        (OpKind::Read | OpKind::Write, None) => opcode::Nop::new().build(),
-    };
-    let sqe = if fixed.file.is_some() {
-        sqe.flags(squeue::Flags::FIXED_FILE)
-    } else {
-        sqe
-    };
-    sqe.user_data(user_data)
-}
-
-/// Makes room in a full submission queue: with SQPOLL the kernel thread may not have
-/// consumed entries yet (it moves the head after a whole batch, possibly after completions
-/// were posted), so wait for it; otherwise submit what is queued.
-pub(crate) fn make_room(ring: &IoUring) {
-    let result = if ring.params().is_setup_sqpoll() {
-        ring.submitter().squeue_wait()
-    } else {
-        ring.submit()
-    };
-    if result.is_err() {
-        std::thread::yield_now();
-    }
-}
-
-/// The most attempts to find room in the submission queue before giving up on a request.
-pub(crate) const PUSH_ATTEMPTS_MAX: u32 = 10_000;
-
-/// The NOP that wakes the reaper; carries FIXED_FILE so restricted rings accept it.
-pub(crate) fn wake_entry() -> squeue::Entry {
-    opcode::Nop::new()
-        .build()
-        .flags(squeue::Flags::FIXED_FILE)
-        .user_data(WAKE)
-}
-
-/// Refuses requests an IOPOLL ring cannot run: syncs cannot be polled.
-pub(crate) fn iopoll_refuses(config: &EngineConfig, request: &Request) -> Option<Error> {
-    (config.iopoll && request.kind.is_sync()).then(|| {
-        request
-            .file
-            .error(ErrorKind::Unsupported, request.kind.op())
-            .with_message("an IOPOLL engine cannot sync: fsync cannot be polled; use an engine without ENGINE_IOPOLL for syncs")
-    })
 }

@@ -1,20 +1,19 @@
 //! The io_uring options: SQPOLL, restricted mode, IOPOLL's up-front refusals, and registered
-//! buffers, each checked against the ring the kernel actually built.
+//! buffers, each checked against the ring the kernel actually built. These tests need
+//! io_uring; on a machine that refuses it they fail with the kernel's reason.
 
 use engine_core::{
-    block_on, AlignedBuf, Engine, EngineConfig, EngineExt, ErrorKind, OpenOptions, PageAllocator,
+    block_on, AlignedBuf, Backend, BackendExt, EngineConfig, ErrorKind, OpenOptions, PageAllocator,
+    Queue, Request,
 };
 use engine_uring::UringEngine;
 
-fn engine(adjust: impl FnOnce(&mut EngineConfig)) -> Option<UringEngine> {
+fn engine(adjust: impl FnOnce(&mut EngineConfig)) -> UringEngine {
     let mut config = EngineConfig::default();
     adjust(&mut config);
     match UringEngine::new(config) {
-        Ok(engine) => Some(engine),
-        Err(e) => {
-            println!("skipped: io_uring unavailable here: {e}");
-            None
-        }
+        Ok(engine) => engine,
+        Err(e) => panic!("these tests need io_uring, which this machine refuses: {e}"),
     }
 }
 
@@ -40,20 +39,21 @@ fn round_trip(engine: &UringEngine, direct: bool) {
 }
 
 #[test]
-fn sqpoll_rings_submit_without_enter() {
-    let Some(engine) = engine(|c| c.sqpoll_idle_ms = Some(20)) else {
-        return;
-    };
+fn sqpoll_rings_keep_the_contract() {
+    let engine = engine(|c| c.sqpoll_idle_ms = Some(20));
+    assert!(
+        engine.capabilities().sqpoll,
+        "SQPOLL asked for and reported"
+    );
     let notes = engine.capabilities().notes.join("; ");
-    assert!(notes.contains("SQPOLL"), "{notes}");
+    assert!(notes.contains("SQPOLL"), "the ring flags name it: {notes}");
     round_trip(&engine, false);
 }
 
 #[test]
 fn restricted_rings_allow_io_on_registered_files() {
-    let Some(engine) = engine(|c| c.restricted = true) else {
-        return;
-    };
+    let engine = engine(|c| c.restricted = true);
+    assert!(engine.capabilities().restricted);
     let notes = engine.capabilities().notes.join("; ");
     assert!(notes.contains("R_DISABLED"), "{notes}");
     round_trip(&engine, false);
@@ -62,9 +62,7 @@ fn restricted_rings_allow_io_on_registered_files() {
 
 #[test]
 fn iopoll_refuses_what_cannot_be_polled_up_front() {
-    let Some(engine) = engine(|c| c.iopoll = true) else {
-        return;
-    };
+    let engine = engine(|c| c.iopoll = true);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
     let buffered = OpenOptions::new().read(true).write(true).create(true);
@@ -91,22 +89,14 @@ fn iopoll_refuses_what_cannot_be_polled_up_front() {
 
 #[test]
 fn registered_pool_buffers_take_the_fixed_path() {
-    let Some(engine) = engine(|c| c.register_buffers_bytes = 1 << 20) else {
-        return;
-    };
-    let registered = engine
-        .capabilities()
-        .registered_buffers
-        .clone()
-        .unwrap_or_default();
-    let Some(pool) = engine.pool() else {
-        panic!("a pool was asked for: {registered}");
-    };
-    if !registered.starts_with("registered") {
-        println!("skipped fixed-buffer check: {registered}");
-        return;
-    }
-    assert!(registered.contains("1048576-byte pool"), "{registered}");
+    let engine = engine(|c| c.register_buffers_bytes = 1 << 20);
+    let notes = engine.capabilities().notes.join("; ");
+    let pool = engine.pool().expect("a pool was asked for");
+    assert!(
+        engine.capabilities().registered_buffers,
+        "registration refused here: {notes}"
+    );
+    assert!(notes.contains("1048576-byte page pool"), "{notes}");
     let dir = tempfile::tempdir().expect("tempdir");
     let options = OpenOptions::new()
         .read(true)
@@ -114,29 +104,56 @@ fn registered_pool_buffers_take_the_fixed_path() {
         .create(true)
         .direct(true);
     let file = engine.open(&dir.path().join("f"), &options).expect("open");
-    let mut buf = pool.alloc(4096).expect("pool buffer");
-    buf.fill(9);
-    block_on(async {
-        let (w, _) = engine.write_all_at(&file, 0, buf).await;
-        w.expect("WRITE_FIXED");
-        let (r, back) = engine
-            .read_exact_at(&file, 0, pool.alloc(4096).expect("pool buffer"))
-            .await;
-        r.expect("READ_FIXED");
-        assert!(back.iter().all(|&b| b == 9));
-    });
-    let without = engine_with_no_pool();
-    if let Some(e) = without {
-        assert!(e.pool().is_none());
-        assert!(e
-            .capabilities()
-            .registered_buffers
-            .as_deref()
-            .unwrap_or("")
-            .contains("ENGINE_REGISTER_BUFFERS=0"));
+    let mut queue = engine.queue().expect("queue");
+    let mut out = Vec::new();
+    let mut pooled = pool.alloc(4096).expect("pool buffer");
+    pooled.fill(9);
+    queue
+        .push(Request::write_all(&file, 0, pooled, 1))
+        .expect("room");
+    queue.wait(1, &mut out).expect("WRITE_FIXED");
+    assert_eq!(
+        queue.kernel().fixed_submissions(),
+        1,
+        "the pooled write used WRITE_FIXED"
+    );
+    let plain = AlignedBuf::zeroed(4096, 4096).expect("buffer");
+    queue
+        .push(Request::read_exact(&file, 0, plain, 2))
+        .expect("room");
+    queue.wait(1, &mut out).expect("READ");
+    assert_eq!(
+        queue.kernel().fixed_submissions(),
+        1,
+        "a plain buffer used plain READ"
+    );
+    let pooled = pool.alloc(4096).expect("pool buffer");
+    queue
+        .push(Request::read_exact(&file, 0, pooled, 3))
+        .expect("room");
+    queue.wait(1, &mut out).expect("READ_FIXED");
+    assert_eq!(
+        queue.kernel().fixed_submissions(),
+        2,
+        "the pooled read used READ_FIXED"
+    );
+    for completion in &out {
+        assert!(completion.result.is_ok(), "{:?}", completion.result);
+        let buf = completion.buf.as_ref().expect("buffer");
+        assert!(
+            buf.iter().all(|&b| b == 9),
+            "request {}",
+            completion.user_data
+        );
     }
+
+    let without = engine_without_pool();
+    assert!(without.pool().is_none());
+    assert!(!without.capabilities().registered_buffers);
+    let notes = without.capabilities().notes.join("; ");
+    assert!(notes.contains("ENGINE_REGISTER_BUFFERS=0"), "{notes}");
 }
 
-fn engine_with_no_pool() -> Option<UringEngine> {
+fn engine_without_pool() -> UringEngine {
     engine(|c| c.register_buffers_bytes = 0)
 }

@@ -1,7 +1,7 @@
 //! The README's main command: opens a temp file through `Engine::from_env()`, writes, syncs,
 //! reads back, verifies and prints the selection report.
 
-use engine::{AlignedBuf, Engine, EngineExt, ErrorKind, OpenOptions};
+use engine::{AlignedBuf, Engine, ErrorKind, Op, OpenOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::from_env()?;
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if back.as_slice() != expected.as_slice() {
             return Err(engine::Error::new(
                 ErrorKind::Io,
-                engine::core::Op::Read,
+                Op::Read,
                 "data read back differs from data written",
             ));
         }

@@ -7,7 +7,7 @@ use engine_core::{EngineConfig, Error, ErrorKind, Op, Result};
 pub const VARIABLES: &[(&str, &str)] = &[
     (
         "ENGINE_BACKEND",
-        "`auto` (default): the best available backend; a backend name; or a comma list tried in order",
+        "`auto` (default): the best available backend; a backend name; or a comma list tried in order, in which `auto` stands for the built-in order",
     ),
     (
         "ENGINE_QUEUE_DEPTH",
@@ -15,7 +15,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "ENGINE_THREADS",
-        "worker threads for backends that use them, 0 to 1024; 0 (default) lets the backend decide; `inline` runs each request on the submitting thread (sync backend)",
+        "worker threads of the sync backend, 0 to 1024; 0 (default) lets it decide; `inline` runs each request on the submitting thread; io_uring and AIO run no workers and say so in their capabilities",
     ),
     (
         "ENGINE_STRICT",
@@ -84,6 +84,15 @@ impl Settings {
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
         valid_backends: &[&str],
     ) -> Result<Settings> {
+        Settings::parse_with(vars, valid_backends, &crate::BUILTIN_BACKENDS)
+    }
+
+    /// As [`Settings::parse`], with `auto` standing for `auto_order` inside a list.
+    fn parse_with<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+        valid_backends: &[&str],
+        auto_order: &[&str],
+    ) -> Result<Settings> {
         let mut settings = Settings {
             choice: Choice::Auto,
             config: EngineConfig::default(),
@@ -93,7 +102,7 @@ impl Settings {
             match name {
                 "ENGINE_BACKEND" => {
                     settings.requested = format!("ENGINE_BACKEND={value}");
-                    settings.choice = parse_backend(value, valid_backends)?;
+                    settings.choice = parse_backend(value, valid_backends, auto_order)?;
                 }
                 "ENGINE_QUEUE_DEPTH" => {
                     settings.config.queue_depth =
@@ -164,21 +173,29 @@ fn bytes(name: &str, value: &str) -> Result<usize> {
     }
 }
 
-fn parse_backend(value: &str, valid: &[&str]) -> Result<Choice> {
+/// `auto`, one name, or a comma list in which `auto` stands for the built-in order (so
+/// `sync,auto` tries sync first, then the others).
+fn parse_backend(value: &str, valid: &[&str], auto_order: &[&str]) -> Result<Choice> {
     let value = value.trim();
     if value.is_empty() || value == "auto" {
         return Ok(Choice::Auto);
     }
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for name in value.split(',').map(str::trim) {
-        if !valid.contains(&name) {
+        let expanded: &[&str] = if name == "auto" {
+            auto_order
+        } else if valid.contains(&name) {
+            std::slice::from_ref(&name)
+        } else {
             return Err(invalid(format!(
                 "ENGINE_BACKEND={value:?}: unknown backend {name:?}; valid backends are auto, {}",
                 valid.join(", ")
             )));
-        }
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
+        };
+        for name in expanded {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
         }
     }
     Ok(Choice::List(names))
@@ -219,6 +236,23 @@ mod tests {
         assert_eq!(
             (s.config.queue_depth, s.config.threads, s.config.strict),
             (64, 8, true)
+        );
+    }
+
+    #[test]
+    fn auto_inside_a_list_is_the_builtin_order() {
+        let s = Settings::parse_with([("ENGINE_BACKEND", "auto,sync")], VALID, VALID)
+            .expect("auto is valid in a list");
+        assert_eq!(
+            s.choice,
+            Choice::List(vec!["uring".into(), "aio".into(), "sync".into()])
+        );
+        let s =
+            Settings::parse_with([("ENGINE_BACKEND", "sync, auto")], VALID, VALID).expect("valid");
+        assert_eq!(
+            s.choice,
+            Choice::List(vec!["sync".into(), "uring".into(), "aio".into()]),
+            "sync first, then the rest of the built-in order"
         );
     }
 

@@ -2,16 +2,21 @@
 
 mod env;
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Mutex;
 
-pub use engine_core as core;
 pub use engine_core::{
-    block_on, registry, AlignedBuf, Capabilities, Completion, Diagnosis, DynEngine, EngineConfig,
-    EngineExt, Error, ErrorKind, File, Geometry, IoBuf, IoBufMut, MetricsSnapshot, OpKind,
-    OpenOptions, Outcome, PageAllocator, PagePool, Plugin, PoolConfig, Probe, Queue, Request,
-    Result, SelectionReport,
+    block_on, join_all, registry, AlignTarget, AlignedBuf, Backend, BackendExt, Capabilities,
+    Completion, DynBackend, EngineConfig, Error, ErrorKind, File, FileRef, Geometry,
+    GeometrySource, IoBuf, IoBufMut, MetricsSnapshot, Misalignment, Op, OpMetrics, OpenOptions,
+    PageAllocator, PagePool, PoolConfig, PoolStats, Queue, Request, Result, Support, IO_BYTES_MAX,
 };
 pub use env::{Choice, Settings, VARIABLES};
+
+/// Test switches (the fault hook, simulated setup failures, the counting allocator).
+#[cfg(feature = "testing")]
+pub use engine_core::testing;
 
 /// The Linux AIO backend's crate, for its own types.
 #[cfg(feature = "aio")]
@@ -23,113 +28,111 @@ pub use engine_sync as sync;
 #[cfg(feature = "uring")]
 pub use engine_uring as uring;
 
-use engine_core::{Engine as CoreEngine, Op};
+use engine_core::registry::{Diagnosis, Outcome, Plugin, Probe, SelectionReport};
 
 /// The built-in backends, in the order `auto` tries them.
 pub const BUILTIN_BACKENDS: [&str; 3] = ["uring", "aio", "sync"];
 
 /// The backend behind an [`Engine`]: one variant per compiled-in backend, so the built-in
 /// path dispatches with a match and allocates nothing, plus one for registered plugins.
-pub enum Backend {
-    /// The io_uring backend.
+enum Inner {
     #[cfg(feature = "uring")]
     Uring(engine_uring::UringEngine),
-    /// The Linux AIO backend.
     #[cfg(feature = "aio")]
     Aio(engine_aio::AioEngine),
-    /// The pread/pwrite backend.
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncEngine),
-    /// A third-party backend from the registry.
-    Plugin(Box<dyn DynEngine>),
-}
-
-/// The queue of an [`Engine`]'s backend.
-// Queues are made once per thread and used on the hot path: an inline variant saves a pointer
-// chase per request, which matters more than the enum's size.
-#[allow(clippy::large_enum_variant)]
-pub enum EngineQueue {
-    /// The io_uring backend's queue.
-    #[cfg(feature = "uring")]
-    Uring(engine_uring::UringQueue),
-    /// The Linux AIO backend's queue.
-    #[cfg(feature = "aio")]
-    Aio(engine_aio::AioQueue),
-    /// The sync backend's queue.
-    #[cfg(feature = "sync")]
-    Sync(engine_sync::SyncQueue),
-    /// A plugin's queue.
-    Plugin(Box<dyn Queue + Send>),
-}
-
-/// An engine chosen at build time or run time, with the report of how it was chosen.
-///
-/// It implements [`engine_core::Engine`], so everything in [`EngineExt`] works on it.
-pub struct Engine {
-    backend: Backend,
-    report: SelectionReport,
+    Plugin(Box<dyn DynBackend>),
 }
 
 /// Runs `$body` with `$e` bound to the backend engine, whatever its type.
 macro_rules! dispatch {
-    ($backend:expr, $e:ident => $body:expr) => {
-        match $backend {
+    ($inner:expr, $e:ident => $body:expr) => {
+        match $inner {
             #[cfg(feature = "uring")]
-            Backend::Uring($e) => $body,
+            Inner::Uring($e) => $body,
             #[cfg(feature = "aio")]
-            Backend::Aio($e) => $body,
+            Inner::Aio($e) => $body,
             #[cfg(feature = "sync")]
-            Backend::Sync($e) => $body,
-            Backend::Plugin($e) => $body,
+            Inner::Sync($e) => $body,
+            Inner::Plugin($e) => $body,
         }
     };
 }
 
+/// An engine chosen at build time or run time, with the report of how it was chosen.
+///
+/// Everything a caller needs is an inherent method: open files, read and write them (async,
+/// or through a per-thread [`Engine::queue`]), sync them. Generic code can take any
+/// [`Backend`] instead; this type is one.
+pub struct Engine {
+    inner: Inner,
+    report: SelectionReport,
+    /// Devices already noted in the report for lacking NOWAIT support.
+    nowait_noted: Mutex<Vec<u64>>,
+    observations: Mutex<Vec<String>>,
+}
+
+/// The per-thread queue of an [`Engine`]'s backend. See [`Queue`].
+pub struct EngineQueue(QueueInner);
+
+// Queues are made once per thread and used on the hot path: an inline variant saves a pointer
+// chase per request, which matters more than the enum's size.
+#[allow(clippy::large_enum_variant)]
+enum QueueInner {
+    #[cfg(feature = "uring")]
+    Uring(engine_uring::UringQueue),
+    #[cfg(feature = "aio")]
+    Aio(engine_aio::AioQueue),
+    #[cfg(feature = "sync")]
+    Sync(engine_sync::SyncQueue),
+    Plugin(Box<dyn Queue + Send>),
+}
+
 /// What one attempt to use a backend came to.
 enum Attempted {
-    Built(Backend, String),
+    Built(Inner, String),
     Unavailable(Diagnosis),
     Failed(Error),
     NotCompiled(String),
 }
 
+/// Probes `plugin`, then builds it with `build`.
+fn probe_then(
+    plugin: &dyn Plugin,
+    config: &EngineConfig,
+    build: impl FnOnce() -> Result<Inner>,
+) -> Attempted {
+    match plugin.probe(config) {
+        Probe::Available(detail) => match build() {
+            Ok(inner) => Attempted::Built(inner, detail),
+            Err(error) => Attempted::Failed(error),
+        },
+        Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
+    }
+}
+
 fn attempt(name: &str, config: &EngineConfig) -> Attempted {
     match name {
         #[cfg(feature = "uring")]
-        "uring" => match engine_uring::UringPlugin.probe(config) {
-            Probe::Available(detail) => match engine_uring::UringEngine::new(config.clone()) {
-                Ok(engine) => Attempted::Built(Backend::Uring(engine), detail),
-                Err(error) => Attempted::Failed(error),
-            },
-            Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
-        },
+        "uring" => probe_then(&engine_uring::UringPlugin, config, || {
+            engine_uring::UringEngine::new(config.clone()).map(Inner::Uring)
+        }),
         #[cfg(feature = "aio")]
-        "aio" => match engine_aio::AioPlugin.probe(config) {
-            Probe::Available(detail) => match engine_aio::AioEngine::new(config.clone()) {
-                Ok(engine) => Attempted::Built(Backend::Aio(engine), detail),
-                Err(error) => Attempted::Failed(error),
-            },
-            Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
-        },
+        "aio" => probe_then(&engine_aio::AioPlugin, config, || {
+            engine_aio::AioEngine::new(config.clone()).map(Inner::Aio)
+        }),
         #[cfg(feature = "sync")]
-        "sync" => match engine_sync::SyncPlugin.probe(config) {
-            Probe::Available(detail) => match engine_sync::SyncEngine::new(config.clone()) {
-                Ok(engine) => Attempted::Built(Backend::Sync(engine), detail),
-                Err(error) => Attempted::Failed(error),
-            },
-            Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
-        },
+        "sync" => probe_then(&engine_sync::SyncPlugin, config, || {
+            engine_sync::SyncEngine::new(config.clone()).map(Inner::Sync)
+        }),
         builtin if BUILTIN_BACKENDS.contains(&builtin) => Attempted::NotCompiled(format!(
             "this build has no `{builtin}` backend (cargo feature `{builtin}`)"
         )),
         other => match registry::plugin(other) {
-            Some(plugin) => match plugin.probe(config) {
-                Probe::Available(detail) => match plugin.create(config) {
-                    Ok(engine) => Attempted::Built(Backend::Plugin(engine), detail),
-                    Err(error) => Attempted::Failed(error),
-                },
-                Probe::Unavailable(diagnosis) => Attempted::Unavailable(diagnosis),
-            },
+            Some(plugin) => probe_then(&*plugin, config, || {
+                plugin.create(config).map(Inner::Plugin)
+            }),
             None => Attempted::Failed(Error::new(
                 ErrorKind::NotFound,
                 Op::Setup,
@@ -189,20 +192,19 @@ impl Engine {
         let mut report = SelectionReport::new(settings.requested.clone());
         for name in &names {
             match attempt(name, &settings.config) {
-                Attempted::Built(backend, detail) => {
-                    let engine = Engine {
-                        backend,
-                        report: SelectionReport::default(),
-                    };
-                    // What the backend set up, such as registered buffers (or why not).
-                    let detail = match &engine.capabilities().registered_buffers {
-                        Some(buffers) => format!("{detail}; buffers {buffers}"),
-                        None => detail,
-                    };
-                    let backend = engine.into_backend();
-                    report.push(name, Outcome::Chosen(detail));
+                Attempted::Built(inner, detail) => {
+                    // What the backend set up (registered buffers, or why not), from its notes.
+                    let notes = dispatch!(&inner, e => Backend::capabilities(e))
+                        .notes
+                        .join("; ");
+                    report.push(name, Outcome::Chosen(format!("{detail}; {notes}")));
                     tracing::info!(backend = %name, "engine selected");
-                    return Ok(Engine { backend, report });
+                    return Ok(Engine {
+                        inner,
+                        report,
+                        nowait_noted: Mutex::new(Vec::new()),
+                        observations: Mutex::new(Vec::new()),
+                    });
                 }
                 Attempted::Unavailable(diagnosis) => {
                     tracing::warn!(backend = %name, %diagnosis, "backend unavailable, trying the next");
@@ -246,83 +248,194 @@ impl Engine {
         names
     }
 
-    /// How the backend was chosen: every candidate, what its probe found, and the choice.
+    /// How the backend was chosen: every candidate, what its probe found, the choice, and
+    /// what the engine noticed since (for example files on devices without NOWAIT support).
     /// Its `Display` form is for people.
-    pub fn report(&self) -> &SelectionReport {
-        &self.report
-    }
-
-    fn into_backend(self) -> Backend {
-        self.backend
-    }
-
-    /// The backend, for callers who want its own API.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn report(&self) -> SelectionReport {
+        let mut report = self.report.clone();
+        report.observations = lock(&self.observations).clone();
+        report
     }
 
     /// The backend's name.
     pub fn name(&self) -> &'static str {
-        dispatch!(&self.backend, e => CoreEngine::name(e))
+        dispatch!(&self.inner, e => Backend::name(e))
     }
 
-    /// See [`engine_core::Engine::capabilities`].
+    /// What the backend can do.
     pub fn capabilities(&self) -> &Capabilities {
-        dispatch!(&self.backend, e => CoreEngine::capabilities(e))
+        dispatch!(&self.inner, e => Backend::capabilities(e))
     }
 
-    /// See [`engine_core::Engine::open`].
+    /// Opens a file; its geometry is probed and validation uses it from then on.
     ///
     /// # Errors
     ///
-    /// As [`engine_core::Engine::open`].
+    /// As [`Backend::open`].
     pub fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        dispatch!(&self.backend, e => CoreEngine::open(e, path, options))
-    }
-
-    /// See [`engine_core::Engine::close`].
-    ///
-    /// # Errors
-    ///
-    /// As [`engine_core::Engine::close`].
-    pub fn close(&self, file: &File) -> Result<()> {
-        dispatch!(&self.backend, e => CoreEngine::close(e, file))
-    }
-
-    /// See [`engine_core::Engine::queue`].
-    ///
-    /// # Errors
-    ///
-    /// As [`engine_core::Engine::queue`].
-    pub fn queue(&self) -> Result<EngineQueue> {
-        match &self.backend {
-            #[cfg(feature = "uring")]
-            Backend::Uring(e) => CoreEngine::queue(e).map(EngineQueue::Uring),
-            #[cfg(feature = "aio")]
-            Backend::Aio(e) => CoreEngine::queue(e).map(EngineQueue::Aio),
-            #[cfg(feature = "sync")]
-            Backend::Sync(e) => CoreEngine::queue(e).map(EngineQueue::Sync),
-            Backend::Plugin(e) => CoreEngine::queue(e).map(EngineQueue::Plugin),
+        let file = dispatch!(&self.inner, e => Backend::open(e, path, options))?;
+        if file.geometry().nowait == Support::Unsupported {
+            self.note_no_nowait(&file);
         }
+        Ok(file)
     }
 
-    /// See [`engine_core::Engine::metrics`].
+    /// Records, once per device, that files on it take no non-blocking reads.
+    fn note_no_nowait(&self, file: &File) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let Ok(meta) = std::fs::metadata(file.path()) else {
+            return;
+        };
+        let device = if meta.file_type().is_block_device() {
+            meta.rdev()
+        } else {
+            meta.dev()
+        };
+        let mut noted = lock(&self.nowait_noted);
+        if noted.contains(&device) {
+            return;
+        }
+        noted.push(device);
+        drop(noted);
+        let what = match self.name() {
+            "uring" => "io_uring hands every request on it to kernel worker threads",
+            "sync" => "reads cannot be tried on the submitting thread first, so each goes to the worker pool",
+            _ => "requests on it cannot be tried without blocking",
+        };
+        let note = format!(
+            "device {}:{} (of {}) has no NOWAIT support: {what}",
+            major(device),
+            minor(device),
+            file.path().display()
+        );
+        tracing::warn!(%note, "device without NOWAIT support");
+        lock(&self.observations).push(note);
+    }
+
+    /// Closes a file handle: later requests on it fail with [`ErrorKind::BadFile`]. Closing
+    /// never syncs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::close`].
+    pub fn close(&self, file: &File) -> Result<()> {
+        dispatch!(&self.inner, e => Backend::close(e, file))
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at or past end of file)
+    /// and the buffer, whose length becomes the count.
+    pub fn read_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<usize>, AlignedBuf)> + Send + 'a {
+        BackendExt::read_at(self, file, offset, buf)
+    }
+
+    /// Writes `buf` at `offset`; returns the count, which may be short, and the buffer.
+    pub fn write_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<usize>, AlignedBuf)> + Send + 'a {
+        BackendExt::write_at(self, file, offset, buf)
+    }
+
+    /// Fills the whole buffer from `offset`. See [`BackendExt::read_exact_at`].
+    pub fn read_exact_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + 'a {
+        BackendExt::read_exact_at(self, file, offset, buf)
+    }
+
+    /// Writes the whole buffer at `offset`. See [`BackendExt::write_all_at`].
+    pub fn write_all_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + 'a {
+        BackendExt::write_all_at(self, file, offset, buf)
+    }
+
+    /// `fdatasync`: makes every write that completed before this call durable.
+    pub fn sync_data<'a>(&'a self, file: &'a File) -> impl Future<Output = Result<()>> + Send + 'a {
+        BackendExt::sync_data(self, file)
+    }
+
+    /// `fsync`: as [`Engine::sync_data`], plus all metadata.
+    pub fn sync_all<'a>(&'a self, file: &'a File) -> impl Future<Output = Result<()>> + Send + 'a {
+        BackendExt::sync_all(self, file)
+    }
+
+    /// Submits one request; resolves to its completion. See [`Backend::submit`].
+    pub fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
+        Backend::submit(self, request)
+    }
+
+    /// Submits every request at once; one completion per request, in order.
+    pub fn submit_batch(
+        &self,
+        requests: Vec<Request>,
+    ) -> impl Future<Output = Vec<Completion>> + Send + '_ {
+        BackendExt::submit_batch(self, requests)
+    }
+
+    /// Creates a per-thread queue of the engine's queue depth.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::queue`].
+    pub fn queue(&self) -> Result<EngineQueue> {
+        let inner = match &self.inner {
+            #[cfg(feature = "uring")]
+            Inner::Uring(e) => Backend::queue(e).map(QueueInner::Uring),
+            #[cfg(feature = "aio")]
+            Inner::Aio(e) => Backend::queue(e).map(QueueInner::Aio),
+            #[cfg(feature = "sync")]
+            Inner::Sync(e) => Backend::queue(e).map(QueueInner::Sync),
+            Inner::Plugin(e) => Backend::queue(e).map(QueueInner::Plugin),
+        };
+        inner.map(EngineQueue)
+    }
+
+    /// A copy of the counters.
     pub fn metrics(&self) -> MetricsSnapshot {
-        dispatch!(&self.backend, e => CoreEngine::metrics(e))
+        dispatch!(&self.inner, e => Backend::metrics(e))
     }
 
-    /// See [`engine_core::Engine::pool`].
+    /// The page pool the backend registered with the kernel, if any. See [`Backend::pool`].
     pub fn pool(&self) -> Option<&PagePool> {
-        dispatch!(&self.backend, e => CoreEngine::pool(e))
+        dispatch!(&self.inner, e => Backend::pool(e))
     }
 
-    /// See [`engine_core::Engine::shutdown`].
+    /// Stops accepting requests, completes everything in flight and joins the backend's
+    /// threads. Idempotent; dropping the engine does it too.
     pub fn shutdown(&self) {
-        dispatch!(&self.backend, e => CoreEngine::shutdown(e))
+        dispatch!(&self.inner, e => Backend::shutdown(e))
     }
 }
 
-impl engine_core::Engine for Engine {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    engine_core::raw::lock(mutex)
+}
+
+/// The major number of a Linux device number (glibc's `gnu_dev_major`).
+fn major(device: u64) -> u64 {
+    ((device >> 8) & 0xfff) | ((device >> 32) & !0xfff)
+}
+
+/// The minor number of a Linux device number (glibc's `gnu_dev_minor`).
+fn minor(device: u64) -> u64 {
+    (device & 0xff) | ((device >> 12) & !0xff)
+}
+
+impl Backend for Engine {
     type Queue = EngineQueue;
 
     fn name(&self) -> &'static str {
@@ -338,7 +451,7 @@ impl engine_core::Engine for Engine {
         Engine::close(self, file)
     }
     async fn submit(&self, request: Request) -> Completion {
-        dispatch!(&self.backend, e => CoreEngine::submit(e, request).await)
+        dispatch!(&self.inner, e => Backend::submit(e, request).await)
     }
     fn queue(&self) -> Result<EngineQueue> {
         Engine::queue(self)
@@ -359,34 +472,43 @@ macro_rules! dispatch_queue {
     ($queue:expr, $q:ident => $body:expr) => {
         match $queue {
             #[cfg(feature = "uring")]
-            EngineQueue::Uring($q) => $body,
+            QueueInner::Uring($q) => $body,
             #[cfg(feature = "aio")]
-            EngineQueue::Aio($q) => $body,
+            QueueInner::Aio($q) => $body,
             #[cfg(feature = "sync")]
-            EngineQueue::Sync($q) => $body,
-            EngineQueue::Plugin($q) => $body,
+            QueueInner::Sync($q) => $body,
+            QueueInner::Plugin($q) => $body,
         }
     };
 }
 
 impl Queue for EngineQueue {
     fn depth(&self) -> usize {
-        dispatch_queue!(self, q => q.depth())
+        dispatch_queue!(&self.0, q => q.depth())
     }
     fn in_flight(&self) -> usize {
-        dispatch_queue!(self, q => q.in_flight())
+        dispatch_queue!(&self.0, q => q.in_flight())
     }
     fn push(&mut self, request: Request) -> std::result::Result<(), Request> {
-        dispatch_queue!(self, q => q.push(request))
+        dispatch_queue!(&mut self.0, q => q.push(request))
     }
     fn submit(&mut self) -> Result<usize> {
-        dispatch_queue!(self, q => q.submit())
+        dispatch_queue!(&mut self.0, q => q.submit())
     }
-    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        dispatch_queue!(self, q => q.poll(out))
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
+        dispatch_queue!(&mut self.0, q => q.poll(out))
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
-        dispatch_queue!(self, q => q.wait(min, out))
+        dispatch_queue!(&mut self.0, q => q.wait(min, out))
+    }
+}
+
+impl std::fmt::Debug for EngineQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineQueue")
+            .field("depth", &self.depth())
+            .field("in_flight", &self.in_flight())
+            .finish()
     }
 }
 

@@ -1,27 +1,44 @@
 //! When io_uring cannot run, `auto` falls back with the diagnosis in the report, and asking
-//! for exactly `uring` fails with it. One test function: it changes process-wide state (the
-//! simulated setup failure, and for real the `kernel.io_uring_disabled` sysctl).
+//! for exactly `uring` fails with it. Setup failures are simulated through the
+//! configuration's test switches, and produced for real (as root) with the
+//! `kernel.io_uring_disabled` and `fs.aio-max-nr` sysctls. One test function: the sysctls are
+//! process-wide.
 
 #![cfg(all(feature = "uring", feature = "aio"))]
 
-use engine::{Choice, Engine, EngineConfig, ErrorKind, Outcome, Settings};
+use engine::registry::Outcome;
+use engine::{Choice, Engine, EngineConfig, ErrorKind, Settings};
 
-fn settings(choice: Choice) -> Settings {
+/// Settings for `choice` whose setups fail as `failing` says (backend, errno).
+fn settings_failing(choice: Choice, failing: &[(&'static str, i32)]) -> Settings {
+    let mut config = EngineConfig::default();
+    config.testing.setup_errno = failing.to_vec();
     Settings {
         requested: format!("{choice:?}"),
         choice,
-        config: EngineConfig::default(),
+        config,
     }
 }
 
-fn assert_falls_back(errno: i32, cause: &str) {
-    assert_backend_falls_back("uring", 0, errno, cause);
+fn settings(choice: Choice) -> Settings {
+    settings_failing(choice, &[])
 }
 
-/// `backend`, attempt number `index` under `auto`, is unavailable with `errno` and `cause`,
-/// and asking for exactly it fails with the same diagnosis.
-fn assert_backend_falls_back(backend: &str, index: usize, errno: i32, cause: &str) {
-    let engine = Engine::from_settings(settings(Choice::Auto)).expect("auto falls back");
+fn assert_falls_back(failing: &[(&'static str, i32)], errno: i32, cause: &str) {
+    assert_backend_falls_back(failing, "uring", 0, errno, cause);
+}
+
+/// With `failing`, `backend` (attempt number `index` under `auto`) is unavailable with `errno`
+/// and `cause`, and asking for exactly it fails with the same diagnosis.
+fn assert_backend_falls_back(
+    failing: &[(&'static str, i32)],
+    backend: &str,
+    index: usize,
+    errno: i32,
+    cause: &str,
+) {
+    let engine =
+        Engine::from_settings(settings_failing(Choice::Auto, failing)).expect("auto falls back");
     let report = engine.report();
     assert_ne!(engine.name(), backend, "{report}");
     let attempt = &report.attempts[index];
@@ -37,7 +54,10 @@ fn assert_backend_falls_back(backend: &str, index: usize, errno: i32, cause: &st
     assert!(!diagnosis.remedy.is_empty(), "a remedy: {report}");
     assert!(report.to_string().contains("remedy:"), "printed: {report}");
 
-    let only = Engine::from_settings(settings(Choice::List(vec![backend.into()])));
+    let only = Engine::from_settings(settings_failing(
+        Choice::List(vec![backend.into()]),
+        failing,
+    ));
     let error = only.expect_err("exactly the unavailable backend must fail");
     assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
     assert!(
@@ -50,16 +70,12 @@ const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
 
 #[test]
 fn unavailable_io_uring_falls_back_with_a_diagnosis() {
-    if Engine::with_backend("uring", EngineConfig::default()).is_err() {
-        println!("skipped: io_uring is genuinely unavailable here, so the fallback is covered by every other test");
-        return;
+    if let Err(e) = Engine::with_backend("uring", EngineConfig::default()) {
+        panic!("this test needs io_uring and Linux AIO to run for real here: {e}");
     }
     // Simulated: a seccomp-style EPERM and a kernel without io_uring.
-    engine::uring::simulate_setup_failure(Some(libc_eperm()));
-    assert_falls_back(libc_eperm(), "seccomp");
-    engine::uring::simulate_setup_failure(Some(38));
-    assert_falls_back(38, "no io_uring");
-    engine::uring::simulate_setup_failure(None);
+    assert_falls_back(&[("uring", libc::EPERM)], libc::EPERM, "seccomp");
+    assert_falls_back(&[("uring", libc::ENOSYS)], libc::ENOSYS, "no io_uring");
     assert_eq!(
         Engine::from_settings(settings(Choice::Auto))
             .expect("auto")
@@ -71,7 +87,7 @@ fn unavailable_io_uring_falls_back_with_a_diagnosis() {
     match std::fs::read_to_string(SYSCTL) {
         Ok(old) if std::fs::write(SYSCTL, "2").is_ok() => {
             let _restore = Restore(SYSCTL, old);
-            assert_falls_back(libc_eperm(), "kernel.io_uring_disabled=2");
+            assert_falls_back(&[], libc::EPERM, "kernel.io_uring_disabled=2");
         }
         Ok(_) => println!("real sysctl check skipped: cannot write {SYSCTL} (not root)"),
         Err(e) => println!("real sysctl check skipped: {SYSCTL}: {e} (kernel before 6.6)"),
@@ -79,15 +95,24 @@ fn unavailable_io_uring_falls_back_with_a_diagnosis() {
     assert_eq!(auto_name(), "uring", "restored");
 
     // With io_uring blocked, AIO is next; block it too and sync is chosen, with both reasons.
-    engine::uring::simulate_setup_failure(Some(libc_eperm()));
-    assert_eq!(auto_name(), "aio");
-    engine::aio::simulate_setup_failure(Some(EAGAIN));
-    assert_backend_falls_back("aio", 1, EAGAIN, "fs.aio-max-nr is exhausted");
-    let engine = Engine::from_settings(settings(Choice::Auto)).expect("auto");
+    let uring_blocked = [("uring", libc::EPERM)];
+    let engine =
+        Engine::from_settings(settings_failing(Choice::Auto, &uring_blocked)).expect("auto");
+    assert_eq!(engine.name(), "aio", "{}", engine.report());
+    drop(engine);
+    let both_blocked = [("uring", libc::EPERM), ("aio", libc::EAGAIN)];
+    assert_backend_falls_back(
+        &both_blocked,
+        "aio",
+        1,
+        libc::EAGAIN,
+        "fs.aio-max-nr is exhausted",
+    );
+    let engine =
+        Engine::from_settings(settings_failing(Choice::Auto, &both_blocked)).expect("auto");
     assert_eq!(engine.name(), "sync", "{}", engine.report());
     assert_eq!(engine.report().attempts.len(), 3, "{}", engine.report());
     drop(engine);
-    engine::aio::simulate_setup_failure(None);
 
     // For real: exhaust fs.aio-max-nr (root only) and AIO must explain it.
     match (
@@ -96,15 +121,19 @@ fn unavailable_io_uring_falls_back_with_a_diagnosis() {
     ) {
         (Ok(old), Ok(nr)) if std::fs::write(AIO_MAX, nr.trim()).is_ok() => {
             let _restore = Restore(AIO_MAX, old);
-            assert_backend_falls_back("aio", 1, EAGAIN, "fs.aio-max-nr is exhausted");
+            assert_backend_falls_back(
+                &uring_blocked,
+                "aio",
+                1,
+                libc::EAGAIN,
+                "fs.aio-max-nr is exhausted",
+            );
         }
         _ => println!("real aio-max-nr check skipped: cannot write {AIO_MAX} (not root)"),
     }
-    engine::uring::simulate_setup_failure(None);
     assert_eq!(auto_name(), "uring", "restored");
 }
 
-const EAGAIN: i32 = 11;
 const AIO_MAX: &str = "/proc/sys/fs/aio-max-nr";
 const AIO_NR: &str = "/proc/sys/fs/aio-nr";
 
@@ -121,8 +150,4 @@ impl Drop for Restore {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0, &self.1);
     }
-}
-
-fn libc_eperm() -> i32 {
-    1
 }

@@ -1,7 +1,8 @@
 //! `Engine::from_env()` against the real process environment. One test function, so no other
 //! test in this binary races on the variables.
 
-use engine::{Engine, ErrorKind, Outcome};
+use engine::registry::Outcome;
+use engine::{Engine, ErrorKind};
 
 fn clear() {
     for (name, _) in std::env::vars() {
@@ -30,7 +31,7 @@ fn from_env_selects_explains_and_rejects() {
     std::env::set_var("ENGINE_THREADS", "3");
     let engine = Engine::from_env().expect("sync is always available");
     assert_eq!(engine.name(), "sync");
-    assert_eq!(engine.capabilities().queue_depth, 16);
+    assert_eq!(engine.capabilities().queue_depth_max, 16);
     assert_eq!(engine.capabilities().threads, 3);
     let report = engine.report();
     assert_eq!(report.requested, "ENGINE_BACKEND=sync");

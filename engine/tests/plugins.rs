@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use engine::registry::{Diagnosis, Outcome, Plugin, Probe};
 use engine::{
-    block_on, AlignedBuf, Diagnosis, DynEngine, Engine, EngineConfig, EngineExt, ErrorKind,
-    OpenOptions, Outcome, Plugin, Probe, Settings,
+    block_on, AlignedBuf, DynBackend, Engine, EngineConfig, ErrorKind, OpenOptions, Settings,
 };
 
 /// A plugin that is never available, with a diagnosis.
@@ -16,12 +16,12 @@ impl Plugin for Never {
     }
     fn probe(&self, _: &EngineConfig) -> Probe {
         Probe::Unavailable(Diagnosis {
-            errno: Some(libc_eperm()),
+            errno: Some(libc::EPERM),
             cause: "blocked by the test".into(),
             remedy: "use another backend".into(),
         })
     }
-    fn create(&self, _: &EngineConfig) -> engine::Result<Box<dyn DynEngine>> {
+    fn create(&self, _: &EngineConfig) -> engine::Result<Box<dyn DynBackend>> {
         panic!("create must not be called when the probe says unavailable")
     }
 }
@@ -36,13 +36,9 @@ impl Plugin for Wrapped {
     fn probe(&self, _: &EngineConfig) -> Probe {
         Probe::Available("the sync backend in disguise".into())
     }
-    fn create(&self, config: &EngineConfig) -> engine::Result<Box<dyn DynEngine>> {
+    fn create(&self, config: &EngineConfig) -> engine::Result<Box<dyn DynBackend>> {
         Ok(Box::new(engine::sync::SyncEngine::new(config.clone())?))
     }
-}
-
-fn libc_eperm() -> i32 {
-    1
 }
 
 #[test]

@@ -1,17 +1,17 @@
-//! The engine trait every backend implements, its object-safe twin for plugins, and the
-//! extension trait with the conveniences written once for all backends.
+//! The trait every backend implements ([`Backend`]), its object-safe twin for plugins
+//! ([`DynBackend`]), and the conveniences written once for all backends ([`BackendExt`]).
 
 use std::future::Future;
 use std::path::Path;
 
 use crate::buf::AlignedBuf;
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::executor::join_all;
 use crate::file::{File, OpenOptions};
 use crate::metrics::MetricsSnapshot;
 use crate::pool::PagePool;
 use crate::queue::Queue;
-use crate::request::{Completion, OpKind, Request};
+use crate::request::{Completion, Request};
 
 /// What a backend can do and how, stated honestly so that callers and tests can gate on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,25 +19,36 @@ pub struct Capabilities {
     /// The backend's registry name.
     pub backend: &'static str,
     /// Requests in flight at most through the async API.
-    pub queue_depth: usize,
+    pub queue_depth_max: usize,
     /// Worker threads the backend runs (0 when it runs none).
     pub threads: usize,
-    /// True when every request in flight occupies a worker thread, so queue depth beyond
-    /// `threads` only queues.
+    /// True when every request that reaches the worker pool occupies a thread while it runs,
+    /// so queue depth beyond `threads` only queues.
     pub op_occupies_thread: bool,
-    /// True when submitting can block the caller's thread (for example buffered Linux AIO).
+    /// True when submitting can block the caller's thread (for example buffered Linux AIO,
+    /// or a backend running requests inline).
     pub submit_may_block: bool,
     /// True when O_DIRECT files are supported.
     pub direct_io: bool,
     /// True when O_DSYNC files are supported.
     pub dsync: bool,
-    /// True when the backend honours [`crate::EngineConfig::fault_hook`].
+    /// True when the backend passes every request through the shared lifecycle, so the
+    /// `testing` feature's fault hook reaches it.
     pub fault_hook: bool,
     /// True when the backend implements strict mode.
     pub strict_mode: bool,
-    /// Whether buffers are registered with the kernel, and if not, why.
-    pub registered_buffers: Option<String>,
-    /// Anything else a user should know, in sentences.
+    /// True when buffers from [`Backend::pool`] are registered with the kernel.
+    pub registered_buffers: bool,
+    /// True when files are registered with the kernel.
+    pub registered_files: bool,
+    /// True when the kernel polls for submissions (io_uring SQPOLL).
+    pub sqpoll: bool,
+    /// True when completions are polled (io_uring IOPOLL).
+    pub iopoll: bool,
+    /// True when the kernel interface is restricted to reads, writes and syncs on registered
+    /// files (io_uring `REGISTER_RESTRICTIONS`).
+    pub restricted: bool,
+    /// Anything else a user should know, in sentences (including why something is off).
     pub notes: Vec<String>,
 }
 
@@ -45,9 +56,9 @@ pub struct Capabilities {
 ///
 /// Implementations keep the ten-point contract in the crate documentation; the `conformance`
 /// crate checks it. Buffers go in by value and come back in the [`Completion`]. Futures are
-/// woken by the engine itself, so they complete under any executor, including
-/// [`crate::block_on`].
-pub trait Engine: Send + Sync {
+/// woken by the engine itself, so they complete under any executor, and fastest under
+/// [`crate::block_on`], which lends its thread to the engine while it waits.
+pub trait Backend: Send + Sync {
     /// The per-thread queue type.
     type Queue: Queue + Send + 'static;
 
@@ -61,26 +72,35 @@ pub trait Engine: Send + Sync {
     ///
     /// # Errors
     ///
-    /// As [`OpenOptions::open_std`], and [`ErrorKind::Shutdown`] after shutdown.
+    /// [`crate::ErrorKind::Shutdown`] after shutdown; [`crate::ErrorKind::InvalidInput`] for
+    /// contradictory options; [`crate::ErrorKind::Unsupported`] for O_DIRECT on a filesystem
+    /// without it and for files that cannot seek (FIFOs, sockets, terminals); the OS error
+    /// otherwise.
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File>;
 
-    /// Closes a file handle: later requests on it fail with [`ErrorKind::BadFile`]. Requests in
-    /// flight finish normally. Closing never syncs.
+    /// Closes a file handle: later requests on it fail with [`crate::ErrorKind::BadFile`].
+    /// Requests in flight finish normally. Closing never syncs.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::BadFile`] when the handle is already closed or belongs to another engine.
+    /// [`crate::ErrorKind::BadFile`] when the handle is already closed or belongs to another
+    /// engine.
     fn close(&self, file: &File) -> Result<()>;
 
-    /// Submits one request and resolves to its completion. Never fails to hand the buffer
-    /// back; errors are in [`Completion::result`].
+    /// Submits one request and resolves to its completion, which carries the buffer back.
+    /// Errors are in [`Completion::result`]. Dropping the future does not cancel the request:
+    /// it runs to completion and its buffer is freed then.
+    ///
+    /// The one case a buffer does not come back: the engine's completion path died while the
+    /// kernel held it. It is then leaked, never freed, and the completion carries an empty
+    /// buffer.
     fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_;
 
     /// Creates a per-thread queue of the engine's queue depth.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Shutdown`] after shutdown; backend setup errors.
+    /// [`crate::ErrorKind::Shutdown`] after shutdown; backend setup errors.
     fn queue(&self) -> Result<Self::Queue>;
 
     /// A copy of the counters.
@@ -92,14 +112,14 @@ pub trait Engine: Send + Sync {
         None
     }
 
-    /// Stops accepting requests, completes or cancels everything in flight and joins the
-    /// backend's threads. Later requests fail with [`ErrorKind::Shutdown`]. Idempotent;
-    /// dropping the engine does it too.
+    /// Stops accepting requests, completes everything in flight and joins the backend's
+    /// threads. Later requests fail with [`crate::ErrorKind::Shutdown`]. Idempotent; dropping
+    /// the engine does it too.
     fn shutdown(&self);
 }
 
-/// Conveniences over any [`Engine`], written once.
-pub trait EngineExt: Engine {
+/// Conveniences over any [`Backend`], written once.
+pub trait BackendExt: Backend {
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at or past end of file)
     /// and the buffer, whose length becomes the count.
     fn read_at(
@@ -129,41 +149,49 @@ pub trait EngineExt: Engine {
         async move { self.submit(request).await.result.map(drop) }
     }
 
-    /// `fsync`: as [`EngineExt::sync_data`], plus all metadata.
+    /// `fsync`: as [`BackendExt::sync_data`], plus all metadata.
     fn sync_all(&self, file: &File) -> impl Future<Output = Result<()>> + Send + '_ {
         let request = Request::sync_all(file, 0);
         async move { self.submit(request).await.result.map(drop) }
     }
 
-    /// Fills the whole buffer from `offset`, resubmitting the remainder of short reads.
+    /// Fills the whole buffer from `offset`, resuming short reads inside the engine.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::UnexpectedEof`] when end of file comes first; its message gives the bytes
-    /// read, and the buffer's length is that count.
+    /// [`crate::ErrorKind::UnexpectedEof`] when end of file comes first;
+    /// [`crate::Error::transferred`] gives the bytes read, and the buffer's length is that
+    /// count.
     fn read_exact_at(
         &self,
         file: &File,
         offset: u64,
         buf: AlignedBuf,
     ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + '_ {
-        let file = file.clone();
-        async move { transfer_all(self, OpKind::Read, file, offset, buf).await }
+        let request = Request::read_exact(file, offset, buf, 0);
+        async move {
+            let (result, buf) = split(self.submit(request).await);
+            (result.map(drop), buf)
+        }
     }
 
-    /// Writes the whole buffer at `offset`, resubmitting the remainder of short writes.
+    /// Writes the whole buffer at `offset`, resuming short writes inside the engine.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::WriteZero`] when a write makes no progress; the OS error otherwise.
+    /// [`crate::ErrorKind::WriteZero`] when a write makes no progress; the OS error otherwise
+    /// ([`crate::Error::transferred`] gives the bytes written before it).
     fn write_all_at(
         &self,
         file: &File,
         offset: u64,
         buf: AlignedBuf,
     ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + '_ {
-        let file = file.clone();
-        async move { transfer_all(self, OpKind::Write, file, offset, buf).await }
+        let request = Request::write_all(file, offset, buf, 0);
+        async move {
+            let (result, buf) = split(self.submit(request).await);
+            (result.map(drop), buf)
+        }
     }
 
     /// Submits every request at once and returns one completion per request, in order.
@@ -176,137 +204,85 @@ pub trait EngineExt: Engine {
     }
 }
 
-impl<E: Engine + ?Sized> EngineExt for E {}
+impl<E: Backend + ?Sized> BackendExt for E {}
 
+/// A read's or write's result and buffer. The completion of a read or write always carries a
+/// buffer; an empty one stands in only for a buffer leaked by a dead completion path.
 fn split(completion: Completion) -> (Result<usize>, AlignedBuf) {
     let buf = completion.buf.unwrap_or_else(|| AlignedBuf::empty(1));
     (completion.result, buf)
 }
 
-/// The short-transfer loop: resubmits `buf[done..]` at `offset + done` until all is done.
-async fn transfer_all<E: Engine + ?Sized>(
-    engine: &E,
-    kind: OpKind,
-    file: File,
-    offset: u64,
-    buf: AlignedBuf,
-) -> (Result<()>, AlignedBuf) {
-    let total = buf.len();
-    let mut done = 0usize;
-    let mut buf = buf;
-    // Each round makes progress or stops, so the loop is bounded by `total` rounds.
-    while done < total {
-        let request = Request {
-            kind,
-            file: file.clone(),
-            offset: offset.saturating_add(done as u64),
-            buf: Some(buf),
-            buf_start: done,
-            user_data: 0,
-        };
-        let completion = engine.submit(request).await;
-        let (result, returned) = split(completion);
-        buf = returned;
-        match result {
-            Ok(0) => {
-                let (error_kind, what) = match kind {
-                    OpKind::Read => (ErrorKind::UnexpectedEof, "end of file"),
-                    _ => (ErrorKind::WriteZero, "a write of zero bytes"),
-                };
-                let error = file
-                    .error(error_kind, kind.op())
-                    .with_range(offset, total as u64)
-                    .with_message(format!("{what} after {done} of {total} bytes"));
-                if kind == OpKind::Read {
-                    buf.truncate(done);
-                }
-                return (Err(error), buf);
-            }
-            Ok(n) => {
-                done += n;
-                if kind == OpKind::Read && done < total {
-                    // The read set the length to `done`; restore it to resubmit the rest.
-                    if let Err(e) = buf.resize(total) {
-                        return (Err(e), buf);
-                    }
-                }
-            }
-            Err(error) => return (Err(error), buf),
-        }
-    }
-    (Ok(()), buf)
-}
-
-/// The object-safe form of [`Engine`], for third-party plugins held as trait objects.
-/// Every [`Engine`] is one.
+/// The object-safe form of [`Backend`], for third-party plugins held as trait objects.
+/// Every [`Backend`] is one.
 #[async_trait::async_trait]
-pub trait DynEngine: Send + Sync {
-    /// See [`Engine::name`].
+pub trait DynBackend: Send + Sync {
+    /// See [`Backend::name`].
     fn name(&self) -> &'static str;
-    /// See [`Engine::capabilities`].
+    /// See [`Backend::capabilities`].
     fn capabilities(&self) -> &Capabilities;
-    /// See [`Engine::open`].
+    /// See [`Backend::open`].
     ///
     /// # Errors
     ///
-    /// As [`Engine::open`].
+    /// As [`Backend::open`].
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File>;
-    /// See [`Engine::close`].
+    /// See [`Backend::close`].
     ///
     /// # Errors
     ///
-    /// As [`Engine::close`].
+    /// As [`Backend::close`].
     fn close(&self, file: &File) -> Result<()>;
-    /// See [`Engine::submit`]; allocates one box per request.
+    /// See [`Backend::submit`]; allocates one box per request.
     async fn submit(&self, request: Request) -> Completion;
-    /// See [`Engine::queue`].
+    /// See [`Backend::queue`].
     ///
     /// # Errors
     ///
-    /// As [`Engine::queue`].
+    /// As [`Backend::queue`].
     fn queue(&self) -> Result<Box<dyn Queue + Send>>;
-    /// See [`Engine::metrics`].
+    /// See [`Backend::metrics`].
     fn metrics(&self) -> MetricsSnapshot;
-    /// See [`Engine::pool`].
+    /// See [`Backend::pool`].
     fn pool(&self) -> Option<&PagePool>;
-    /// See [`Engine::shutdown`].
+    /// See [`Backend::shutdown`].
     fn shutdown(&self);
 }
 
 #[async_trait::async_trait]
-impl<E: Engine> DynEngine for E {
+impl<E: Backend> DynBackend for E {
     fn name(&self) -> &'static str {
-        Engine::name(self)
+        Backend::name(self)
     }
     fn capabilities(&self) -> &Capabilities {
-        Engine::capabilities(self)
+        Backend::capabilities(self)
     }
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        Engine::open(self, path, options)
+        Backend::open(self, path, options)
     }
     fn close(&self, file: &File) -> Result<()> {
-        Engine::close(self, file)
+        Backend::close(self, file)
     }
     async fn submit(&self, request: Request) -> Completion {
-        Engine::submit(self, request).await
+        Backend::submit(self, request).await
     }
     fn queue(&self) -> Result<Box<dyn Queue + Send>> {
-        Ok(Box::new(Engine::queue(self)?))
+        Ok(Box::new(Backend::queue(self)?))
     }
     fn metrics(&self) -> MetricsSnapshot {
-        Engine::metrics(self)
+        Backend::metrics(self)
     }
     fn pool(&self) -> Option<&PagePool> {
-        Engine::pool(self)
+        Backend::pool(self)
     }
     fn shutdown(&self) {
-        Engine::shutdown(self)
+        Backend::shutdown(self)
     }
 }
 
-/// A boxed plugin engine is an [`Engine`] too, so the same code (and the conformance suite)
+/// A boxed plugin engine is a [`Backend`] too, so the same code (and the conformance suite)
 /// drives built-in and third-party backends.
-impl Engine for Box<dyn DynEngine> {
+impl Backend for Box<dyn DynBackend> {
     type Queue = Box<dyn Queue + Send>;
 
     fn name(&self) -> &'static str {

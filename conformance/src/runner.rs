@@ -1,0 +1,311 @@
+//! The test runner every conformance binary uses: libtest's command line and output, so
+//! `cargo test -p conformance -- eof` runs only the matching cases and `cargo nextest` can
+//! list and run them one at a time, plus what libtest lacks here: a case can decide at run
+//! time that it cannot run (reported as `ignored` with its reason, never as `ok`), each case
+//! runs on its own thread with a time limit (a hang fails it), and the run ends with one
+//! summary line per group (`conformance: backend=<group> passed=<n> skipped=<n> failed=<n>`).
+//!
+//! (libtest-mimic was the first choice; its 0.8 has no way to ignore a trial at run time.)
+//!
+//! Understood flags: `[FILTER...]`, `--exact`, `--skip FILTER` (repeatable), `--list`,
+//! `--format pretty|terse`, `--ignored`, `--include-ignored`, `--test-threads N`,
+//! `--nocapture`, `--show-output`, `-q`/`--quiet`, `--color WHEN`; others are refused.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How one trial ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It passed.
+    Passed,
+    /// It could not run here; the reason.
+    Skipped(String),
+    /// It failed; the message.
+    Failed(String),
+}
+
+type Body = Box<dyn FnOnce() -> Outcome + Send + 'static>;
+
+/// One named test. Its name is `<group>::<case>`; the group names the summary line.
+pub struct Trial {
+    name: String,
+    group: String,
+    timeout: Duration,
+    body: Body,
+}
+
+impl Trial {
+    /// A trial `group::case` running `body` within `timeout`.
+    pub fn new(
+        group: &str,
+        case: &str,
+        timeout: Duration,
+        body: impl FnOnce() -> Outcome + Send + 'static,
+    ) -> Trial {
+        Trial {
+            name: format!("{group}::{case}"),
+            group: group.to_string(),
+            timeout,
+            body: Box::new(body),
+        }
+    }
+
+    /// The full name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The command line, as libtest takes it.
+#[derive(Debug, Default)]
+struct Args {
+    filters: Vec<String>,
+    skips: Vec<String>,
+    exact: bool,
+    list: bool,
+    terse: bool,
+    ignored_only: bool,
+    quiet: bool,
+    threads: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        threads: std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--exact" => args.exact = true,
+            "--list" => args.list = true,
+            "--ignored" => args.ignored_only = true,
+            "--include-ignored" | "--nocapture" | "--no-capture" | "--show-output" => {}
+            "-q" | "--quiet" => args.quiet = true,
+            "--skip" => args.skips.push(value("--skip")?),
+            "--format" => args.terse = value("--format")? == "terse",
+            "--color" | "-Z" | "--logfile" | "--report-time" => {
+                let _ = value(&flag);
+            }
+            "--test-threads" => {
+                let v = value("--test-threads")?;
+                args.threads = v
+                    .parse()
+                    .map_err(|_| format!("--test-threads {v:?} is not a number"))?;
+            }
+            other if other.starts_with('-') => return Err(format!("unknown flag {other}")),
+            filter => args.filters.push(filter.to_string()),
+        }
+    }
+    args.threads = args.threads.max(1);
+    Ok(args)
+}
+
+impl Args {
+    fn selects(&self, name: &str) -> bool {
+        let matches = |pattern: &String| {
+            if self.exact {
+                name == pattern
+            } else {
+                name.contains(pattern.as_str())
+            }
+        };
+        (self.filters.is_empty() || self.filters.iter().any(matches))
+            && !self.skips.iter().any(matches)
+    }
+}
+
+/// The counts of one group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Trials that passed.
+    pub passed: usize,
+    /// Trials that could not run here, each reported with its reason.
+    pub skipped: usize,
+    /// Trials that failed or hung.
+    pub failed: usize,
+}
+
+/// Runs one trial body on its own thread with a time limit: a body still running after the
+/// limit fails as hung (its thread is left behind).
+fn run_one(trial: Trial) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    let body = trial.body;
+    let spawned = std::thread::Builder::new()
+        .name(trial.name.chars().take(60).collect())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+                .unwrap_or_else(|panic| Outcome::Failed(panic_message(&*panic)));
+            let _ = tx.send(outcome);
+        });
+    if let Err(e) = spawned {
+        return Outcome::Failed(format!("cannot spawn the trial's thread: {e}"));
+    }
+    match rx.recv_timeout(trial.timeout) {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed(format!("hung for more than {:?}", trial.timeout)),
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// Runs the trials the command line selects, prints libtest's output and one summary line per
+/// group, and exits: 0 when nothing failed, 101 otherwise (2 for a bad command line).
+pub fn run(trials: Vec<Trial>) -> ! {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let total = trials.len();
+    // No trial is ignored before it runs: a skip is decided by the case itself.
+    let selected: Vec<Trial> = if args.ignored_only {
+        Vec::new()
+    } else {
+        trials
+            .into_iter()
+            .filter(|t| args.selects(&t.name))
+            .collect()
+    };
+    if args.list {
+        for trial in &selected {
+            println!("{}: test", trial.name);
+        }
+        if !args.terse {
+            println!("\n{} tests, 0 benchmarks", selected.len());
+        }
+        std::process::exit(0);
+    }
+    let filtered_out = total - selected.len();
+    println!("\nrunning {} tests", selected.len());
+    let started = Instant::now();
+    let outcomes = crate::quietly(|| run_all(selected, args.threads, args.quiet));
+    let mut groups: BTreeMap<String, Summary> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut failures = Vec::new();
+    for (name, group, outcome) in outcomes {
+        if !groups.contains_key(&group) {
+            order.push(group.clone());
+        }
+        let summary = groups.entry(group).or_default();
+        match outcome {
+            Outcome::Passed => summary.passed += 1,
+            Outcome::Skipped(_) => summary.skipped += 1,
+            Outcome::Failed(message) => {
+                summary.failed += 1;
+                failures.push((name, message));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures:\n");
+        for (name, message) in &failures {
+            println!("---- {name} ----\n{message}\n");
+        }
+        println!("failures:");
+        for (name, _) in &failures {
+            println!("    {name}");
+        }
+    }
+    println!();
+    for group in &order {
+        println!("{}", groups[group].line(group));
+    }
+    let sum = |f: fn(&Summary) -> usize| groups.values().map(f).sum::<usize>();
+    let (passed, skipped, failed) = (sum(|s| s.passed), sum(|s| s.skipped), sum(|s| s.failed));
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; {skipped} ignored; 0 measured; \
+         {filtered_out} filtered out; finished in {:.2}s\n",
+        if failed == 0 { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stdout().flush();
+    std::process::exit(if failed == 0 { 0 } else { 101 });
+}
+
+/// Runs the trials on `threads` threads, printing one line each as it ends; returns
+/// (name, group, outcome) in the order given.
+fn run_all(trials: Vec<Trial>, threads: usize, quiet: bool) -> Vec<(String, String, Outcome)> {
+    let report = |name: &str, outcome: &Outcome| {
+        let mut out = std::io::stdout().lock();
+        let _ = match (outcome, quiet) {
+            (Outcome::Passed, true) => write!(out, "."),
+            (Outcome::Skipped(_), true) => write!(out, "i"),
+            (Outcome::Failed(_), true) => write!(out, "F"),
+            (Outcome::Passed, false) => writeln!(out, "test {name} ... ok"),
+            (Outcome::Skipped(why), false) => writeln!(out, "test {name} ... ignored, {why}"),
+            (Outcome::Failed(_), false) => writeln!(out, "test {name} ... FAILED"),
+        };
+        let _ = out.flush();
+    };
+    let meta: Vec<(String, String)> = trials
+        .iter()
+        .map(|t| (t.name.clone(), t.group.clone()))
+        .collect();
+    let mut outcomes: Vec<Option<Outcome>> = meta.iter().map(|_| None).collect();
+    let jobs = std::sync::Mutex::new(trials.into_iter().enumerate());
+    let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let jobs = &jobs;
+            scope.spawn(move || loop {
+                let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some((index, trial)) = job else { break };
+                let outcome = run_one(trial);
+                if tx.send((index, outcome)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (index, outcome) in rx {
+            report(&meta[index].0, &outcome);
+            outcomes[index] = Some(outcome);
+        }
+    });
+    meta.into_iter()
+        .zip(outcomes)
+        .map(|((name, group), outcome)| {
+            let outcome = outcome.unwrap_or(Outcome::Failed("never ran".into()));
+            (name, group, outcome)
+        })
+        .collect()
+}
+
+impl Summary {
+    /// The summary line: `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
+    pub fn line(&self, backend: &str) -> String {
+        format!(
+            "conformance: backend={backend} passed={} skipped={} failed={}",
+            self.passed, self.skipped, self.failed
+        )
+    }
+}

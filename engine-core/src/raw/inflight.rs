@@ -1,0 +1,744 @@
+//! One request's life, from admission to its completion, written once for every backend:
+//! validation before anything is claimed ([`validate`]), admission ([`InFlight::admit`]), the
+//! fault-hook gate before each submission ([`InFlight::next`]), what the kernel is asked to do
+//! ([`InFlight::io`]) and the settle path that turns each kernel result into a resubmission
+//! (EINTR/EAGAIN, the rest of an exact transfer) or the completion (errno mapping, poisoning,
+//! buffer length, metrics).
+
+use std::time::Instant;
+
+use crate::buf::AlignedBuf;
+use crate::error::{AlignTarget, Error, ErrorKind, Misalignment, Op, Result};
+use crate::file::File;
+use crate::raw::common::Common;
+use crate::request::{Completion, Request};
+
+/// The most retries of one submission on EINTR/EAGAIN before the errno is returned. Real
+/// EINTR/EAGAIN on files are rare and short-lived; the bound keeps a pathological device (or a
+/// fault hook that always fails) from spinning forever.
+pub const RETRIES_MAX: u32 = 64;
+
+/// Returns true for errnos the engine retries itself (contract point 3): `EINTR`, `EAGAIN`.
+pub fn errno_is_transient(errno: i32) -> bool {
+    errno == libc::EINTR || errno == libc::EAGAIN
+}
+
+/// What the kernel is asked to do for one submission of a request. The buffer slices borrow
+/// the request's own buffer, which stays in the request's slot until the result is settled:
+/// a backend may hand their addresses to the kernel for exactly that long.
+#[derive(Debug)]
+pub enum Io<'a> {
+    /// Read into `buf` at `offset`.
+    Read {
+        /// The file.
+        file: &'a File,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Where the data goes: the part of the request's buffer this submission fills.
+        buf: &'a mut [u8],
+        /// The page pool the buffer came from, for registered-buffer opcodes.
+        pool: Option<u64>,
+    },
+    /// Write `buf` at `offset`.
+    Write {
+        /// The file.
+        file: &'a File,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The data: the part of the request's buffer this submission sends.
+        buf: &'a [u8],
+        /// The page pool the buffer came from, for registered-buffer opcodes.
+        pool: Option<u64>,
+    },
+    /// `fdatasync`.
+    SyncData {
+        /// The file.
+        file: &'a File,
+    },
+    /// `fsync`.
+    SyncAll {
+        /// The file.
+        file: &'a File,
+    },
+}
+
+impl Io<'_> {
+    /// The operation.
+    pub fn op(&self) -> Op {
+        match self {
+            Io::Read { .. } => Op::Read,
+            Io::Write { .. } => Op::Write,
+            Io::SyncData { .. } => Op::SyncData,
+            Io::SyncAll { .. } => Op::SyncAll,
+        }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        match self {
+            Io::Read { file, .. }
+            | Io::Write { file, .. }
+            | Io::SyncData { file }
+            | Io::SyncAll { file } => file,
+        }
+    }
+}
+
+/// What to do with a request about to be submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Hand [`InFlight::io`] to the kernel.
+    Submit,
+    /// Do not: settle it at once with this result (bytes, or a negated errno), as if the kernel
+    /// had returned it. The fault hook decides this.
+    Complete(i64),
+}
+
+/// A request between admission and completion. It owns the request, buffer included, until
+/// [`InFlight::settle`] hands the completion back: a backend keeps it in its slot while the
+/// kernel holds the buffer.
+#[derive(Debug)]
+pub struct InFlight {
+    request: Request,
+    /// Bytes asked for (the buffer's length at admission); 0 for syncs.
+    total: usize,
+    /// Bytes transferred so far, from the start of the buffer.
+    done: usize,
+    /// This submission: where in the buffer it starts, and how long it is.
+    start: usize,
+    len: usize,
+    /// The largest length one submission may have: the file's `io_bytes_max`, rounded down to
+    /// its alignment so that the rest of an exact transfer stays aligned.
+    len_max: usize,
+    /// The alignment the rest of an exact transfer resumes at (1 for unaligned files).
+    resume_align: usize,
+    /// EINTR/EAGAIN retries of this submission, and of the whole request.
+    attempt: u32,
+    retries: u32,
+    /// A torn write injected by the fault hook: the errno reported once the shortened
+    /// transfer is done.
+    torn: Option<i32>,
+    /// The strict-mode span token, released when the request completes.
+    span: u64,
+    started: Instant,
+}
+
+/// Validates a request for engine `engine_id` before anything is claimed (contract points 1
+/// and 10). Pure: it takes no lock but the file's, and claims nothing.
+///
+/// Checks, in order: the handle belongs to this engine and is open; the file's access mode
+/// allows the operation; a sync on a poisoned file; offset overflow; under O_DIRECT (or the
+/// file's `align_min`), the alignment of memory, offset and length.
+///
+/// # Errors
+///
+/// The typed error the request must complete with, carrying op, file, offset and length.
+pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
+    let file = request.file();
+    let op = request.op();
+    let len = request.len();
+    let with_range = |error: Error| match request.offset() {
+        Some(offset) => error.with_range(offset, len as u64),
+        None => error,
+    };
+    if file.engine_id() != engine_id {
+        return Err(with_range(
+            file.error(ErrorKind::BadFile, op)
+                .with_message("the file was opened by another engine"),
+        ));
+    }
+    if file.is_closed() {
+        return Err(with_range(
+            file.error(ErrorKind::BadFile, op)
+                .with_message("the file is closed"),
+        ));
+    }
+    let options = file.options();
+    match op {
+        Op::Read if !options.is_read() => {
+            return Err(with_range(
+                file.error(ErrorKind::BadFile, op)
+                    .with_message("the file is not open for reading"),
+            ))
+        }
+        Op::Write if !options.is_write() => {
+            return Err(with_range(
+                file.error(ErrorKind::ReadOnly, op)
+                    .with_message("the file is open read-only"),
+            ))
+        }
+        _ => {}
+    }
+    let (Some(offset), Some(buf)) = (request.offset(), request.buf()) else {
+        // A sync: only the poison can refuse it.
+        return match file.poisoned() {
+            Some(errno) => Err(poisoned(file, op, errno)),
+            None => Ok(()),
+        };
+    };
+    // A positional offset must fit off_t, and so must its end.
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|end| end > i64::MAX as u64) {
+        return Err(with_range(
+            file.error(ErrorKind::OutOfRange, op)
+                .with_message("offset plus length exceeds the largest file offset (2^63 - 1)"),
+        ));
+    }
+    if file.enforces_alignment() {
+        let geometry = file.geometry();
+        let offset_align = if op == Op::Read {
+            geometry.read_offset_align
+        } else {
+            geometry.offset_align
+        };
+        let checks = [
+            (AlignTarget::Memory, geometry.mem_align, buf.as_ptr() as u64),
+            (AlignTarget::Offset, offset_align, offset),
+            (AlignTarget::Length, geometry.offset_align, len as u64),
+        ];
+        for (target, required, actual) in checks {
+            if actual % u64::from(required.max(1)) != 0 {
+                let misalignment = Misalignment {
+                    target,
+                    required: u64::from(required),
+                    actual,
+                };
+                return Err(with_range(
+                    Error::misaligned(op, misalignment).with_file(file.file_ref()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn poisoned(file: &File, op: Op, errno: i32) -> Error {
+    file.error(ErrorKind::Poisoned, op)
+        .with_errno(errno)
+        .with_message("an earlier sync failed; reopen the file and recover before syncing again")
+}
+
+/// Completes a request that will not run (validation failed, or the engine shut down before it
+/// started) with `error`: records the error and hands the buffer back.
+pub fn reject(common: &Common, request: Request, error: Error) -> Completion {
+    let result = Err(error);
+    common
+        .metrics()
+        .record(request.op(), &result, std::time::Duration::ZERO, 0);
+    request.into_completion(result)
+}
+
+impl InFlight {
+    /// Admits a request: validation, the shutdown check, then the strict-mode claim of its
+    /// byte range. A request refused here comes back as its completion, carrying the typed
+    /// error and the buffer, so every request still has exactly one.
+    ///
+    /// # Errors
+    ///
+    /// The completion of a refused request.
+    #[allow(clippy::result_large_err)]
+    pub fn admit(common: &Common, request: Request) -> std::result::Result<InFlight, Completion> {
+        if let Err(error) = validate(common.engine_id(), &request) {
+            return Err(reject(common, request, error));
+        }
+        if common.is_shut_down() {
+            let error = request
+                .file()
+                .error(ErrorKind::Shutdown, request.op())
+                .with_message("the engine has shut down");
+            return Err(reject(common, request, error));
+        }
+        let total = request.len();
+        let span = match request.offset() {
+            Some(offset) => {
+                match request
+                    .file()
+                    .claim_span(offset, total as u64, request.op() == Op::Write)
+                {
+                    Ok(span) => span,
+                    Err(error) => return Err(reject(common, request, error)),
+                }
+            }
+            None => 0,
+        };
+        let (len_max, resume_align) = limits(request.file(), request.op());
+        Ok(InFlight {
+            total,
+            done: 0,
+            start: 0,
+            len: total.min(len_max),
+            len_max,
+            resume_align,
+            attempt: 0,
+            retries: 0,
+            torn: None,
+            span,
+            started: Instant::now(),
+            request,
+        })
+    }
+
+    /// The request.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The operation.
+    pub fn op(&self) -> Op {
+        self.request.op()
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        self.request.file()
+    }
+
+    /// The file offset of this submission (0 for syncs).
+    pub fn offset(&self) -> u64 {
+        self.request
+            .offset()
+            .map_or(0, |offset| offset + self.start as u64)
+    }
+
+    /// The length of this submission (0 for syncs).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when this submission transfers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Decides the fate of the next submission. Without a fault hook (every engine outside
+    /// the `testing` feature) it is always [`Next::Submit`].
+    pub fn next(&mut self, common: &Common) -> Next {
+        #[cfg(feature = "testing")]
+        if let Some(hook) = common.fault_hook() {
+            use crate::testing::FaultAction;
+            let action = hook.before(
+                self.op(),
+                self.request.file(),
+                self.offset(),
+                self.len,
+                self.attempt,
+            );
+            match action {
+                None => {}
+                Some(FaultAction::Fail(errno)) => return Next::Complete(-i64::from(errno)),
+                Some(FaultAction::Short(n)) => self.len = self.len.min(n),
+                Some(FaultAction::Torn { persist, errno }) => {
+                    self.len = self.len.min(persist);
+                    self.torn = Some(errno);
+                }
+            }
+        }
+        #[cfg(not(feature = "testing"))]
+        let _ = common;
+        Next::Submit
+    }
+
+    /// What the kernel is asked to do for this submission.
+    pub fn io(&mut self) -> Io<'_> {
+        let (start, end) = (self.start, self.start + self.len);
+        let offset = self.offset();
+        match &mut self.request {
+            Request::Read { file, buf, .. } | Request::ReadExact { file, buf, .. } => {
+                let pool = buf.pool_id();
+                Io::Read {
+                    file,
+                    offset,
+                    buf: &mut buf.as_mut_slice()[start..end],
+                    pool,
+                }
+            }
+            Request::Write { file, buf, .. } | Request::WriteAll { file, buf, .. } => {
+                let pool = buf.pool_id();
+                Io::Write {
+                    file,
+                    offset,
+                    buf: &buf.as_slice()[start..end],
+                    pool,
+                }
+            }
+            Request::SyncData { file, .. } => Io::SyncData { file },
+            Request::SyncAll { file, .. } => Io::SyncAll { file },
+        }
+    }
+
+    /// Takes the kernel's result of this submission (bytes, or a negated errno) and decides:
+    /// `Ok` with the request to submit again (EINTR/EAGAIN, at most [`RETRIES_MAX`] times in a
+    /// row; the rest of an exact transfer), or `Err` with its completion.
+    ///
+    /// # Errors
+    ///
+    /// The completion, when the request is finished (successfully or not).
+    #[allow(clippy::result_large_err)]
+    pub fn settle(
+        mut self,
+        common: &Common,
+        res: i64,
+    ) -> std::result::Result<InFlight, Completion> {
+        if res < 0 {
+            let errno = i32::try_from(-res).unwrap_or(libc::EIO);
+            debug_assert_ne!(errno, libc::EFAULT, "the kernel saw a bad buffer address");
+            if errno_is_transient(errno) && self.attempt < RETRIES_MAX {
+                self.attempt += 1;
+                self.retries += 1;
+                self.torn = None;
+                return Ok(self);
+            }
+            return Err(self.finish(common, Err(errno)));
+        }
+        let n = usize::try_from(res).unwrap_or(usize::MAX);
+        debug_assert!(n <= self.len, "the kernel moved {n} bytes of {}", self.len);
+        let n = n.min(self.len);
+        if let Some(errno) = self.torn {
+            // A torn write: the shortened transfer happened, and still reports its error.
+            self.done = self.done.max(self.start + n);
+            return Err(self.finish(common, Err(errno)));
+        }
+        if self.op().is_sync() {
+            return Err(self.finish(common, Ok(0)));
+        }
+        if !self.request.is_exact() {
+            self.done = n;
+            return Err(self.finish(common, Ok(n)));
+        }
+        let end = self.start + n;
+        if end >= self.total {
+            self.done = self.total;
+            let total = self.total;
+            return Err(self.finish(common, Ok(total)));
+        }
+        if n == 0 || end <= self.done {
+            // End of file, or a write that made no progress (after resuming at an aligned
+            // point below what was already done, nothing new came).
+            self.done = self.done.max(end);
+            return Err(self.finish_short(common));
+        }
+        self.done = end;
+        // Resume the rest at the last aligned point: an O_DIRECT transfer that stopped short
+        // of an alignment boundary (end of file) must not continue misaligned. Re-reading or
+        // re-writing the bytes between that point and `done` is harmless.
+        self.start = self.done / self.resume_align * self.resume_align;
+        self.len = (self.total - self.start).min(self.len_max);
+        self.attempt = 0;
+        Ok(self)
+    }
+
+    /// Finishes an exact transfer that ended early: end of file for a read, no progress for a
+    /// write.
+    fn finish_short(self, common: &Common) -> Completion {
+        let (kind, what) = match self.op() {
+            Op::Read => (ErrorKind::UnexpectedEof, "end of file"),
+            _ => (ErrorKind::WriteZero, "a write made no progress"),
+        };
+        let (done, total) = (self.done, self.total);
+        let offset = self.request.offset().unwrap_or(0);
+        let error = self
+            .request
+            .file()
+            .error(kind, self.op())
+            .with_range(offset, total as u64)
+            .with_transferred(done as u64)
+            .with_message(format!("{what} after {done} of {total} bytes"));
+        self.complete(common, Err(error))
+    }
+
+    /// Maps the final raw result into the completion: the error's kind and context, poisoning
+    /// (a failed sync, or a failed write on an `O_DSYNC` file, poisons the file; a sync that
+    /// succeeded while another failed reports the poison: contract point 5).
+    fn finish(self, common: &Common, raw: std::result::Result<usize, i32>) -> Completion {
+        let op = self.op();
+        let file = self.request.file();
+        let result = match raw {
+            Ok(n) => match file.poisoned() {
+                Some(errno) if op.is_sync() => Err(poisoned(file, op, errno)),
+                _ => Ok(n),
+            },
+            Err(errno) => {
+                if op.is_sync() || (op == Op::Write && file.options().is_dsync()) {
+                    file.poison(errno);
+                }
+                let mut error = Error::from_errno(errno, op).with_file(file.file_ref());
+                if let Some(offset) = self.request.offset() {
+                    error = error.with_range(offset, self.total as u64);
+                }
+                if self.request.is_exact() {
+                    error = error.with_transferred(self.done as u64);
+                }
+                Err(error)
+            }
+        };
+        self.complete(common, result)
+    }
+
+    /// Releases what the request held, records it and builds its completion.
+    fn complete(mut self, common: &Common, result: Result<usize>) -> Completion {
+        let file = self.request.file().clone();
+        file.release_span(self.span);
+        let done = self.done;
+        let exact = self.request.is_exact();
+        if let Some(buf) = read_buf(&mut self.request) {
+            // A read's buffer keeps what arrived: a plain read's count, or an exact read's bytes
+            // up to where it stopped. A failed plain read leaves the length as it was.
+            if result.is_ok() || exact {
+                buf.set_filled(done);
+            }
+        }
+        let latency = self.started.elapsed();
+        common
+            .metrics()
+            .record(self.request.op(), &result, latency, self.retries);
+        self.request.into_completion(result)
+    }
+
+    /// Fails a request without it ever reaching the kernel (shutdown, a dead completion path).
+    pub fn fail(self, common: &Common, error: Error) -> Completion {
+        self.complete(common, Err(error))
+    }
+
+    /// Gives up the request's buffer without freeing it: for a request the kernel may still
+    /// hold when its completion can no longer be reaped (a dead reaper, a queue dropped with
+    /// work in flight). Leaking is the only safe choice; the memory is lost.
+    pub fn leak_buffer(&mut self) {
+        if let Some(buf) = self.request.buf_mut() {
+            std::mem::forget(std::mem::replace(buf, AlignedBuf::empty(1)));
+        }
+    }
+}
+
+fn read_buf(request: &mut Request) -> Option<&mut AlignedBuf> {
+    match request {
+        Request::Read { buf, .. } | Request::ReadExact { buf, .. } => Some(buf),
+        _ => None,
+    }
+}
+
+/// The longest submission for `op` on `file`, and the alignment an exact transfer resumes at.
+fn limits(file: &File, op: Op) -> (usize, usize) {
+    let geometry = file.geometry();
+    let align = if file.enforces_alignment() {
+        let offset_align = if op == Op::Read {
+            geometry.read_offset_align
+        } else {
+            geometry.offset_align
+        };
+        let align = geometry
+            .mem_align
+            .max(offset_align)
+            .max(geometry.offset_align);
+        usize::try_from(align).unwrap_or(1).max(1)
+    } else {
+        1
+    };
+    let io_max = usize::try_from(geometry.io_bytes_max).unwrap_or(usize::MAX);
+    // At least one aligned unit, so a transfer always makes progress.
+    let len_max = (io_max / align * align).max(align);
+    (len_max, align)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::file::OpenOptions;
+    use crate::geometry::Geometry;
+
+    fn common() -> Common {
+        Common::new(EngineConfig::default())
+    }
+
+    fn file(common: &Common, options: OpenOptions, geometry: Geometry) -> File {
+        let std = tempfile::tempfile().expect("tempfile");
+        common.file(std, std::path::Path::new("/t"), options, geometry, 0, None)
+    }
+
+    fn geometry(align: u32) -> Geometry {
+        let mut g = Geometry::FALLBACK;
+        g.mem_align = align;
+        g.offset_align = align;
+        g.read_offset_align = align;
+        g
+    }
+
+    fn rw() -> OpenOptions {
+        OpenOptions::new().read(true).write(true)
+    }
+
+    fn buf(len: usize, align: usize) -> AlignedBuf {
+        AlignedBuf::zeroed(len, align).expect("alloc")
+    }
+
+    #[test]
+    fn misalignment_is_typed_for_each_target() {
+        let c = common();
+        let f = file(&c, rw().direct(true), geometry(4096));
+        let id = c.engine_id();
+        assert!(validate(id, &Request::read(&f, 4096, buf(8192, 4096), 0)).is_ok());
+        let e = validate(id, &Request::read(&f, 512, buf(8192, 4096), 0)).expect_err("offset");
+        assert_eq!(
+            e.misalignment().map(|m| m.target),
+            Some(AlignTarget::Offset)
+        );
+        let mut unaligned = buf(8192 + 512, 4096);
+        unaligned.truncate(4608);
+        let e = validate(id, &Request::read(&f, 0, unaligned, 0)).expect_err("length");
+        assert_eq!(
+            e.misalignment().map(|m| m.target),
+            Some(AlignTarget::Length)
+        );
+        assert_eq!((e.offset(), e.length()), (Some(0), Some(4608)));
+        let e = validate(id, &Request::read(&f, 0, buf(4096, 512), 0));
+        // A 512-aligned allocation may happen to be 4096-aligned; only check the kind.
+        if let Err(e) = e {
+            assert_eq!(
+                e.misalignment().map(|m| m.target),
+                Some(AlignTarget::Memory)
+            );
+        }
+    }
+
+    #[test]
+    fn overflowing_offsets_and_wrong_engines_are_typed() {
+        let c = common();
+        let f = file(&c, rw(), geometry(512));
+        let id = c.engine_id();
+        let r = Request::write(&f, u64::MAX - 4, buf(16, 1), 0);
+        assert_eq!(
+            validate(id, &r).expect_err("overflow").kind(),
+            ErrorKind::OutOfRange
+        );
+        let r = Request::write(&f, i64::MAX as u64, buf(16, 1), 0);
+        assert_eq!(
+            validate(id, &r).expect_err("past off_t").kind(),
+            ErrorKind::OutOfRange
+        );
+        let r = Request::sync_data(&f, 0);
+        assert_eq!(
+            validate(id + 1, &r).expect_err("engine").kind(),
+            ErrorKind::BadFile
+        );
+        c.close(&f).expect("close");
+        assert_eq!(
+            validate(id, &r).expect_err("closed").kind(),
+            ErrorKind::BadFile
+        );
+    }
+
+    #[test]
+    fn submissions_are_capped_at_an_aligned_io_bytes_max() {
+        let c = common();
+        let mut g = geometry(65536);
+        g.io_bytes_max = 0x7fff_f000;
+        let f = file(&c, rw().align_min(65536), g);
+        let (len_max, align) = limits(&f, Op::Read);
+        assert_eq!(align, 65536);
+        assert_eq!(
+            len_max % 65536,
+            0,
+            "cap {len_max:#x} keeps the 64 KiB alignment"
+        );
+        assert!(len_max <= 0x7fff_f000);
+    }
+
+    #[test]
+    fn exact_read_resumes_aligned_and_reports_eof_with_the_count() {
+        let c = common();
+        let f = file(&c, rw().direct(true), geometry(4096));
+        let request = Request::read_exact(&f, 0, buf(8192, 4096), 3);
+        let inflight = InFlight::admit(&c, request).expect("admitted");
+        assert_eq!((inflight.offset(), inflight.len()), (0, 8192));
+        // The file is 5000 bytes: the first read stops at end of file.
+        let mut inflight = inflight_ok(inflight.settle(&c, 5000));
+        assert_eq!(
+            (inflight.offset(), inflight.len()),
+            (4096, 4096),
+            "resumed at the aligned point below 5000"
+        );
+        assert!(matches!(inflight.next(&c), Next::Submit));
+        let completion = inflight.settle(&c, 904).expect_err("finished");
+        let error = completion.result.expect_err("short");
+        assert_eq!(error.kind(), ErrorKind::UnexpectedEof);
+        assert_eq!(error.transferred(), Some(5000));
+        assert_eq!(completion.buf.map(|b| b.len()), Some(5000));
+        assert_eq!(completion.user_data, 3);
+    }
+
+    fn inflight_ok(step: std::result::Result<InFlight, Completion>) -> InFlight {
+        match step {
+            Ok(inflight) => inflight,
+            Err(c) => panic!("expected a resubmission, got {:?}", c.result),
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_retried_then_surface() {
+        let c = common();
+        let f = file(&c, rw(), geometry(512));
+        let mut inflight = InFlight::admit(&c, Request::read(&f, 0, buf(16, 1), 0)).expect("ok");
+        for _ in 0..RETRIES_MAX {
+            inflight = inflight_ok(inflight.settle(&c, -i64::from(libc::EINTR)));
+        }
+        let completion = inflight
+            .settle(&c, -i64::from(libc::EAGAIN))
+            .expect_err("bounded");
+        assert_eq!(
+            completion.result.expect_err("gave up").raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        assert_eq!(c.metrics().snapshot().read.retries, u64::from(RETRIES_MAX));
+    }
+
+    #[test]
+    fn sync_failure_poisons_and_sticks() {
+        let c = common();
+        let f = file(&c, rw(), geometry(512));
+        let first = InFlight::admit(&c, Request::sync_data(&f, 0)).expect("healthy");
+        let second = InFlight::admit(&c, Request::sync_all(&f, 1)).expect("healthy");
+        let e = first.settle(&c, -i64::from(libc::EIO)).expect_err("done");
+        assert_eq!(e.result.expect_err("fails").kind(), ErrorKind::Io);
+        let refused = InFlight::admit(&c, Request::sync_data(&f, 2)).expect_err("poisoned");
+        let e = refused.result.expect_err("poisoned");
+        assert_eq!(
+            (e.kind(), e.raw_os_error()),
+            (ErrorKind::Poisoned, Some(libc::EIO))
+        );
+        // A sync already in flight that succeeds must still report the poison.
+        let late = second.settle(&c, 0).expect_err("done");
+        assert_eq!(late.result.expect_err("late").kind(), ErrorKind::Poisoned);
+    }
+
+    #[test]
+    fn strict_mode_claims_at_admission_and_releases_at_completion() {
+        let c = Common::new(EngineConfig {
+            strict: true,
+            ..EngineConfig::default()
+        });
+        let f = file(&c, rw(), geometry(512));
+        let w = InFlight::admit(&c, Request::write(&f, 0, buf(4096, 512), 0)).expect("first");
+        let clash =
+            InFlight::admit(&c, Request::read(&f, 2048, buf(4096, 512), 1)).expect_err("overlap");
+        assert_eq!(
+            clash.result.expect_err("overlap").kind(),
+            ErrorKind::Overlap
+        );
+        let _ = w.settle(&c, 4096).expect_err("done");
+        let again = InFlight::admit(&c, Request::read(&f, 2048, buf(4096, 512), 1));
+        assert!(again.is_ok(), "released at completion");
+    }
+
+    #[test]
+    fn validation_claims_nothing() {
+        let c = Common::new(EngineConfig {
+            strict: true,
+            ..EngineConfig::default()
+        });
+        let f = file(&c, rw(), geometry(512));
+        let r = Request::write(&f, 0, buf(4096, 512), 0);
+        validate(c.engine_id(), &r).expect("valid");
+        validate(c.engine_id(), &r).expect("still valid: nothing was claimed");
+        assert!(InFlight::admit(&c, r).is_ok());
+    }
+}

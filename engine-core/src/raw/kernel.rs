@@ -1,0 +1,91 @@
+//! What a backend still writes once the request lifecycle is shared: how a submission becomes
+//! a kernel entry ([`Kernel::push`]), how the kernel is driven ([`Kernel::submit`],
+//! [`Kernel::reap`], [`Kernel::wait`]), and how a thread waits for it without the engine's lock
+//! ([`Wait`]).
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::raw::inflight::Io;
+
+/// What a kernel that completes requests on threads of its own calls after each completion it
+/// makes ready to reap (see [`Kernel::notify_with`]).
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// One completion the kernel handed back: the slot of the request (the user data it was
+/// submitted with) and the result, bytes transferred or a negated errno.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// The request's slot.
+    pub slot: u32,
+    /// Bytes transferred, or `-errno`.
+    pub result: i64,
+}
+
+/// A backend's kernel interface, driven by [`crate::raw::Driver`] (the async API) and
+/// [`crate::raw::QueueDriver`] (the per-thread queue). Both call every method with exclusive
+/// access: under the driver's lock, or from the queue's one thread.
+pub trait Kernel: Send + 'static {
+    /// Puts `io`, the next submission of the request in `slot`, into the submission queue.
+    ///
+    /// Returns false, keeping nothing, when there is no room: the request stays staged in the
+    /// driver and is pushed again once completions free room. Nothing is ever dropped. A
+    /// backend that runs `io` at once (a non-blocking read on the caller's thread) reports the
+    /// result through [`Kernel::reap`] like any other.
+    ///
+    /// The buffer `io` points into stays owned by the request's slot until `slot`'s result has
+    /// been reaped; the kernel may use the memory for exactly that long.
+    fn push(&mut self, slot: u32, io: Io<'_>) -> bool;
+
+    /// Hands what was pushed to the kernel. A request the kernel refuses outright comes back
+    /// through [`Kernel::reap`] with its errno; one it cannot take yet (a full context) stays
+    /// with the backend and goes in on a later call.
+    ///
+    /// # Errors
+    ///
+    /// The kernel interface itself failed (not one request): the driver fails every request
+    /// it can no longer complete.
+    fn submit(&mut self) -> Result<()>;
+
+    /// Moves completions that are ready into `out`, without blocking; returns how many. The
+    /// driver calls it again while it fills `out`.
+    fn reap(&mut self, out: &mut [Reaped]) -> usize;
+
+    /// Blocks until at least `min` completions can be reaped (fewer when fewer are in
+    /// flight). Only the per-thread queue calls it, from its one thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Kernel::submit`].
+    fn wait(&mut self, min: usize) -> Result<()>;
+
+    /// Makes a thread blocked in this kernel's [`Wait::wait`] return (the async API calls it
+    /// under its lock, to hand a waiting thread something else to do).
+    fn wake(&mut self);
+
+    /// Requests pushed and not yet reaped.
+    fn in_flight(&self) -> usize;
+
+    /// For a kernel that completes requests on threads of its own (a worker pool): keeps
+    /// `notify`, to call after each completion it makes ready, and returns true. The async
+    /// driver then reaps on those threads and runs no reaper thread of its own. Kernels the
+    /// operating system completes return false (the default).
+    fn notify_with(&mut self, notify: Notify) -> bool {
+        drop(notify);
+        false
+    }
+}
+
+/// How a thread lends itself to the kernel without the engine's lock: one thread at a time
+/// (the one holding the driver's lease) waits here for completions, then reaps them under the
+/// lock.
+pub trait Wait: Send + Sync + 'static {
+    /// Blocks until completions may be ready or [`Kernel::wake`] was called; spurious returns
+    /// are fine. A kernel that completes requests on threads of its own may instead run one
+    /// queued request on the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// The kernel interface failed; the driver fails every request in flight.
+    fn wait(&self) -> Result<()>;
+}

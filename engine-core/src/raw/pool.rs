@@ -1,0 +1,575 @@
+//! Blocking syscalls as a kernel: a bounded pool of worker threads ([`Pool`]) and the
+//! [`Kernel`] over it ([`ThreadKernel`]), shared by the sync backend and by backends that need
+//! a thread for what their kernel interface cannot do (AIO without fsync).
+//!
+//! Three things keep the thread hops away from requests that do not need them:
+//! - a read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`; only a read
+//!   that would block goes to the pool (a cached read costs what `pread` costs);
+//! - a thread that waits for completions runs queued jobs itself before it sleeps;
+//! - a new job wakes at most one sleeping worker, and a worker that takes a job while more
+//!   wait wakes the next, so a device that blocks gets as many workers as it keeps busy, and
+//!   one that does not is served by the threads already awake.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Op, Result};
+use crate::file::FileRaw;
+use crate::geometry::Support;
+use crate::raw::driver::lock;
+use crate::raw::inflight::Io;
+use crate::raw::kernel::{Kernel, Notify, Reaped, Wait};
+
+/// The file flag recorded when a file refused `RWF_NOWAIT` (`EOPNOTSUPP`).
+const FILE_NO_NOWAIT: u32 = 1 << 0;
+
+/// One blocking syscall: a submission's parameters, with the address of the request's
+/// buffer, which stays owned by the request's slot until the result has been reaped.
+#[derive(Clone, Copy, Debug)]
+struct Syscall {
+    op: Op,
+    fd: RawFd,
+    ptr: *mut u8,
+    len: usize,
+    offset: u64,
+}
+
+// SAFETY: the pointer addresses a buffer owned by a request slot for as long as the syscall
+// can run (see `Syscall::run`), and the syscalls themselves may run on any thread.
+unsafe impl Send for Syscall {}
+
+impl Syscall {
+    fn of(io: &mut Io<'_>) -> Syscall {
+        let fd = io.file().raw_fd();
+        match io {
+            Io::Read { offset, buf, .. } => Syscall {
+                op: Op::Read,
+                fd,
+                ptr: buf.as_mut_ptr(),
+                len: buf.len(),
+                offset: *offset,
+            },
+            Io::Write { offset, buf, .. } => Syscall {
+                op: Op::Write,
+                fd,
+                ptr: buf.as_ptr().cast_mut(),
+                len: buf.len(),
+                offset: *offset,
+            },
+            Io::SyncData { .. } => Syscall {
+                op: Op::SyncData,
+                fd,
+                ptr: std::ptr::null_mut(),
+                len: 0,
+                offset: 0,
+            },
+            Io::SyncAll { .. } => Syscall {
+                op: Op::SyncAll,
+                fd,
+                ptr: std::ptr::null_mut(),
+                len: 0,
+                offset: 0,
+            },
+        }
+    }
+
+    /// Runs the syscall (`preadv2`/`pwritev2` with `flags`, `fdatasync`, `fsync`); returns the
+    /// bytes transferred or `-errno`.
+    ///
+    /// # Safety
+    ///
+    /// For a read or write, `ptr` must be valid for `len` bytes (writable for a read) for the
+    /// whole call: the request slot owning the buffer must not have been completed yet.
+    unsafe fn run(&self, flags: i32) -> i64 {
+        let iov = libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        };
+        let offset = self.offset as libc::off_t;
+        let rc = match self.op {
+            // SAFETY: one iovec over `len` bytes at `ptr`, valid for the call (the caller's
+            // contract); the descriptor belongs to a file the request holds open.
+            Op::Read => unsafe { libc::preadv2(self.fd, &iov, 1, offset, flags) },
+            // SAFETY: as above, read-only.
+            Op::Write => unsafe { libc::pwritev2(self.fd, &iov, 1, offset, flags) },
+            // SAFETY: takes no pointers.
+            Op::SyncData => unsafe { libc::fdatasync(self.fd) as isize },
+            // SAFETY: takes no pointers.
+            _ => unsafe { libc::fsync(self.fd) as isize },
+        };
+        if rc < 0 {
+            let errno = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            -i64::from(errno)
+        } else {
+            rc as i64
+        }
+    }
+}
+
+/// Where the results of one kernel's jobs go: a list its owner reaps, and a way to tell it.
+pub struct Done {
+    list: Mutex<DoneList>,
+    ready: Condvar,
+    /// Called after each result, for owners that reap on the delivering thread (the async
+    /// engine) or wait elsewhere (an eventfd).
+    notify: OnceLock<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct DoneList {
+    results: Vec<Reaped>,
+    /// Results delivered so far (to wake a waiter even when someone else reaped them).
+    delivered: u64,
+    /// The owner sleeps in [`Done::wait`].
+    waiting: bool,
+    /// [`Done::interrupt`] was called since the last wait.
+    interrupted: bool,
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Done")
+            .field("list", &*lock(&self.list))
+            .field("notify", &self.notify.get().is_some())
+            .finish()
+    }
+}
+
+impl Done {
+    /// An empty result list with room for `depth` results.
+    pub fn new(depth: usize) -> Arc<Done> {
+        Arc::new(Done {
+            list: Mutex::new(DoneList {
+                results: Vec::with_capacity(depth),
+                ..DoneList::default()
+            }),
+            ready: Condvar::new(),
+            notify: OnceLock::new(),
+        })
+    }
+
+    /// Calls `notify` after each delivered result (set once).
+    pub fn set_notify(&self, notify: Notify) {
+        let _ = self.notify.set(notify);
+    }
+
+    fn push(&self, result: Reaped) {
+        let mut list = lock(&self.list);
+        list.results.push(result);
+        list.delivered += 1;
+        let waiting = list.waiting;
+        drop(list);
+        if waiting {
+            self.ready.notify_one();
+        }
+        if let Some(notify) = self.notify.get() {
+            notify();
+        }
+    }
+
+    fn take(&self, out: &mut [Reaped]) -> usize {
+        let mut list = lock(&self.list);
+        let n = list.results.len().min(out.len());
+        for (slot, result) in out.iter_mut().zip(list.results.drain(..n)) {
+            *slot = result;
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.list).results.len()
+    }
+
+    /// Blocks until a result was delivered after `seen`, at least `min` results are
+    /// waiting, or [`Done::interrupt`] was called.
+    fn wait(&self, min: usize, seen: u64) {
+        let mut list = lock(&self.list);
+        while list.results.len() < min && list.delivered == seen && !list.interrupted {
+            list.waiting = true;
+            list = self
+                .ready
+                .wait(list)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            list.waiting = false;
+        }
+        list.interrupted = false;
+    }
+
+    fn delivered(&self) -> u64 {
+        lock(&self.list).delivered
+    }
+
+    /// Makes a thread waiting for this list's results return.
+    pub fn interrupt(&self) {
+        let mut list = lock(&self.list);
+        list.interrupted = true;
+        let waiting = list.waiting;
+        drop(list);
+        if waiting {
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// A job for a worker: one syscall and where its result goes.
+struct Job {
+    slot: u32,
+    call: Syscall,
+    done: Arc<Done>,
+}
+
+impl Job {
+    fn run(self) {
+        let call = self.call;
+        // A panic in the syscall path must not lose the result: the request then fails, and
+        // its buffer comes back with its completion like any other.
+        let result = std::panic::catch_unwind(|| {
+            // SAFETY: the job's slot owns the buffer until this result is reaped, which cannot
+            // happen before it is delivered just below.
+            unsafe { call.run(0) }
+        })
+        .unwrap_or(-i64::from(libc::ECANCELED));
+        self.done.push(Reaped {
+            slot: self.slot,
+            result,
+        });
+    }
+}
+
+struct Jobs {
+    queue: VecDeque<Job>,
+    /// Set once: no job is accepted after it, and workers exit when the queue is empty.
+    shutdown: bool,
+    /// Workers asleep on the condition variable.
+    idle: usize,
+}
+
+/// A bounded pool of worker threads running blocking syscalls.
+pub struct Pool {
+    jobs: Mutex<Jobs>,
+    work: Condvar,
+    threads: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.threads.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Starts `threads` workers named `<name>-<i>`, with room queued for `depth` jobs.
+    ///
+    /// # Errors
+    ///
+    /// The OS error when a thread cannot be spawned (the workers already started are stopped).
+    pub fn start(threads: usize, depth: usize, name: &str) -> Result<Arc<Pool>> {
+        let pool = Arc::new(Pool {
+            jobs: Mutex::new(Jobs {
+                queue: VecDeque::with_capacity(depth),
+                shutdown: false,
+                idle: 0,
+            }),
+            work: Condvar::new(),
+            threads: AtomicUsize::new(threads),
+            handles: Mutex::new(Vec::with_capacity(threads)),
+        });
+        for index in 0..threads {
+            let worker = Arc::clone(&pool);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => lock(&pool.handles).push(handle),
+                Err(e) => {
+                    pool.shutdown();
+                    return Err(Error::from_io(&e, Op::Setup)
+                        .with_message(format!("spawning worker thread {index} of {threads}")));
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, jobs: &mut Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut guard = lock(&self.jobs);
+        if guard.shutdown {
+            // The workers are gone or going: run the jobs here, so each still completes.
+            drop(guard);
+            for job in jobs.drain(..) {
+                job.run();
+            }
+            return;
+        }
+        guard.queue.extend(jobs.drain(..));
+        let wake = guard.idle > 0;
+        drop(guard);
+        if wake {
+            // One worker; it wakes the next if it finds more queued.
+            self.work.notify_one();
+        }
+    }
+
+    /// Runs one queued job on the calling thread, if there is one.
+    fn help(&self) -> bool {
+        let job = lock(&self.jobs).queue.pop_front();
+        match job {
+            Some(job) => {
+                job.run();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        let mut guard = lock(&self.jobs);
+        loop {
+            if let Some(job) = guard.queue.pop_front() {
+                let more = !guard.queue.is_empty() && guard.idle > 0;
+                drop(guard);
+                if more {
+                    self.work.notify_one();
+                }
+                return Some(job);
+            }
+            if guard.shutdown {
+                return None;
+            }
+            guard.idle += 1;
+            guard = self
+                .work
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.idle -= 1;
+        }
+    }
+
+    fn run(&self) {
+        crate::raw::driver::reserve_wakes();
+        while let Some(job) = self.next_job() {
+            job.run();
+        }
+    }
+
+    /// Stops accepting jobs, lets the workers finish the queued ones and joins them.
+    /// Idempotent.
+    pub fn shutdown(&self) {
+        lock(&self.jobs).shutdown = true;
+        self.work.notify_all();
+        let handles = std::mem::take(&mut *lock(&self.handles));
+        let current = std::thread::current().id();
+        for handle in handles {
+            // A worker cannot join itself; that only happens when the last handle of the pool
+            // is dropped from a completion it runs, and then the worker exits on its own.
+            if handle.thread().id() != current {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A [`Kernel`] of blocking syscalls: run on the submitting thread (inline mode, or a read
+/// that `RWF_NOWAIT` shows would not block), or on a [`Pool`].
+#[derive(Debug)]
+pub struct ThreadKernel {
+    pool: Option<Arc<Pool>>,
+    done: Arc<Done>,
+    /// Pushed and not yet handed to the pool.
+    batch: Vec<Job>,
+    /// Results of syscalls run at push.
+    immediate: VecDeque<Reaped>,
+    /// Pushed and not yet reaped.
+    in_flight: usize,
+    nowait: bool,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("slot", &self.slot).finish()
+    }
+}
+
+impl ThreadKernel {
+    /// A kernel over `pool` (or, with `None`, running every syscall on the submitting thread)
+    /// for up to `depth` requests. With `nowait`, reads are first tried on the submitting thread
+    /// with `RWF_NOWAIT`.
+    pub fn new(pool: Option<Arc<Pool>>, depth: usize, nowait: bool) -> ThreadKernel {
+        ThreadKernel {
+            pool,
+            done: Done::new(depth),
+            batch: Vec::with_capacity(depth),
+            immediate: VecDeque::with_capacity(depth),
+            in_flight: 0,
+            nowait,
+        }
+    }
+
+    /// The [`Wait`] for this kernel in the async API: it helps the pool, or waits for results.
+    pub fn waiter(&self) -> PoolWait {
+        PoolWait {
+            pool: self.pool.clone(),
+            done: Arc::clone(&self.done),
+        }
+    }
+
+    /// Where this kernel's pool results go, for backends that wait on them elsewhere.
+    pub fn done(&self) -> &Arc<Done> {
+        &self.done
+    }
+
+    /// Runs `io` on the calling thread now; the result comes back through `reap`.
+    pub fn run_now(&mut self, slot: u32, mut io: Io<'_>) {
+        let call = Syscall::of(&mut io);
+        // SAFETY: `io` borrows the request's buffer for this whole call.
+        let result = unsafe { call.run(0) };
+        self.immediate.push_back(Reaped { slot, result });
+        self.in_flight += 1;
+    }
+
+    /// Tries a read with `RWF_NOWAIT` on the calling thread; true when it completed (whole, or
+    /// with an error other than would-block).
+    fn try_nowait(&mut self, slot: u32, io: &mut Io<'_>) -> bool {
+        let Io::Read { file, .. } = io else {
+            return false;
+        };
+        if file.geometry().nowait == Support::Unsupported
+            || file.backend_flags() & FILE_NO_NOWAIT != 0
+        {
+            return false;
+        }
+        let call = Syscall::of(io);
+        // SAFETY: `io` borrows the request's buffer for this whole call.
+        let result = unsafe { call.run(libc::RWF_NOWAIT) };
+        let complete = match result {
+            // A short result may be a partly cached range rather than end of file: the pool's
+            // blocking read decides.
+            n if n >= 0 => n as usize == call.len,
+            e if e == -i64::from(libc::EAGAIN) => false,
+            e if e == -i64::from(libc::EOPNOTSUPP) => {
+                io.file().set_backend_flag(FILE_NO_NOWAIT);
+                false
+            }
+            _ => true,
+        };
+        if complete {
+            self.immediate.push_back(Reaped { slot, result });
+            self.in_flight += 1;
+        }
+        complete
+    }
+
+    fn available(&self) -> usize {
+        self.immediate.len() + self.done.len()
+    }
+}
+
+impl Kernel for ThreadKernel {
+    fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
+        let Some(_) = &self.pool else {
+            self.run_now(slot, io);
+            return true;
+        };
+        if self.nowait && self.try_nowait(slot, &mut io) {
+            return true;
+        }
+        self.batch.push(Job {
+            slot,
+            call: Syscall::of(&mut io),
+            done: Arc::clone(&self.done),
+        });
+        self.in_flight += 1;
+        true
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        if let Some(pool) = &self.pool {
+            pool.enqueue(&mut self.batch);
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut [Reaped]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(result) = self.immediate.pop_front() else {
+                break;
+            };
+            out[n] = result;
+            n += 1;
+        }
+        n += self.done.take(&mut out[n..]);
+        self.in_flight -= n;
+        n
+    }
+
+    fn wait(&mut self, min: usize) -> Result<()> {
+        let min = min.min(self.in_flight);
+        // Each round runs a queued job or sleeps until a result arrives: bounded by the jobs
+        // in flight.
+        while self.available() < min {
+            let seen = self.done.delivered();
+            if self.pool.as_ref().is_some_and(|pool| pool.help()) {
+                continue;
+            }
+            self.done.wait(min - self.immediate.len(), seen);
+        }
+        Ok(())
+    }
+
+    fn wake(&mut self) {
+        self.done.interrupt();
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn notify_with(&mut self, notify: Notify) -> bool {
+        // Inline syscalls complete at push, on the polling thread, so the async engine needs
+        // no reaper either way.
+        self.done.set_notify(notify);
+        true
+    }
+}
+
+/// The async API's [`Wait`] for a [`ThreadKernel`]: the waiting thread runs a queued job if
+/// there is one (no hand-off), and otherwise sleeps until a result arrives.
+#[derive(Debug)]
+pub struct PoolWait {
+    pool: Option<Arc<Pool>>,
+    done: Arc<Done>,
+}
+
+impl Wait for PoolWait {
+    fn wait(&self) -> Result<()> {
+        let seen = self.done.delivered();
+        if self.pool.as_ref().is_some_and(|pool| pool.help()) {
+            return Ok(());
+        }
+        self.done.wait(usize::MAX, seen);
+        Ok(())
+    }
+}

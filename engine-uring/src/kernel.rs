@@ -1,0 +1,616 @@
+//! What io_uring adds to the shared request lifecycle: how a submission becomes an SQE
+//! ([`encode`]), and how the engine's shared ring ([`SharedKernel`], [`SharedWait`]) and each
+//! queue's own ring ([`QueueKernel`]) are submitted to, reaped and waited on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::ThreadId;
+
+use engine_core::raw::{lock, FileDropped, FileRaw, Io, Kernel, Reaped, Wait, WeakFile};
+use engine_core::{Error, ErrorKind, Op, Result};
+use io_uring::{opcode, squeue, types};
+
+use crate::ring::{errno, Ring, Use, FILES_MAX};
+
+/// `IORING_ENTER_GETEVENTS` from `linux/io_uring.h`: wait for (and, for polled rings, poll)
+/// completions; the io-uring crate does not re-export it.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+/// The user data of the NOP that wakes a thread waiting in the engine's ring.
+pub(crate) const WAKE: u64 = u64::MAX;
+
+/// The most times a refused `io_uring_enter` (EINTR, EAGAIN, EBUSY) is retried at once; the
+/// entries stay in the ring for the next enter, so giving up loses nothing.
+const ENTER_RETRIES_MAX: u32 = 64;
+
+/// The engine's ring and what every user of it shares: the driver's kernel (under its lock),
+/// the waiting thread (without it), and the files (registered in its table).
+pub(crate) struct Shared {
+    pub(crate) ring: Ring,
+    /// Free registered-file slots.
+    file_slots: Mutex<Vec<u32>>,
+    /// Bumped whenever a registered file goes away, so queues drop their registrations of it.
+    files_epoch: AtomicU64,
+    iopoll: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(ring: Ring, iopoll: bool) -> Shared {
+        let file_slots = if ring.fixed_files {
+            (0..FILES_MAX).rev().collect()
+        } else {
+            Vec::new()
+        };
+        Shared {
+            ring,
+            file_slots: Mutex::new(file_slots),
+            files_epoch: AtomicU64::new(0),
+            iopoll,
+        }
+    }
+
+    /// Registers `fd` in a free slot of the engine's file table; returns the file's backend
+    /// index (slot + 1), or 0 when it is not registered.
+    pub(crate) fn register(&self, fd: std::os::fd::RawFd) -> u32 {
+        if !self.ring.fixed_files {
+            return 0;
+        }
+        let Some(slot) = lock(&self.file_slots).pop() else {
+            return 0;
+        };
+        match self.ring.register_fd(slot, fd) {
+            Ok(()) => slot + 1,
+            Err(e) => {
+                tracing::warn!(error = %e, slot, "registering a file failed");
+                lock(&self.file_slots).push(slot);
+                0
+            }
+        }
+    }
+}
+
+/// Lets go of a file's registered slot when its last handle goes (not at `close`: requests
+/// admitted before the close may still carry the slot, and its number must not be reused
+/// while they do).
+pub(crate) struct FileHook(pub(crate) Weak<Shared>);
+
+impl FileDropped for FileHook {
+    fn dropped(&self, _id: u64, backend_index: u32) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        if backend_index == 0 {
+            return;
+        }
+        let slot = backend_index - 1;
+        shared.ring.unregister_file(slot);
+        lock(&shared.file_slots).push(slot);
+        shared.files_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the SQE's file and buffer come from.
+#[derive(Clone, Copy)]
+struct Fixed {
+    /// The registered file slot, if the file is registered in this ring.
+    file: Option<u32>,
+    /// The registered pool's id in this ring, if any.
+    pool: Option<u64>,
+}
+
+/// Builds the SQE of one submission.
+fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> squeue::Entry {
+    let raw_fd = io.file().raw_fd();
+    macro_rules! with_fd {
+        ($op:ident, $($arg:expr),*) => {
+            match fixed.file {
+                Some(slot) => opcode::$op::new(types::Fixed(slot), $($arg),*),
+                None => opcode::$op::new(types::Fd(raw_fd), $($arg),*),
+            }
+        };
+    }
+    let sqe = match io {
+        Io::Read {
+            offset, buf, pool, ..
+        } => {
+            // The shared lifecycle caps a submission at the file's io_bytes_max, below u32::MAX.
+            debug_assert!(u32::try_from(buf.len()).is_ok(), "length {}", buf.len());
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            if pool.is_some() && pool == fixed.pool {
+                with_fd!(ReadFixed, buf.as_mut_ptr(), len, 0)
+                    .offset(offset)
+                    .build()
+            } else {
+                with_fd!(Read, buf.as_mut_ptr(), len).offset(offset).build()
+            }
+        }
+        Io::Write {
+            offset, buf, pool, ..
+        } => {
+            debug_assert!(u32::try_from(buf.len()).is_ok(), "length {}", buf.len());
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            if pool.is_some() && pool == fixed.pool {
+                with_fd!(WriteFixed, buf.as_ptr(), len, 0)
+                    .offset(offset)
+                    .build()
+            } else {
+                with_fd!(Write, buf.as_ptr(), len).offset(offset).build()
+            }
+        }
+        Io::SyncData { .. } => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),
+        Io::SyncAll { .. } => with_fd!(Fsync,).build(),
+    };
+    let sqe = if fixed.file.is_some() {
+        sqe.flags(squeue::Flags::FIXED_FILE)
+    } else {
+        sqe
+    };
+    sqe.user_data(user_data)
+}
+
+/// The NOP that wakes a waiting thread; it carries FIXED_FILE so restricted rings accept it.
+fn wake_entry() -> squeue::Entry {
+    opcode::Nop::new()
+        .build()
+        .flags(squeue::Flags::FIXED_FILE)
+        .user_data(WAKE)
+}
+
+/// `io_uring_enter` to submit, retrying the transient refusals a bounded number of times.
+fn enter_submit(ring: &io_uring::IoUring) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match ring.submit() {
+            Ok(_) => return Ok(()),
+            Err(e) if matches!(errno(&e), libc::EINTR | libc::EAGAIN | libc::EBUSY) => {
+                // EBUSY/EAGAIN: completions must be reaped first; the entries stay queued.
+                tries += 1;
+                if tries >= ENTER_RETRIES_MAX || errno(&e) != libc::EINTR {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn submit_error(e: &std::io::Error) -> Error {
+    Error::from_io(e, Op::Submit).with_message("io_uring_enter")
+}
+
+/// An IOPOLL ring cannot run syncs (fsync cannot be polled): they complete at once with this
+/// errno, typed as unsupported, through the usual settle path.
+const IOPOLL_SYNC_ERRNO: i32 = libc::EOPNOTSUPP;
+
+/// What both ring kernels count: results decided without the ring, and requests in flight.
+struct Tally {
+    /// Results decided without the ring (syncs on an IOPOLL ring).
+    immediate: Vec<Reaped>,
+    /// Pushed and not yet reaped.
+    in_flight: usize,
+    /// Pushed into the ring and not yet submitted.
+    unsubmitted: usize,
+}
+
+impl Tally {
+    fn new(depth: usize) -> Tally {
+        Tally {
+            immediate: Vec::with_capacity(depth),
+            in_flight: 0,
+            unsubmitted: 0,
+        }
+    }
+
+    /// Completes a sync at once with [`IOPOLL_SYNC_ERRNO`] when the ring polls; true when it
+    /// did.
+    fn refuse_polled_sync(&mut self, iopoll: bool, slot: u32, io: &Io<'_>) -> bool {
+        if !iopoll || !matches!(io, Io::SyncData { .. } | Io::SyncAll { .. }) {
+            return false;
+        }
+        self.immediate.push(Reaped {
+            slot,
+            result: -i64::from(IOPOLL_SYNC_ERRNO),
+        });
+        self.in_flight += 1;
+        true
+    }
+
+    fn pushed(&mut self) {
+        self.in_flight += 1;
+        self.unsubmitted += 1;
+    }
+
+    /// Moves the immediate results, then the completions `cqes` yields (wake-ups skipped), into
+    /// `out`; returns how many.
+    fn reap(
+        &mut self,
+        cqes: impl Iterator<Item = io_uring::cqueue::Entry>,
+        out: &mut [Reaped],
+    ) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(result) = self.immediate.pop() else {
+                break;
+            };
+            out[n] = result;
+            n += 1;
+        }
+        if n < out.len() {
+            for cqe in cqes {
+                if cqe.user_data() == WAKE {
+                    continue;
+                }
+                out[n] = Reaped {
+                    slot: cqe.user_data() as u32,
+                    result: i64::from(cqe.result()),
+                };
+                n += 1;
+                if n == out.len() {
+                    break;
+                }
+            }
+        }
+        debug_assert!(
+            n <= self.in_flight,
+            "reaped {n} of {} in flight",
+            self.in_flight
+        );
+        self.in_flight -= n;
+        n
+    }
+}
+
+/// Polls for completions: on an IOPOLL ring they appear only when someone polls, and deferred
+/// task work runs only inside an enter.
+fn poll_completions(ring: &io_uring::IoUring) {
+    // SAFETY: no argument pointer is passed.
+    let _ = unsafe {
+        ring.submitter()
+            .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+    };
+}
+
+/// The async engine's kernel: the engine's shared ring, used under the driver's lock.
+pub(crate) struct SharedKernel {
+    shared: Arc<Shared>,
+    tally: Tally,
+    /// A wake-up NOP that did not fit the submission queue yet.
+    wake_pending: bool,
+}
+
+impl SharedKernel {
+    pub(crate) fn new(shared: Arc<Shared>, depth: usize) -> SharedKernel {
+        SharedKernel {
+            shared,
+            tally: Tally::new(depth),
+            wake_pending: false,
+        }
+    }
+
+    fn push_entry(&mut self, sqe: &squeue::Entry) -> bool {
+        // SAFETY: the submission queue is only touched by this kernel, which the driver uses
+        // under its lock, so this is the only live handle to it. The entry's buffer and file
+        // belong to a request its slot holds until the CQE is reaped.
+        let mut sq = unsafe { self.shared.ring.ring.submission_shared() };
+        // SAFETY: as above.
+        let pushed = unsafe { sq.push(sqe) }.is_ok();
+        sq.sync();
+        pushed
+    }
+}
+
+impl Kernel for SharedKernel {
+    fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+        if self.tally.refuse_polled_sync(self.shared.iopoll, slot, &io) {
+            return true;
+        }
+        let index = io.file().backend_index();
+        let fixed = Fixed {
+            file: (index > 0 && self.shared.ring.fixed_files).then(|| index - 1),
+            pool: self.shared.ring.fixed_pool,
+        };
+        let sqe = encode(io, fixed, u64::from(slot));
+        if !self.push_entry(&sqe) {
+            return false;
+        }
+        self.tally.pushed();
+        true
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        if self.wake_pending && self.push_entry(&wake_entry()) {
+            self.wake_pending = false;
+            self.tally.unsubmitted += 1;
+        }
+        if self.tally.unsubmitted == 0 {
+            return Ok(());
+        }
+        enter_submit(&self.shared.ring.ring).map_err(|e| submit_error(&e))?;
+        self.tally.unsubmitted = 0;
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut [Reaped]) -> usize {
+        if self.shared.iopoll && self.tally.in_flight > self.tally.immediate.len() {
+            poll_completions(&self.shared.ring.ring);
+        }
+        // SAFETY: the completion queue is only read by this kernel, under the driver's lock.
+        let cq = unsafe { self.shared.ring.ring.completion_shared() };
+        self.tally.reap(cq, out)
+    }
+
+    fn wait(&mut self, min: usize) -> Result<()> {
+        let want = min.min(self.tally.in_flight);
+        match self.shared.ring.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::from_io(&e, Op::Wait).with_message("io_uring_enter")),
+        }
+    }
+
+    fn wake(&mut self) {
+        if self.push_entry(&wake_entry()) {
+            self.tally.unsubmitted += 1;
+            if let Err(e) = enter_submit(&self.shared.ring.ring) {
+                tracing::warn!(error = %e, "submitting a wake-up failed");
+            } else {
+                self.tally.unsubmitted = 0;
+            }
+        } else {
+            // The queue is full, so entries are waiting to be submitted: the next submit
+            // pushes the NOP.
+            self.wake_pending = true;
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.tally.in_flight
+    }
+}
+
+/// The async engine's [`Wait`]: `io_uring_enter(GETEVENTS)` on the shared ring, without the
+/// driver's lock. It also runs the waiting thread's own task work, which is where io_uring
+/// completes the requests that thread submitted.
+pub(crate) struct SharedWait(pub(crate) Arc<Shared>);
+
+impl Wait for SharedWait {
+    fn wait(&self) -> Result<()> {
+        // SAFETY: no argument pointer is passed.
+        let entered = unsafe {
+            self.0
+                .ring
+                .ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 1, IORING_ENTER_GETEVENTS, None)
+        };
+        match entered {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::from_io(&e, Op::Wait).with_message("io_uring_enter")),
+        }
+    }
+}
+
+/// A queue's kernel: a ring of its own, submitted and reaped by the one thread that owns the
+/// queue (SINGLE_ISSUER and DEFER_TASKRUN where the kernel has them).
+pub struct QueueKernel {
+    shared: Arc<Shared>,
+    config: engine_core::EngineConfig,
+    ring: Ring,
+    /// The thread the ring is bound to, once it is.
+    owner: Option<ThreadId>,
+    /// What this ring registered in each file slot.
+    files: Vec<Option<WeakFile>>,
+    /// The engine's file epoch when the registrations were last checked.
+    files_epoch: u64,
+    tally: Tally,
+    /// Submissions that used the registered pool (READ_FIXED / WRITE_FIXED).
+    fixed_submissions: u64,
+}
+
+impl QueueKernel {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        depth: usize,
+        config: &engine_core::EngineConfig,
+    ) -> Result<QueueKernel> {
+        let ring = queue_ring(&shared, depth, config)?;
+        let files = if ring.fixed_files {
+            vec![None; FILES_MAX as usize]
+        } else {
+            Vec::new()
+        };
+        Ok(QueueKernel {
+            files_epoch: shared.files_epoch.load(Ordering::Acquire),
+            config: config.clone(),
+            shared,
+            ring,
+            owner: None,
+            files,
+            tally: Tally::new(depth),
+            fixed_submissions: 0,
+        })
+    }
+
+    /// Submissions so far that used the engine's registered pool (READ_FIXED / WRITE_FIXED),
+    /// because their buffer came from [`engine_core::Backend::pool`].
+    pub fn fixed_submissions(&self) -> u64 {
+        self.fixed_submissions
+    }
+
+    /// The ring flags the kernel accepted for this queue.
+    pub fn flags(&self) -> &[&'static str] {
+        &self.ring.flags
+    }
+
+    /// Binds the ring to the calling thread on first use. A SINGLE_ISSUER ring refuses every
+    /// other thread: a queue moved with nothing in flight gets a new ring, one moved with
+    /// requests in flight is an error (move it back to finish them).
+    fn on_owner_thread(&mut self) -> Result<()> {
+        let current = std::thread::current().id();
+        match self.owner {
+            Some(owner) if owner == current => return Ok(()),
+            Some(_) if !self.ring.flags.contains(&"SINGLE_ISSUER") => {}
+            Some(_) if self.tally.in_flight > 0 => {
+                let in_flight = self.tally.in_flight;
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    Op::Submit,
+                    format!(
+                        "this io_uring queue is bound to the thread that first used it, which \
+                         still has {in_flight} requests in flight in it; use the queue from that \
+                         thread, or move it only when nothing is in flight"
+                    ),
+                ));
+            }
+            Some(_) => {
+                // Nothing in flight: a new ring for the new thread.
+                let depth = self.tally.immediate.capacity();
+                self.ring = queue_ring(&self.shared, depth, &self.config)?;
+                self.files.iter_mut().for_each(|f| *f = None);
+            }
+            None => {}
+        }
+        self.ring
+            .enable()
+            .map_err(|e| Error::from_io(&e, Op::Submit).with_message("enabling the ring"))?;
+        self.owner = Some(current);
+        Ok(())
+    }
+
+    /// The fixed-file slot of `file` in this ring, registering it on first use.
+    fn fixed_file(&mut self, io: &Io<'_>) -> Option<u32> {
+        let file = io.file();
+        let index = file.backend_index();
+        if index == 0 {
+            return None;
+        }
+        let slot = index - 1;
+        let registered = self.files.get_mut(slot as usize)?;
+        if registered.as_ref().map(WeakFile::id) != Some(file.id()) {
+            self.ring.register_fd(slot, file.raw_fd()).ok()?;
+            *registered = Some(file.downgrade());
+        }
+        Some(slot)
+    }
+
+    /// Drops this ring's registrations of files that were closed or dropped (checked when the
+    /// engine's file epoch moved), so their descriptors do not stay open through this ring.
+    fn sweep_files(&mut self) {
+        let epoch = self.shared.files_epoch.load(Ordering::Acquire);
+        if epoch == self.files_epoch {
+            return;
+        }
+        self.files_epoch = epoch;
+        for (slot, registered) in self.files.iter_mut().enumerate() {
+            if registered.as_ref().is_some_and(|f| !f.is_open()) {
+                self.ring.unregister_file(slot as u32);
+                *registered = None;
+            }
+        }
+    }
+
+    fn enter(&mut self, want: usize) -> Result<()> {
+        self.on_owner_thread()?;
+        let mut tries = 0;
+        loop {
+            match self.ring.ring.submit_and_wait(want) {
+                Ok(_) => {
+                    self.tally.unsubmitted = 0;
+                    return Ok(());
+                }
+                Err(e) if errno(&e) == libc::EINTR && tries < ENTER_RETRIES_MAX => tries += 1,
+                // Completions wait to be reaped first; the entries stay queued.
+                Err(e) if matches!(errno(&e), libc::EBUSY | libc::EAGAIN | libc::EINTR) => {
+                    return Ok(())
+                }
+                Err(e) => {
+                    let op = if want > 0 { Op::Wait } else { Op::Submit };
+                    return Err(Error::from_io(&e, op).with_message("io_uring_enter"));
+                }
+            }
+        }
+    }
+}
+
+/// A queue's own ring: flags for one thread, the engine's pool registered too.
+fn queue_ring(shared: &Shared, depth: usize, config: &engine_core::EngineConfig) -> Result<Ring> {
+    // Twice the depth: under SQPOLL the kernel moves the SQ head only after a batch, so
+    // entries of completed requests can still occupy the ring.
+    let entries = (2 * depth).next_power_of_two() as u32;
+    let (ring, _) = Ring::new(entries, config, Use::PerThread, shared.ring.pool())?;
+    Ok(ring)
+}
+
+impl Kernel for QueueKernel {
+    fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+        if self.tally.refuse_polled_sync(self.shared.iopoll, slot, &io) {
+            return true;
+        }
+        let fixed = Fixed {
+            file: self.fixed_file(&io),
+            pool: self.ring.fixed_pool,
+        };
+        let uses_pool = matches!(
+            &io,
+            Io::Read { pool: Some(p), .. } | Io::Write { pool: Some(p), .. } if Some(*p) == fixed.pool
+        );
+        let sqe = encode(io, fixed, u64::from(slot));
+        let mut sq = self.ring.ring.submission();
+        // SAFETY: the entry's buffer and file belong to a request its slot holds until the
+        // CQE is reaped.
+        if unsafe { sq.push(&sqe) }.is_err() {
+            return false;
+        }
+        self.tally.pushed();
+        self.fixed_submissions += u64::from(uses_pool);
+        true
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        self.sweep_files();
+        if self.tally.unsubmitted == 0 {
+            return Ok(());
+        }
+        self.enter(0)
+    }
+
+    fn reap(&mut self, out: &mut [Reaped]) -> usize {
+        let owner = self.owner == Some(std::thread::current().id());
+        // Deferred task work (and polled completions) run only inside an enter: enter when the
+        // kernel says some is waiting, on the owning thread (the only one allowed to).
+        let waiting = self.tally.in_flight > self.tally.immediate.len();
+        if owner && waiting && (self.shared.iopoll || self.ring.ring.submission().taskrun()) {
+            poll_completions(&self.ring.ring);
+        }
+        self.tally.reap(self.ring.ring.completion(), out)
+    }
+
+    fn wait(&mut self, min: usize) -> Result<()> {
+        let want = min.min(self.tally.in_flight - self.tally.immediate.len());
+        if want == 0 {
+            return Ok(());
+        }
+        self.enter(want)
+    }
+
+    fn wake(&mut self) {}
+
+    fn in_flight(&self) -> usize {
+        self.tally.in_flight
+    }
+}
