@@ -69,7 +69,10 @@ pub struct Args {
     /// Engines to run, comma-separated: auto, uring, aio, sync, all (every built-in engine), a
     /// plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example fio:libaio,
     /// fio:psync), tokio-fs, and with the `peers` feature glommio and monoio. Ratios are
-    /// against the first.
+    /// against the first. A library engine may name its API (`uring@async`, `sync@queue`;
+    /// otherwise `--api`), and any engine its own job count (`fio:psync#4`: four psync jobs;
+    /// otherwise `--numjobs`), so one interleaved run can compare both APIs, or a one-queue
+    /// engine with a thread pool against as many fio jobs.
     #[arg(long, value_delimiter = ',')]
     pub engine: Vec<String>,
     /// The engine API to drive.
@@ -202,6 +205,60 @@ pub fn parse_time(text: &str) -> Result<Duration, String> {
     parsed
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a time: use a positive number with s or ms"))
+}
+
+/// One entry of `--engine`: the engine, and what it overrides of the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSpec {
+    /// As given, for reports (`uring@async`, `fio:psync#4`).
+    pub label: String,
+    /// The engine's name (`uring`, `fio:psync`).
+    pub name: String,
+    /// The API, for this library's engines, when the entry names one.
+    pub api: Option<Api>,
+    /// The job count, when the entry names one.
+    pub numjobs: Option<u32>,
+}
+
+impl EngineSpec {
+    /// Parses `name[@api][#numjobs]`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is accepted.
+    pub fn parse(text: &str) -> Result<EngineSpec, String> {
+        let text = text.trim();
+        let (rest, numjobs) = match text.split_once('#') {
+            Some((rest, n)) => {
+                let n = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| format!("{text:?}: the job count after # must be 1 to 256"))?;
+                (rest, Some(n))
+            }
+            None => (text, None),
+        };
+        let (name, api) = match rest.split_once('@') {
+            Some((name, "queue")) => (name, Some(Api::Queue)),
+            Some((name, "async")) => (name, Some(Api::Async)),
+            Some((_, other)) => {
+                return Err(format!(
+                    "{text:?}: the API after @ is queue or async, not {other:?}"
+                ))
+            }
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err(format!("{text:?}: no engine name"));
+        }
+        Ok(EngineSpec {
+            label: text.to_string(),
+            name: name.to_string(),
+            api,
+            numjobs,
+        })
+    }
 }
 
 /// One fully specified workload.
@@ -349,5 +406,17 @@ impl Args {
             }
         }
         out
+    }
+
+    /// The engines to run, parsed.
+    ///
+    /// # Errors
+    ///
+    /// A message for an entry that does not parse.
+    pub fn engine_specs(&self, fio_available: bool) -> Result<Vec<EngineSpec>, String> {
+        self.engines(fio_available)
+            .iter()
+            .map(|e| EngineSpec::parse(e))
+            .collect()
     }
 }

@@ -79,8 +79,8 @@ fn settle_cache(path: &Path, job: &Job) {
     }
 }
 
-/// Runs one engine on one job.
-fn run_one(
+/// Runs engine `name` (without modifiers) through `api` on `job`.
+fn run_spec(
     name: &str,
     api: Api,
     job: &Job,
@@ -200,17 +200,17 @@ fn target(args: &Args) -> Result<(PathBuf, Option<tempfile::TempPath>), String> 
 pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, String> {
     let jobs = args.jobs()?;
     let fio_available = fio::available();
-    let engines = args.engines(fio_available);
+    let engines = args.engine_specs(fio_available)?;
     let (path, _temp) = target(args)?;
     let size = jobs.iter().map(|j| j.size).max().unwrap_or(1 << 30);
     run::prepare_file(&path, size)?;
 
     let mut verified = Vec::new();
     if args.verify {
-        for name in engines.iter().filter(|n| is_library_engine(n)) {
-            let engine = build_engine(name, &jobs[0])?;
+        for spec in engines.iter().filter(|s| is_library_engine(&s.name)) {
+            let engine = build_engine(&spec.name, &jobs[0])?;
             let bytes = run::verify(&engine, &path, size, jobs[0].direct, 0xC0FFEE)?;
-            verified.push((name.clone(), bytes));
+            verified.push((spec.label.clone(), bytes));
         }
     }
 
@@ -229,11 +229,19 @@ pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, Str
     let mut results = Vec::new();
     for repetition in 0..args.repeat {
         for job in &jobs {
-            for name in &engines {
+            for spec in &engines {
+                let name = &spec.label;
                 progress.set_message(format!("{name}: {}", job.label()));
                 let seed = 0x5EED ^ u64::from(repetition);
-                let mut result = run_one(name, args.api, job, &path, allocations, repetition, seed)
-                    .map_err(|e| format!("{name} on {}: {e}", job.label()))?;
+                let api = spec.api.unwrap_or(args.api);
+                let job = &Job {
+                    numjobs: spec.numjobs.unwrap_or(job.numjobs),
+                    ..job.clone()
+                };
+                let mut result =
+                    run_spec(&spec.name, api, job, &path, allocations, repetition, seed)
+                        .map_err(|e| format!("{name} on {}: {e}", job.label()))?;
+                result.engine.clone_from(&spec.label);
                 result.verified_bytes = verified.iter().find(|(n, _)| n == name).map(|(_, b)| *b);
                 results.push(result);
                 progress.inc(1);

@@ -408,13 +408,32 @@ pub fn verify(
 }
 
 /// Creates (or extends) the file at `path` to `size` bytes of non-zero data, so reads hit
-/// written blocks, and syncs it.
+/// written blocks, and syncs it. A block device is left as it is (fill it beforehand with
+/// the data you want read; a same-filled device, such as zram with one repeated byte, reads
+/// unrealistically fast): it only has to be large enough.
 ///
 /// # Errors
 ///
-/// The I/O error, as text.
+/// The I/O error, or a block device smaller than `size`, as text.
 pub fn prepare_file(path: &Path, size: u64) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
+    use std::io::Seek;
+    use std::os::unix::fs::{FileExt, FileTypeExt};
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.file_type().is_block_device() {
+            let mut device = std::fs::File::open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let device_bytes = device
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(|e| format!("sizing {}: {e}", path.display()))?;
+            if device_bytes < size {
+                return Err(format!(
+                    "{} holds {device_bytes} bytes, less than --size {size}",
+                    path.display()
+                ));
+            }
+            return Ok(());
+        }
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

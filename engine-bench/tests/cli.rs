@@ -2,9 +2,37 @@
 //! asserted: machines here are shared and noisy.
 
 use clap::Parser;
-use engine_bench::args::{parse_size, parse_time, Args, Rw};
+use engine_bench::args::{parse_size, parse_time, Api, Args, EngineSpec, Rw};
 use std::process::Command;
 use std::time::Duration;
+
+#[test]
+fn engine_entries_name_their_api_and_job_count() {
+    let spec = EngineSpec::parse("uring@async").expect("parse");
+    assert_eq!(
+        (spec.name.as_str(), spec.api, spec.numjobs),
+        ("uring", Some(Api::Async), None)
+    );
+    let spec = EngineSpec::parse("fio:psync#4").expect("parse");
+    assert_eq!(
+        (spec.name.as_str(), spec.api, spec.numjobs),
+        ("fio:psync", None, Some(4))
+    );
+    let spec = EngineSpec::parse("sync@queue#2").expect("parse");
+    assert_eq!(
+        (spec.api, spec.numjobs, spec.label.as_str()),
+        (Some(Api::Queue), Some(2), "sync@queue#2")
+    );
+    assert!(EngineSpec::parse("uring@fast")
+        .expect_err("bad api")
+        .contains("queue or async"));
+    assert!(EngineSpec::parse("fio#0")
+        .expect_err("bad count")
+        .contains("1 to 256"));
+    assert!(EngineSpec::parse("@async")
+        .expect_err("no name")
+        .contains("no engine name"));
+}
 
 #[test]
 fn sizes_and_times_parse_with_suffixes_and_fail_clearly() {
