@@ -127,7 +127,9 @@ impl AioKernel {
         pool: Option<Arc<Pool>>,
         thread_syncs: bool,
     ) -> Result<AioKernel> {
-        let ctx = Context::new(depth, config)?;
+        let wanted = u32::try_from(depth).unwrap_or(u32::MAX);
+        let entries = engine_core::raw::submission_entries(config, wanted) as usize;
+        let ctx = Context::new(entries, config)?;
         let fallback = ThreadKernel::new(pool, depth, false);
         if let Some(eventfd) = &eventfd {
             // A fallback result wakes the thread waiting on the eventfd like an AIO one.

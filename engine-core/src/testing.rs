@@ -72,6 +72,10 @@ pub struct Testing {
     pub force_thread_sync: bool,
     /// A seeded bug in the request bookkeeping, if any.
     pub mutation: Option<Mutation>,
+    /// Backends with a submission ring or context size it to this many entries instead of
+    /// the queue depth (io_uring's SQ, the AIO context), so it fills up long before the slot
+    /// table does.
+    pub submission_entries: Option<u32>,
 }
 
 impl Testing {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for Testing {
             .field("setup_errno", &self.setup_errno)
             .field("force_thread_sync", &self.force_thread_sync)
             .field("mutation", &self.mutation)
+            .field("submission_entries", &self.submission_entries)
             .finish()
     }
 }

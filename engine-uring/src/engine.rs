@@ -6,7 +6,9 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use engine_core::raw::{simulated_setup_errno, Common, Driver, FileRaw, QueueDriver};
+use engine_core::raw::{
+    simulated_setup_errno, submission_entries, Common, Driver, FileRaw, QueueDriver,
+};
 use engine_core::{
     Backend, Capabilities, Completion, EngineConfig, Error, ErrorKind, File, MetricsSnapshot, Op,
     OpenOptions, PagePool, Request, Result,
@@ -47,7 +49,8 @@ impl UringEngine {
         let pool = ring::pool_for(&config)?;
         // Twice the depth, and room to spare: wake-up NOPs and resubmissions must fit while
         // the kernel has not yet moved the SQ head past entries it already took.
-        let entries = (2 * config.queue_depth + 8).next_power_of_two() as u32;
+        let wanted = (2 * config.queue_depth + 8).next_power_of_two() as u32;
+        let entries = submission_entries(&config, wanted);
         let (mut ring, pool_note) = Ring::new(entries, &config, Use::Shared, pool.as_ref())?;
         ring.enable()
             .map_err(|e| Error::from_io(&e, Op::Setup).with_message("enabling the ring"))?;

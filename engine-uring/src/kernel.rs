@@ -461,7 +461,7 @@ impl QueueKernel {
     /// other thread: a queue moved with nothing in flight gets a new ring, one moved with
     /// requests in flight is an error (move it back to finish them).
     fn on_owner_thread(&mut self) -> Result<()> {
-        let current = std::thread::current().id();
+        let current = current_thread();
         match self.owner {
             Some(owner) if owner == current => return Ok(()),
             Some(_) if !self.ring.flags.contains(&"SINGLE_ISSUER") => {}
@@ -547,17 +547,34 @@ impl QueueKernel {
     }
 }
 
+/// The calling thread's id, without the reference count `std::thread::current()` costs.
+fn current_thread() -> ThreadId {
+    thread_local! {
+        static ID: ThreadId = std::thread::current().id();
+    }
+    ID.with(|id| *id)
+}
+
 /// A queue's own ring: flags for one thread, the engine's pool registered too.
 fn queue_ring(shared: &Shared, depth: usize, config: &engine_core::EngineConfig) -> Result<Ring> {
     // Twice the depth: under SQPOLL the kernel moves the SQ head only after a batch, so
     // entries of completed requests can still occupy the ring.
-    let entries = (2 * depth).next_power_of_two() as u32;
+    let wanted = (2 * depth).next_power_of_two() as u32;
+    let entries = engine_core::raw::submission_entries(config, wanted);
     let (ring, _) = Ring::new(entries, config, Use::PerThread, shared.ring.pool())?;
     Ok(ring)
 }
 
 impl Kernel for QueueKernel {
     fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+        // A SINGLE_ISSUER ring moved to another thread must not take entries it can never
+        // submit: with nothing in flight it is replaced now; otherwise the request stays
+        // staged and `submit` says why.
+        if self.owner.is_some_and(|owner| owner != current_thread())
+            && self.on_owner_thread().is_err()
+        {
+            return false;
+        }
         if self.tally.refuse_polled_sync(self.shared.iopoll, slot, &io) {
             return true;
         }
@@ -590,7 +607,8 @@ impl Kernel for QueueKernel {
     }
 
     fn reap(&mut self, out: &mut [Reaped]) -> usize {
-        let owner = self.owner == Some(std::thread::current().id());
+        self.sweep_files();
+        let owner = self.owner == Some(current_thread());
         // Deferred task work (and polled completions) run only inside an enter: enter when the
         // kernel says some is waiting, on the owning thread (the only one allowed to).
         let waiting = self.tally.in_flight > self.tally.immediate.len();

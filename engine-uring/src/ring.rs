@@ -43,6 +43,11 @@ pub(crate) fn errno(error: &io::Error) -> i32 {
     error.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// The submission entries a ring needs for the configuration's queue depth.
+fn depth_entries(config: &EngineConfig) -> u32 {
+    u32::try_from(config.queue_depth.next_power_of_two()).unwrap_or(u32::MAX / 2)
+}
+
 /// Creates a ring of `entries` for `usage`, trying the best flags first and falling back when
 /// the kernel refuses them with EINVAL.
 pub(crate) fn build(
@@ -61,7 +66,9 @@ pub(crate) fn build(
     for (mut names, mut disabled) in attempts {
         let mut builder = IoUring::builder();
         builder
-            .setup_cqsize(entries.saturating_mul(2))
+            // Room for a completion of every request in flight, even when the submission
+            // queue is smaller than the depth.
+            .setup_cqsize(entries.max(depth_entries(config)).saturating_mul(2))
             .setup_clamp();
         for name in &names {
             match *name {

@@ -59,6 +59,17 @@ pub fn force_thread_sync(config: &EngineConfig) -> bool {
     }
 }
 
+/// The size a backend gives its submission ring or context: `wanted`, unless the test switches
+/// ([`crate::testing::Testing::submission_entries`]) ask for a smaller one.
+pub fn submission_entries(config: &EngineConfig, wanted: u32) -> u32 {
+    #[cfg(feature = "testing")]
+    if let Some(entries) = config.testing.submission_entries {
+        return entries.max(1);
+    }
+    let _ = config;
+    wanted
+}
+
 /// The state every engine shares with its queues and threads.
 #[derive(Debug)]
 pub struct Common {

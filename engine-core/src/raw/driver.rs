@@ -491,7 +491,7 @@ impl<K: Kernel, W: Wait> Submit<'_, K, W> {
         wakes: &mut Vec<Waker>,
     ) -> Poll<Completion> {
         let driver = self.driver;
-        let inflight = match InFlight::admit(&driver.common, request) {
+        let inflight = match InFlight::admit_validated(&driver.common, request) {
             Ok(inflight) => inflight,
             Err(completion) => {
                 core.table.free_slot(slot, wakes);

@@ -241,6 +241,16 @@ impl InFlight {
         if let Err(error) = validate(common.engine_id(), &request) {
             return Err(reject(common, request, error));
         }
+        InFlight::admit_validated(common, request)
+    }
+
+    /// As [`InFlight::admit`], for a request [`validate`] already passed (the async driver
+    /// validates before it waits for a slot).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit_validated(
+        common: &Common,
+        request: Request,
+    ) -> std::result::Result<InFlight, Completion> {
         if common.is_shut_down() {
             let error = request
                 .file()
@@ -391,8 +401,17 @@ impl InFlight {
             return Err(self.finish(common, Err(errno)));
         }
         let n = usize::try_from(res).unwrap_or(usize::MAX);
-        debug_assert!(n <= self.len, "the kernel moved {n} bytes of {}", self.len);
-        let n = n.min(self.len);
+        if n > self.len {
+            // More than was asked: the result belongs to another request (a backend's
+            // bookkeeping bug). Fail this one loudly rather than trust any of its bytes; a
+            // panic here could fire inside a queue's drop and abort the process.
+            tracing::error!(
+                moved = n,
+                asked = self.len,
+                "a completion larger than its request"
+            );
+            return Err(self.finish(common, Err(libc::EIO)));
+        }
         if let Some(errno) = self.torn {
             // A torn write: the shortened transfer happened, and still reports its error.
             self.done = self.done.max(self.start + n);
@@ -689,6 +708,21 @@ mod tests {
             Some(libc::EAGAIN)
         );
         assert_eq!(c.metrics().snapshot().read.retries, u64::from(RETRIES_MAX));
+    }
+
+    #[test]
+    fn a_completion_larger_than_its_request_fails_it() {
+        let c = common();
+        let f = file(&c, rw(), geometry(512));
+        let inflight = InFlight::admit(&c, Request::read(&f, 0, buf(16, 1), 0)).expect("ok");
+        let completion = inflight.settle(&c, 4096).expect_err("finished");
+        let error = completion.result.expect_err("not trusted");
+        assert_eq!(error.kind(), ErrorKind::Io);
+        assert_eq!(
+            completion.buf.map(|b| b.len()),
+            Some(16),
+            "buffer handed back"
+        );
     }
 
     #[test]

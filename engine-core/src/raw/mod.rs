@@ -38,7 +38,9 @@ mod table;
 pub use crate::counting::CountingAllocator;
 pub use crate::file::{FileDropped, FileRaw, WeakFile};
 pub use crate::metrics::Metrics;
-pub use common::{force_thread_sync, next_engine_id, open_std, simulated_setup_errno, Common};
+pub use common::{
+    force_thread_sync, next_engine_id, open_std, simulated_setup_errno, submission_entries, Common,
+};
 pub use driver::{lock, Driver, Submit};
 pub use inflight::{errno_is_transient, reject, validate, InFlight, Io, Next, RETRIES_MAX};
 pub use kernel::{Kernel, Notify, Reaped, Wait};

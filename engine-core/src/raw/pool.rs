@@ -247,6 +247,9 @@ struct Jobs {
     shutdown: bool,
     /// Workers asleep on the condition variable.
     idle: usize,
+    /// Workers woken and not yet holding a job: while one is on its way, another wake-up
+    /// would only cost a syscall (it takes the next job, and wakes another if more wait).
+    waking: usize,
 }
 
 /// A bounded pool of worker threads running blocking syscalls.
@@ -277,6 +280,7 @@ impl Pool {
                 queue: VecDeque::with_capacity(depth),
                 shutdown: false,
                 idle: 0,
+                waking: 0,
             }),
             work: Condvar::new(),
             threads: AtomicUsize::new(threads),
@@ -318,12 +322,22 @@ impl Pool {
             return;
         }
         guard.queue.extend(jobs.drain(..));
-        let wake = guard.idle > 0;
+        let wake = Pool::should_wake(&mut guard);
         drop(guard);
         if wake {
             // One worker; it wakes the next if it finds more queued.
             self.work.notify_one();
         }
+    }
+
+    /// Decides, under the lock, whether to wake a sleeping worker for the queued jobs: only
+    /// when one sleeps and none is already on its way.
+    fn should_wake(jobs: &mut Jobs) -> bool {
+        let wake = !jobs.queue.is_empty() && jobs.idle > jobs.waking && jobs.waking == 0;
+        if wake {
+            jobs.waking += 1;
+        }
+        wake
     }
 
     /// Runs one queued job on the calling thread, if there is one.
@@ -342,7 +356,7 @@ impl Pool {
         let mut guard = lock(&self.jobs);
         loop {
             if let Some(job) = guard.queue.pop_front() {
-                let more = !guard.queue.is_empty() && guard.idle > 0;
+                let more = Pool::should_wake(&mut guard);
                 drop(guard);
                 if more {
                     self.work.notify_one();
@@ -358,6 +372,8 @@ impl Pool {
                 .wait(guard)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             guard.idle -= 1;
+            // Woken (or spuriously): no longer on its way, whatever it finds.
+            guard.waking = guard.waking.saturating_sub(1);
         }
     }
 
