@@ -2,7 +2,13 @@
 # Regenerates BENCHMARKS.md (and docs/bench-*.svg): every performance target of DESIGN.md,
 # measured side by side with fio and tokio's file I/O on this machine, with interleaved
 # repetitions and the median of ratios. Needs fio (installed with apt-get when missing, as
-# root) and about 6 minutes. Run from the repository root: bash scripts/benchmarks.sh
+# root) and about 12 minutes. Run from the repository root: bash scripts/benchmarks.sh
+#
+# The fast-device tier runs on a cached file and on /dev/zram0 (RAM-backed: the engine's own
+# cost per request shows there, where a real disk hides it behind its latency). As root, the
+# script gives zram0 4 GiB when it has no size yet and fills its first GiB with random data
+# (same-filled pages would read unrealistically fast); it skips the zram rows, saying why,
+# where there is no zram0, where it is swap or mounted, or with BENCH_ZRAM=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,9 +56,45 @@ run qd1 "4k random read, depth 1, O_DIRECT: latency" fio,uring,fio:libaio,aio,fi
 run cached-uring "4k random read of a cached 16 MiB file, buffered, depth 32: io_uring" fio,uring --rw randread --bs 4k --iodepth 32 --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
 run cached-sync "4k random read of a cached 16 MiB file, buffered, depth 1: sync inline" fio:psync,sync --rw randread --bs 4k --iodepth 1 --threads inline --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
 
-python3 - "$WORK" "$REPEAT" "$sections" <<'PY'
+# The fast-device tier: both APIs of every backend against fio with the same ioengine (and
+# tokio's file I/O at depth 1 on the cached file), one interleaved run per row.
+# zram_ready: prints why zram cannot be used, or nothing when /dev/zram0 is ready.
+zram_ready() {
+    local dev=/dev/zram0 sys=/sys/block/zram0
+    [ "${BENCH_ZRAM:-1}" = 0 ] && { echo "BENCH_ZRAM=0"; return; }
+    [ -e "$sys" ] || modprobe zram 2>/dev/null || true
+    [ -e "$sys" ] || { echo "no zram0 here (the zram module is not loaded and cannot be)"; return; }
+    grep -q "^$dev " /proc/swaps && { echo "$dev is swap"; return; }
+    grep -q "^$dev " /proc/mounts && { echo "$dev is mounted"; return; }
+    if [ "$(cat "$sys/disksize")" = 0 ]; then
+        echo 4G > "$sys/disksize" 2>/dev/null || { echo "cannot size $dev (needs root)"; return; }
+    fi
+    [ "$(cat "$sys/disksize")" -ge $((1 << 30)) ] || { echo "$dev is smaller than 1 GiB"; return; }
+    dd if=/dev/urandom of="$dev" bs=1M count=1024 oflag=direct status=none 2>/dev/null \
+        || { echo "cannot write $dev (needs root)"; return; }
+}
+fast() {
+    local where=$1 depth=$2 title=$3
+    shift 3
+    run "fast-$where-d$depth-uring" "$title, depth $depth: io_uring" fio,uring@queue,uring@async$([ "$where$depth" = cached1 ] && echo ,tokio-fs) --rw randread --bs 4k --iodepth "$depth" "$@"
+    run "fast-$where-d$depth-aio" "$title, depth $depth: Linux AIO" fio:libaio,aio@queue,aio@async$([ "$where$depth" = cached1 ] && echo ,tokio-fs) --rw randread --bs 4k --iodepth "$depth" "$@"
+    run "fast-$where-d$depth-sync" "$title, depth $depth: sync engine (a pool of $depth) against fio psync ($depth threads)" fio:psync,sync@queue,sync@async$([ "$where$depth" = cached1 ] && echo ,tokio-fs) --rw randread --bs 4k --iodepth "$depth" "$@"
+}
+for depth in 1 32; do
+    fast cached "$depth" "Fast tier: 4k random read of a cached 16 MiB file, buffered" --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
+done
+ZRAM_SKIP=$(zram_ready)
+if [ -z "$ZRAM_SKIP" ]; then
+    for depth in 1 32; do
+        fast zram "$depth" "Fast tier: 4k random read of /dev/zram0, O_DIRECT" --direct 1 --size 1g --filename /dev/zram0
+    done
+else
+    echo "skipping the zram rows: $ZRAM_SKIP" >&2
+fi
+
+python3 - "$WORK" "$REPEAT" "$sections" "$ZRAM_SKIP" <<'PY'
 import json, statistics, sys, platform, subprocess, os
-work, repeat, sections = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, repeat, sections, zram_skip = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 def ratios(name, engine, reference, api=None, key="iops"):
     runs = json.load(open(f"{work}/{name}.json"))
@@ -92,6 +134,35 @@ targets = [
     ("cached 16 MiB buffered 4k randread QD32: uring vs fio io_uring", ratios("cached-uring", "uring", "fio"), ">= 1.00", 1.0),
     ("cached 16 MiB buffered 4k randread QD1: sync (inline) vs fio psync", ratios("cached-sync", "sync", "fio:psync"), ">= 1.00", 1.0),
 ]
+# The fast-device tier: each API against the other, against fio, and against tokio.
+def pair(name, engine, reference):
+    """Median over repetitions of engine's IOPS over reference's, both named by label."""
+    path = f"{work}/{name}.json"
+    if not os.path.exists(path):
+        return float("nan")
+    runs = json.load(open(path))
+    by = lambda label, rep: [r["iops"] for r in runs if r["engine"] == label and r["repetition"] == rep]
+    out = [a[0] / b[0] for rep in sorted({r["repetition"] for r in runs})
+           for a, b in [(by(engine, rep), by(reference, rep))] if a and b and b[0] > 0]
+    return statistics.median(out) if out else float("nan")
+
+fast_targets = []
+fio_of = {"uring": "fio", "aio": "fio:libaio", "sync": "fio:psync"}
+for where in ["cached", "zram"]:
+    for depth in [1, 32]:
+        for b in ["uring", "aio", "sync"]:
+            fast_targets.append((f"{where} d{depth} {b}: async API / queue API", pair(f"fast-{where}-d{depth}-{b}", f"{b}@async", f"{b}@queue"), ">= 0.90", 0.9))
+for b in ["uring", "aio", "sync"]:
+    fast_targets.append((f"cached d1 {b}: async API / fio {fio_of[b].split(':')[-1]}", pair(f"fast-cached-d1-{b}", f"{b}@async", fio_of[b]), ">= 0.80", 0.8))
+for b in ["uring", "aio", "sync"]:
+    fast_targets.append((f"cached d1 {b}: async API / tokio-fs", pair(f"fast-cached-d1-{b}", f"{b}@async", "tokio-fs"), ">= 10", 10))
+fast_targets.append(("cached d1 sync: async API / fio psync", pair("fast-cached-d1-sync", "sync@async", "fio:psync"), ">= 0.90", 0.9))
+fast_targets.append(("zram d32 sync, one queue, 32 threads: queue API / fio psync (32 threads)", pair("fast-zram-d32-sync", "sync@queue", "fio:psync"), ">= 0.90", 0.9))
+for where in ["cached", "zram"]:
+    for depth in [1, 32]:
+        for b in ["uring", "aio"]:
+            fast_targets.append((f"{where} d{depth} {b}: queue API / fio {fio_of[b].split(':')[-1]}", pair(f"fast-{where}-d{depth}-{b}", f"{b}@queue", fio_of[b]), "(reference)", None))
+
 def met(value, bound):
     return value <= -bound if bound < 0 else value >= bound
 
@@ -111,6 +182,23 @@ for name, value, required, bound in targets:
     lines.append(f"| {name} | {value:.3f} | {required} | {'yes' if met(value, bound) else 'no'} |")
 worst = max(allocs(n, e) for n, e in [("randread-uring", "uring"), ("randread-aio", "aio"), ("randread-sync", "sync"), ("randread-async", "uring")])
 lines.append(f"| heap allocations per operation over whole runs (queue and async APIs, worst case) | {worst:.6f} | 0 in steady state | {'yes' if worst < 1e-4 else 'no'} |")
+fast_names = [f"fast-{w}-d{d}-{b}" for w in ["cached", "zram"] for d in [1, 32] for b in ["uring", "aio", "sync"]]
+fast_allocs = [allocs(n, f"{b}@{api}") for n in fast_names if os.path.exists(f"{work}/{n}.json") for b in [n.rsplit("-", 1)[1]] for api in ["queue", "async"]]
+if fast_allocs:
+    worst_fast = max(fast_allocs)
+    lines.append(f"| heap allocations per operation over whole runs, fast-device tier (both APIs, worst case) | {worst_fast:.6f} | 0 in steady state | {'yes' if worst_fast < 1e-4 else 'no'} |")
+lines += ["", "## Fast-device tier", "",
+ "4k random reads where the device costs little, so the engine's own cost per request shows: a cached 16 MiB file (buffered) and `/dev/zram0` (RAM-backed, O_DIRECT).",
+ "Each backend's queue and async APIs run in one interleaved run with fio's same ioengine (and tokio's file I/O at depth 1 on the cached file). zram has no `RWF_NOWAIT` support, so io_uring hands every zram request to kernel workers (fio's io_uring too) and the sync engine sends every read to its pool.",
+ "A sync row's fio psync runs as many threads as the depth, the sync engine's pool size there.", ""]
+if zram_skip:
+    lines += [f"The zram rows were skipped: {zram_skip}.", ""]
+lines += ["| target | measured | required | met |", "| --- | ---: | ---: | --- |"]
+for name, value, required, bound in fast_targets:
+    if value != value:  # NaN: a skipped row
+        continue
+    verdict = "-" if bound is None else ("yes" if met(value, bound) else "no")
+    lines.append(f"| {name} | {value:.3f} | {required} | {verdict} |")
 lines += ["", "Ratios against glommio, monoio and tokio are the inverse of the median of their IOPS over uring's, per repetition.",
  "", "Allocations are counted over each whole run, so a handful made once per run (not per operation) show as a tiny fraction; `cargo test -p conformance --test alloc` proves zero per operation in steady state on every backend, queue and async APIs.",
  "",
