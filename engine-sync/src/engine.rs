@@ -23,7 +23,7 @@ pub type SyncQueue = QueueDriver<ThreadKernel>;
 
 /// pread/pwrite/fdatasync/fsync on a bounded pool of worker threads.
 ///
-/// A read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`, so a cached
+/// A buffered read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`, so a cached
 /// read costs what `pread` costs; only requests that would block go to the pool, where each
 /// occupies a worker while its syscall runs (queue depth gives real parallelism up to the
 /// number of threads). A thread waiting for completions runs queued requests itself.
@@ -71,9 +71,9 @@ impl SyncEngine {
                     .to_string()
             } else {
                 format!(
-                    "reads are first tried on the submitting thread with RWF_NOWAIT (a cached \
-                     read runs there); the rest occupy one of {threads} worker threads each, and \
-                     a thread waiting for completions runs queued requests itself"
+                    "buffered reads are first tried on the submitting thread with RWF_NOWAIT (a \
+                     cached read runs there); the rest occupy one of {threads} worker threads \
+                     each, and a thread waiting for completions runs queued requests itself"
                 )
             }],
             ..Capabilities::default()

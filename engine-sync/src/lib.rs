@@ -1,10 +1,10 @@
 //! The pread/pwrite backend of the storage I/O engine, on a bounded worker pool.
 //!
-//! Every request runs as one blocking syscall (`pread`, `pwrite`, `fdatasync`, `fsync`): a read
-//! first on the submitting thread with `RWF_NOWAIT` (a cached read costs what `pread` costs),
-//! everything that would block on one of a fixed number of worker threads (queue depth gives
-//! real parallelism up to the number of threads). It keeps the whole engine contract (see
-//! `engine-core`) and runs everywhere Linux does, so it is the last fallback of
+//! Every request runs as one blocking syscall (`pread`, `pwrite`, `fdatasync`, `fsync`): a
+//! buffered read first on the submitting thread with `RWF_NOWAIT` (a cached read costs what
+//! `pread` costs), everything that would block on one of a fixed number of worker threads
+//! (queue depth gives real parallelism up to the number of threads). It keeps the whole engine
+//! contract (see `engine-core`) and runs everywhere Linux does, so it is the last fallback of
 //! `Engine::from_env()`.
 //!
 //! # Examples

@@ -3,12 +3,14 @@
 //! a thread for what their kernel interface cannot do (AIO without fsync).
 //!
 //! Three things keep the thread hops away from requests that do not need them:
-//! - a read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`; only a read
-//!   that would block goes to the pool (a cached read costs what `pread` costs);
+//! - a buffered read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`; only
+//!   a read that would block goes to the pool (a cached read costs what `pread` costs);
 //! - a thread that waits for completions runs queued jobs itself before it sleeps;
-//! - a new job wakes at most one sleeping worker, and a worker that takes a job while more
-//!   wait wakes the next, so a device that blocks gets as many workers as it keeps busy, and
-//!   one that does not is served by the threads already awake.
+//! - while syscalls return in microseconds (a RAM-backed device, a CPU-bound copy), a new job
+//!   wakes at most one sleeping worker and a worker that takes a job while more wait wakes the
+//!   next, so the threads already awake serve the device without a wake-up per request; once
+//!   syscalls block (a disk), every queued job gets a worker on its way at once, so the device
+//!   sees the whole depth.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -247,10 +249,16 @@ struct Jobs {
     shutdown: bool,
     /// Workers asleep on the condition variable.
     idle: usize,
-    /// Workers woken and not yet holding a job: while one is on its way, another wake-up
-    /// would only cost a syscall (it takes the next job, and wakes another if more wait).
+    /// Workers woken and not yet holding a job.
     waking: usize,
+    /// A moving average of how long a job's syscall takes, in nanoseconds: above
+    /// [`BLOCKING_NS`] the device blocks, and every queued job gets a worker at once.
+    job_ns: u64,
 }
+
+/// The average syscall time above which jobs are taken to block in the device (a disk's
+/// latency) rather than run on the CPU (a RAM-backed device's copy, a few microseconds).
+const BLOCKING_NS: u64 = 20_000;
 
 /// A bounded pool of worker threads running blocking syscalls.
 pub struct Pool {
@@ -281,6 +289,8 @@ impl Pool {
                 shutdown: false,
                 idle: 0,
                 waking: 0,
+                // Taken to block until measured: the first jobs get their workers at once.
+                job_ns: BLOCKING_NS * 2,
             }),
             work: Condvar::new(),
             threads: AtomicUsize::new(threads),
@@ -330,10 +340,17 @@ impl Pool {
         }
     }
 
-    /// Decides, under the lock, whether to wake a sleeping worker for the queued jobs: only
-    /// when one sleeps and none is already on its way.
+    /// Decides, under the lock, whether to wake a sleeping worker for the queued jobs: one
+    /// per queued job not yet covered while jobs block in the device; otherwise only when none
+    /// is already on its way (it takes the next job, and wakes another if more wait), as
+    /// another wake-up would cost more than the job.
     fn should_wake(jobs: &mut Jobs) -> bool {
-        let wake = !jobs.queue.is_empty() && jobs.idle > jobs.waking && jobs.waking == 0;
+        let wanted = if jobs.job_ns > BLOCKING_NS {
+            jobs.queue.len()
+        } else {
+            jobs.queue.len().min(1)
+        };
+        let wake = wanted > jobs.waking && jobs.idle > jobs.waking;
         if wake {
             jobs.waking += 1;
         }
@@ -352,8 +369,14 @@ impl Pool {
         }
     }
 
-    fn next_job(&self) -> Option<Job> {
+    /// The next job for a worker, sleeping until there is one; `None` at shutdown. `ran_ns` is
+    /// how long the worker's previous job took, if it ran one.
+    fn next_job(&self, ran_ns: Option<u64>) -> Option<Job> {
         let mut guard = lock(&self.jobs);
+        if let Some(ns) = ran_ns {
+            // Bounded (a second counts as a second), so the sum cannot overflow.
+            guard.job_ns = (guard.job_ns * 7 + ns.min(1_000_000_000)) / 8;
+        }
         loop {
             if let Some(job) = guard.queue.pop_front() {
                 let more = Pool::should_wake(&mut guard);
@@ -379,8 +402,11 @@ impl Pool {
 
     fn run(&self) {
         crate::raw::driver::reserve_wakes();
-        while let Some(job) = self.next_job() {
+        let mut ran_ns = None;
+        while let Some(job) = self.next_job(ran_ns) {
+            let started = std::time::Instant::now();
             job.run();
+            ran_ns = Some(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
     }
 
@@ -430,8 +456,8 @@ impl std::fmt::Debug for Job {
 
 impl ThreadKernel {
     /// A kernel over `pool` (or, with `None`, running every syscall on the submitting thread)
-    /// for up to `depth` requests. With `nowait`, reads are first tried on the submitting thread
-    /// with `RWF_NOWAIT`.
+    /// for up to `depth` requests. With `nowait`, buffered reads are first tried on the
+    /// submitting thread with `RWF_NOWAIT`.
     pub fn new(pool: Option<Arc<Pool>>, depth: usize, nowait: bool) -> ThreadKernel {
         ThreadKernel {
             pool,
@@ -465,13 +491,16 @@ impl ThreadKernel {
         self.in_flight += 1;
     }
 
-    /// Tries a read with `RWF_NOWAIT` on the calling thread; true when it completed (whole, or
-    /// with an error other than would-block).
+    /// Tries a buffered read with `RWF_NOWAIT` on the calling thread; true when it completed
+    /// (whole, or with an error other than would-block). An `O_DIRECT` read is never tried:
+    /// `RWF_NOWAIT` does not stop it waiting for the device, so the calling thread would run
+    /// every read to completion, one at a time.
     fn try_nowait(&mut self, slot: u32, io: &mut Io<'_>) -> bool {
         let Io::Read { file, .. } = io else {
             return false;
         };
-        if file.geometry().nowait == Support::Unsupported
+        if file.options().is_direct()
+            || file.geometry().nowait == Support::Unsupported
             || file.backend_flags() & FILE_NO_NOWAIT != 0
         {
             return false;
