@@ -148,12 +148,13 @@ def pair(name, engine, reference):
 
 fast_targets = []
 fio_of = {"uring": "fio", "aio": "fio:libaio", "sync": "fio:psync"}
+fio_name = {"uring": "io_uring", "aio": "libaio", "sync": "psync"}
 for where in ["cached", "zram"]:
     for depth in [1, 32]:
         for b in ["uring", "aio", "sync"]:
             fast_targets.append((f"{where} d{depth} {b}: async API / queue API", pair(f"fast-{where}-d{depth}-{b}", f"{b}@async", f"{b}@queue"), ">= 0.90", 0.9))
 for b in ["uring", "aio", "sync"]:
-    fast_targets.append((f"cached d1 {b}: async API / fio {fio_of[b].split(':')[-1]}", pair(f"fast-cached-d1-{b}", f"{b}@async", fio_of[b]), ">= 0.80", 0.8))
+    fast_targets.append((f"cached d1 {b}: async API / fio {fio_name[b]}", pair(f"fast-cached-d1-{b}", f"{b}@async", fio_of[b]), ">= 0.80", 0.8))
 for b in ["uring", "aio", "sync"]:
     fast_targets.append((f"cached d1 {b}: async API / tokio-fs", pair(f"fast-cached-d1-{b}", f"{b}@async", "tokio-fs"), ">= 10", 10))
 fast_targets.append(("cached d1 sync: async API / fio psync", pair("fast-cached-d1-sync", "sync@async", "fio:psync"), ">= 0.90", 0.9))
@@ -161,7 +162,7 @@ fast_targets.append(("zram d32 sync, one queue, 32 threads: queue API / fio psyn
 for where in ["cached", "zram"]:
     for depth in [1, 32]:
         for b in ["uring", "aio"]:
-            fast_targets.append((f"{where} d{depth} {b}: queue API / fio {fio_of[b].split(':')[-1]}", pair(f"fast-{where}-d{depth}-{b}", f"{b}@queue", fio_of[b]), "(reference)", None))
+            fast_targets.append((f"{where} d{depth} {b}: queue API / fio {fio_name[b]}", pair(f"fast-{where}-d{depth}-{b}", f"{b}@queue", fio_of[b]), "(reference)", None))
 
 def met(value, bound):
     return value <= -bound if bound < 0 else value >= bound
