@@ -72,6 +72,7 @@ where
         queue_wait_is_bounded_by_in_flight,
         async_submitters_wait_when_the_queue_is_full,
         many_in_flight_complete_out_of_order,
+        futures_polled_by_other_executors_complete,
         dropped_future_keeps_its_buffer_until_completion,
         dropping_the_engine_completes_work_in_flight,
         dropping_a_queue_with_work_in_flight_is_safe,
@@ -998,6 +999,81 @@ pub fn many_in_flight_complete_out_of_order<E: Backend>(h: &Harness<E>) -> CaseR
         Some(&100),
         "the fsync finished before every read: {order:?}"
     );
+    Ok(())
+}
+
+/// Runs `future` to completion the way an executor other than `block_on` does: polled on
+/// this thread, woken by an unpark from whichever thread completes it.
+fn on_foreign_executor<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // A lost wake-up hangs here, and the case fails on its time limit.
+        std::thread::park();
+    }
+}
+
+/// Futures polled by executors that do not lend their thread to the engine (woken from the
+/// engine's reaper or its worker threads) complete with the right data, while a `block_on`
+/// thread drives its own futures on the same engine at the same time.
+pub fn futures_polled_by_other_executors_complete<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    const BLOCK: usize = 4096;
+    const BLOCKS: usize = 64;
+    let data = pattern(BLOCK * BLOCKS, 31);
+    // O_DIRECT where the filesystem has it, so no read completes at submit (a cached read
+    // can, on the thread that polls it).
+    let file = match direct_file(h, &engine, &data, 4096) {
+        Ok(file) => file,
+        Err(_) => h.file(&engine, &data, &rw()),
+    };
+    let read_back = |block: usize| {
+        let engine = &engine;
+        let file = &file;
+        let offset = block % BLOCKS * BLOCK;
+        let expected = &data[offset..offset + BLOCK];
+        async move {
+            let zeroed = buf(&[0; BLOCK], 4096);
+            let (read, got) = engine.read_at(file, offset as u64, zeroed).await;
+            assert_eq!(
+                read.as_ref().ok(),
+                Some(&BLOCK),
+                "read at {offset}: {read:?}"
+            );
+            assert!(got.as_slice() == expected, "the bytes at {offset}");
+        }
+    };
+    std::thread::scope(|scope| {
+        let foreign: Vec<_> = (0..3)
+            .map(|t| {
+                let read_back = &read_back;
+                scope.spawn(move || {
+                    for i in 0..64 {
+                        on_foreign_executor(read_back(t * 64 + i));
+                    }
+                })
+            })
+            .collect();
+        for round in 0..16 {
+            let futures = (0..8).map(|i| read_back(round * 8 + i)).collect();
+            block_on(engine_core::join_all(futures));
+        }
+        for thread in foreign {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+    });
     Ok(())
 }
 

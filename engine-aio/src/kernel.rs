@@ -218,14 +218,7 @@ impl Kernel for AioKernel {
     }
 
     fn reap(&mut self, out: &mut [Reaped]) -> usize {
-        let mut n = 0;
-        while n < out.len() {
-            let Some(result) = self.immediate.pop_front() else {
-                break;
-            };
-            out[n] = result;
-            n += 1;
-        }
+        let mut n = Reaped::drain(&mut self.immediate, out);
         if self.in_kernel > 0 && n < out.len() && self.events_ready.is_empty() {
             // What the mapped ring already holds (no syscall); io_getevents when its layout
             // is not the one known here.

@@ -23,7 +23,7 @@ thread_local! {
 }
 
 /// Restores the thread's `block_on` state when a poll ends, even by a panic.
-struct PollGuard(Option<(bool, Option<Arc<dyn park::Park>>)>);
+struct PollGuard(Option<park::Saved>);
 
 impl PollGuard {
     fn end(mut self) -> Option<Arc<dyn park::Park>> {
@@ -48,10 +48,40 @@ impl Drop for DepthGuard {
     }
 }
 
+/// The engine a `block_on` call parks in, once a future offered one. When the call returns
+/// (or unwinds) the engine submits what it deferred ([`park::Park::flush`]) and the token
+/// forgets it.
+struct Target<'a> {
+    token: &'a ParkToken,
+    engine: Option<Arc<dyn park::Park>>,
+}
+
+impl Target<'_> {
+    /// Takes the engine the last poll left as the call's target; it stays for the whole call.
+    fn set(&mut self, engine: Option<Arc<dyn park::Park>>) {
+        if self.engine.is_none() {
+            if let Some(engine) = &engine {
+                self.token.set_engine(Some(Arc::clone(engine)));
+            }
+        }
+        self.engine = engine;
+    }
+}
+
+impl Drop for Target<'_> {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            self.token.set_engine(None);
+            engine.flush();
+        }
+    }
+}
+
 /// Runs a future to completion on the current thread.
 ///
 /// Between polls the thread waits in the engine the future waits on (if it is one of this
-/// crate's engines), or parks until woken.
+/// crate's engines), or parks until woken. That engine submits the requests a poll made when
+/// the poll ends, all at once.
 ///
 /// # Examples
 ///
@@ -64,6 +94,11 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         depth.get() > 1
     });
     let _depth = DepthGuard;
+    if nested {
+        // The outer call's poll may have pushed requests it would submit when it parks;
+        // this call may block for a while first.
+        park::flush_outer();
+    }
     // A nested call (block_on inside a future that block_on polls) gets a token of its own,
     // so the two loops never share a wake flag.
     let (token, waker) = if nested {
@@ -75,26 +110,27 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     };
     let mut future = pin!(future);
     let mut cx = Context::from_waker(&waker);
-    // The engine this call parks in, once a future offered one (it stays for the call).
-    let mut target: Option<Arc<dyn park::Park>> = None;
+    let mut target = Target {
+        token: &token,
+        engine: None,
+    };
     loop {
         token.begin_poll();
-        let guard = PollGuard(Some(park::begin_poll(target.take())));
+        let guard = PollGuard(Some(park::begin_poll(target.engine.clone())));
         let polled = future.as_mut().poll(&mut cx);
-        target = guard.end();
+        target.set(guard.end());
         if let Poll::Ready(output) = polled {
             return output;
         }
-        if token.take_notified() {
-            continue;
-        }
-        match &target {
-            Some(engine) => {
-                token.set_engine(Some(Arc::clone(engine)));
-                engine.park(&token);
-                token.set_engine(None);
+        match &target.engine {
+            // The engine submits what the poll pushed, reaps, and returns at once when that
+            // (or anything else) woke the future; otherwise it waits for completions.
+            Some(engine) => engine.park(&token),
+            None => {
+                if !token.take_notified() {
+                    token.park_thread();
+                }
             }
-            None => token.park_thread(),
         }
     }
 }

@@ -7,7 +7,10 @@
 //! costs no thread hop at all. When it must wait:
 //!
 //! - under [`crate::block_on`], the thread lends itself to the engine ([`Park`]): it takes the
-//!   *lease* (one thread at a time waits in the kernel), waits there, and reaps;
+//!   *lease* (one thread at a time waits in the kernel), waits there, and reaps. Such a
+//!   future's poll only pushes its request; `block_on` submits everything its poll pushed
+//!   when it parks, so the futures a `join_all` polls in one pass reach the kernel in one
+//!   submission;
 //! - under any other executor, the slot counts as *unattended*, and the engine's reaper thread
 //!   takes the lease and reaps for it. The reaper sleeps while nothing is unattended.
 //!
@@ -17,6 +20,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -25,7 +29,7 @@ use crate::error::{Error, ErrorKind, Op, Result};
 use crate::raw::common::Common;
 use crate::raw::inflight::{reject, validate, InFlight};
 use crate::raw::kernel::{Kernel, Reaped, Wait};
-use crate::raw::park::{self, Park, ParkToken};
+use crate::raw::park::{self, Attendance, Park, ParkToken};
 use crate::raw::table::{Mode, SlotTable, Ticket};
 use crate::request::{Completion, Request};
 
@@ -67,6 +71,22 @@ const REAP_BATCH: usize = 64;
 /// The most push-submit-reap rounds one call of progress makes.
 const PROGRESS_ROUNDS_MAX: usize = 64;
 
+/// The requests a `block_on` poll may see complete at once (submitted as they are made)
+/// before the rest of that poll's requests wait for its park: a future whose requests keep
+/// completing at once (cached reads) would otherwise run alone, and its siblings' requests
+/// never share a submission with its own.
+const COMPLETED_AT_ONCE_MAX: u32 = 32;
+
+/// When the requests a call of progress pushes reach the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Submission {
+    /// Submitted (and reaped) now.
+    Now,
+    /// Left in the submission queue for the polling thread's `block_on`, which submits them
+    /// when its poll ends ([`Park::park`]); submitted now only if the kernel has no room.
+    AtPark,
+}
+
 struct Core<K> {
     table: SlotTable,
     kernel: K,
@@ -78,6 +98,9 @@ struct Core<K> {
     reaper_asleep: bool,
     /// Why the completion path died, once it has: every request then fails.
     dead: Option<Arc<str>>,
+    /// Where a reap puts completions before settling them (kept here, so that a reap does
+    /// not clear a buffer of its own each time).
+    reaped: [Reaped; REAP_BATCH],
 }
 
 /// The async API's engine core, generic over the backend's [`Kernel`] and [`Wait`].
@@ -91,6 +114,13 @@ pub struct Driver<K: Kernel, W: Wait> {
     reaper: Mutex<Option<JoinHandle<()>>>,
     /// The kernel completes requests on its own threads and reaps through `notify`.
     self_completing: bool,
+    /// Requests were pushed and their submission left to a parking `block_on` thread
+    /// ([`Submission::AtPark`]). Written under the lock; read without it only to skip taking
+    /// the lock when nothing is deferred.
+    deferred: AtomicBool,
+    /// The slot table's unattended count, published for a self-completing kernel's threads,
+    /// which skip the lock while it is zero (see [`Driver::on_notify`]).
+    unattended: AtomicUsize,
 }
 
 impl<K: Kernel, W: Wait> std::fmt::Debug for Driver<K, W> {
@@ -133,11 +163,14 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
                     behind_lease: Vec::new(),
                     reaper_asleep: false,
                     dead: None,
+                    reaped: [Reaped::default(); REAP_BATCH],
                 }),
                 waiter,
                 idle: Condvar::new(),
                 reaper: Mutex::new(None),
                 self_completing,
+                deferred: AtomicBool::new(false),
+                unattended: AtomicUsize::new(0),
             }
         });
         if !driver.self_completing {
@@ -174,16 +207,35 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
         }
     }
 
-    /// Pushes, submits and reaps everything that is ready; delivers completions. Errors of the
-    /// kernel interface itself are returned for the caller to kill the driver with.
-    /// Returns how many submissions it pushed into the kernel.
-    fn progress(&self, core: &mut Core<K>, wakes: &mut Vec<Waker>) -> Result<usize> {
+    /// Pushes, submits and reaps everything that is ready; delivers completions. With
+    /// [`Submission::AtPark`] it only pushes, unless the kernel is full. Errors of the kernel
+    /// interface itself are returned for the caller to kill the driver with. Returns how many
+    /// submissions it pushed into the kernel.
+    fn progress(
+        &self,
+        core: &mut Core<K>,
+        wakes: &mut Vec<Waker>,
+        submission: Submission,
+    ) -> Result<usize> {
         if core.dead.is_some() {
             return Ok(0);
         }
-        let mut pushed_total = 0;
         let common = &*self.common;
-        let mut reaped = [Reaped::default(); REAP_BATCH];
+        let mut pushed_total = 0;
+        if submission == Submission::AtPark {
+            pushed_total = core.table.flush(common, &mut core.kernel, wakes);
+            if core.table.staged() == 0 {
+                if pushed_total > 0 {
+                    self.deferred.store(true, Ordering::Relaxed);
+                }
+                // What completed at push (a read that did not block) is ready already.
+                Driver::<K, W>::reap(common, core, wakes);
+                return Ok(pushed_total);
+            }
+            // The kernel is full: submit now, so that completions make room.
+        }
+        // Whatever was pushed before is submitted below.
+        self.deferred.store(false, Ordering::Relaxed);
         // Each round submits what is staged and reaps what is ready; a round that moves
         // nothing ends it. A kernel that completes at push (a read that did not block) can
         // keep a request going round for a while (an exact transfer in many pieces): the
@@ -193,25 +245,33 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
             let pushed = core.table.flush(common, &mut core.kernel, wakes);
             pushed_total += pushed;
             core.kernel.submit()?;
-            let mut got = 0;
-            // Bounded by what can be in flight: every request, plus wake-up entries.
-            for _ in 0..=(core.table.capacity() / REAP_BATCH + 1) {
-                let n = core.kernel.reap(&mut reaped);
-                #[cfg(feature = "testing")]
-                SlotTable::seeded_reap(common, &mut reaped[..n]);
-                for r in &reaped[..n] {
-                    core.table.settle(common, r.slot, r.result, wakes);
-                }
-                got += n;
-                if n < REAP_BATCH {
-                    break;
-                }
-            }
+            let got = Driver::<K, W>::reap(common, core, wakes);
             if core.table.staged() == 0 || (pushed == 0 && got == 0) {
                 break;
             }
         }
         Ok(pushed_total)
+    }
+
+    /// Reaps every completion that is ready, without waiting, and settles it; returns how
+    /// many.
+    fn reap(common: &Common, core: &mut Core<K>, wakes: &mut Vec<Waker>) -> usize {
+        let reaped = &mut core.reaped;
+        let mut got = 0;
+        // Bounded by what can be in flight: every request, plus wake-up entries.
+        for _ in 0..=(core.table.capacity() / REAP_BATCH + 1) {
+            let n = core.kernel.reap(reaped);
+            #[cfg(feature = "testing")]
+            SlotTable::seeded_reap(common, &mut reaped[..n]);
+            for r in &reaped[..n] {
+                core.table.settle(common, r.slot, r.result, wakes);
+            }
+            got += n;
+            if n < REAP_BATCH {
+                break;
+            }
+        }
+        got
     }
 
     /// True when requests are staged and the kernel holds nothing: nobody waiting in the
@@ -220,22 +280,56 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
         core.dead.is_none() && core.table.staged() > 0 && core.table.in_kernel() == 0
     }
 
-    fn progress_or_die(&self, core: &mut Core<K>, wakes: &mut Vec<Waker>) -> usize {
-        match self.progress(core, wakes) {
+    fn progress_or_die(
+        &self,
+        core: &mut Core<K>,
+        wakes: &mut Vec<Waker>,
+        submission: Submission,
+    ) -> usize {
+        let pushed = match self.progress(core, wakes, submission) {
             Ok(pushed) => pushed,
             Err(e) => {
                 let reason = format!("the kernel interface failed: {e}");
                 self.die_locked(core, &reason, wakes);
                 0
             }
+        };
+        self.publish_unattended(core, wakes);
+        pushed
+    }
+
+    /// Publishes the unattended count to a self-completing kernel's threads (under the lock,
+    /// after every change that may raise it). When it rises, a completion delivered just
+    /// before may have seen the old count and skipped reaping, so this thread reaps. The two
+    /// cannot both miss: the kernel thread delivers a result (under its result list's lock)
+    /// and then reads the count; this thread stores the count and then reaps (under that same
+    /// lock), so whichever takes the result list's lock second sees the other's write.
+    fn publish_unattended(&self, core: &mut Core<K>, wakes: &mut Vec<Waker>) {
+        if !self.self_completing {
+            return;
+        }
+        let now = core.table.unattended();
+        // Written only under the lock, so a plain load sees the last value.
+        if self.unattended.load(Ordering::Relaxed) == now {
+            return;
+        }
+        let before = self.unattended.swap(now, Ordering::SeqCst);
+        if now > before {
+            Driver::<K, W>::reap(&self.common, core, wakes);
         }
     }
 
-    /// Called by a self-completing kernel's threads after each completion.
+    /// Called by a self-completing kernel's threads after each completion. A completion for
+    /// a slot some `block_on` thread attends is reaped by that thread (it is polling, will
+    /// park and reap, or waits in [`Wait::wait`], which the delivery wakes), so the lock is
+    /// taken only while some slot is unattended, or to drain at shutdown.
     fn on_notify(&self) {
+        if self.unattended.load(Ordering::SeqCst) == 0 && !self.common.is_shut_down() {
+            return;
+        }
         with_wakes(|wakes| {
             let mut core = lock(&self.core);
-            self.progress_or_die(&mut core, wakes);
+            self.progress_or_die(&mut core, wakes, Submission::Now);
             // A kernel with threads of its own gets here once per completion, so requests left
             // staged are pushed by a later call (or by their polling thread).
             let drained = core.table.in_kernel() + core.table.staged() == 0;
@@ -273,6 +367,15 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
                 return Ok(());
             }
             let needed = draining || core.table.unattended() > 0;
+            if needed && !core.lease && self.deferred.load(Ordering::Relaxed) {
+                // A `block_on` poll pushed requests it meant to submit when it parked, but
+                // never parked (its future was dropped, or finished first): submit them.
+                with_wakes(|wakes| {
+                    self.progress_or_die(&mut core, wakes, Submission::Now);
+                    drop(core);
+                });
+                continue;
+            }
             if needed && !core.lease && core.table.in_kernel() > 0 {
                 core.lease = true;
                 drop(core);
@@ -283,7 +386,7 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
             if needed && !core.lease {
                 // Staged with nothing in the kernel: push them now.
                 with_wakes(|wakes| {
-                    let pushed = self.progress_or_die(&mut core, wakes);
+                    let pushed = self.progress_or_die(&mut core, wakes, Submission::Now);
                     if pushed == 0 && Driver::<K, W>::stalled(&core) {
                         self.die_locked(
                             &mut core,
@@ -308,7 +411,7 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
             let mut core = lock(&self.core);
             core.lease = false;
             if waited.is_ok() {
-                self.progress_or_die(&mut core, wakes);
+                self.progress_or_die(&mut core, wakes, Submission::Now);
             }
             let behind = std::mem::take(&mut core.behind_lease);
             let wake_reaper =
@@ -381,7 +484,7 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
             // The kernel's own threads reap; wait until they have finished everything.
             let mut core = lock(&self.core);
             while core.dead.is_none() && core.table.in_kernel() + core.table.staged() > 0 {
-                with_wakes(|wakes| self.progress_or_die(&mut core, wakes));
+                with_wakes(|wakes| self.progress_or_die(&mut core, wakes, Submission::Now));
                 if core.table.in_kernel() + core.table.staged() == 0 {
                     break;
                 }
@@ -412,25 +515,30 @@ impl<K: Kernel, W: Wait> Drop for Driver<K, W> {
 
 impl<K: Kernel, W: Wait> Park for Driver<K, W> {
     fn park(&self, token: &Arc<ParkToken>) {
-        let (waiting, stalled) = with_wakes(|wakes| {
+        // Submit what the poll pushed and reap what is ready (even when the future was woken
+        // already: a future that keeps waking itself must not starve the completions).
+        let stalled = with_wakes(|wakes| {
             let mut core = lock(&self.core);
-            self.progress_or_die(&mut core, wakes);
+            self.progress_or_die(&mut core, wakes, Submission::Now);
             let stalled = Driver::<K, W>::stalled(&core);
-            let wait = !stalled && !core.lease && core.table.in_kernel() > 0 && core.dead.is_none();
+            drop(core);
+            stalled
+        });
+        if stalled || token.is_notified() {
+            // Woken, or requests still to push (the poll pushes them): back to the poll.
+            return;
+        }
+        let waiting = {
+            let mut core = lock(&self.core);
+            let wait = !core.lease && core.table.in_kernel() > 0 && core.dead.is_none();
             if wait {
                 core.lease = true;
             } else if core.lease && !core.behind_lease.iter().any(|t| Arc::ptr_eq(t, token)) {
                 // Another thread waits in the kernel: it wakes this one when it is done.
                 core.behind_lease.push(Arc::clone(token));
             }
-            drop(core);
-            (wait, stalled)
-        });
-        if stalled {
-            // Requests still to push: back to the poll, which pushes them.
-            token.notify();
-            return;
-        }
+            wait
+        };
         if !waiting {
             token.park_thread();
             return;
@@ -449,6 +557,16 @@ impl<K: Kernel, W: Wait> Park for Driver<K, W> {
 
     fn interrupt(&self) {
         lock(&self.core).kernel.wake();
+    }
+
+    fn flush(&self) {
+        if self.deferred.load(Ordering::Relaxed) {
+            with_wakes(|wakes| {
+                let mut core = lock(&self.core);
+                self.progress_or_die(&mut core, wakes, Submission::Now);
+                drop(core);
+            });
+        }
     }
 }
 
@@ -471,9 +589,9 @@ pub struct Submit<'a, K: Kernel, W: Wait> {
 }
 
 impl<K: Kernel, W: Wait> Submit<'_, K, W> {
-    /// True when the polling thread will reap this engine itself (it runs `block_on`, which
+    /// Whether the polling thread will reap this engine itself (it runs `block_on`, which
     /// parks in this engine after the poll).
-    fn attended(&self) -> bool {
+    fn attended(&self) -> Attendance {
         let driver = self.driver;
         park::offer(Arc::as_ptr(driver).cast::<()>(), || {
             Arc::clone(driver) as Arc<dyn Park>
@@ -500,22 +618,45 @@ impl<K: Kernel, W: Wait> Submit<'_, K, W> {
         };
         core.table.fill(slot, inflight);
         self.state = State::InFlight(slot);
-        driver.progress_or_die(core, wakes);
-        self.poll_slot(core, slot, cx, wakes)
+        let polled = self.progress_and_poll(core, slot, cx, wakes);
+        if polled.is_ready() {
+            park::note_completed_at_once();
+        }
+        polled
     }
 
-    fn poll_slot(
+    /// Runs the engine (only pushing, when the polling thread's `block_on` submits at its
+    /// park), then takes `slot`'s completion or registers the waker.
+    fn progress_and_poll(
         &mut self,
         core: &mut Core<K>,
         slot: u32,
         cx: &Context<'_>,
         wakes: &mut Vec<Waker>,
     ) -> Poll<Completion> {
+        // Deferring pays when other requests hold slots (in flight, or done and about to be
+        // followed by their futures' next requests in this same poll): the requests the poll
+        // pushes share one submission when the thread parks. A lone request goes in at once,
+        // and may complete before the poll ends (a cached read), up to a bound per poll.
+        let (attended, submission) = match self.attended() {
+            Attendance::Unattended => (false, Submission::Now),
+            Attendance::Attended { completed_at_once } => {
+                let defer = core.table.in_use() > 1 || completed_at_once >= COMPLETED_AT_ONCE_MAX;
+                (
+                    true,
+                    if defer {
+                        Submission::AtPark
+                    } else {
+                        Submission::Now
+                    },
+                )
+            }
+        };
+        self.driver.progress_or_die(core, wakes, submission);
         if let Some(completion) = core.table.take_done(slot, wakes) {
             self.state = State::Done;
             return Poll::Ready(completion);
         }
-        let attended = self.attended();
         core.table.register(slot, cx.waker(), attended);
         Poll::Pending
     }
@@ -565,7 +706,7 @@ impl<K: Kernel, W: Wait> Future for Submit<'_, K, W> {
                             None => {
                                 // In line for a slot: completions free them, so this thread
                                 // may as well reap, and wait in the engine.
-                                driver.progress_or_die(&mut core, wakes);
+                                driver.progress_or_die(&mut core, wakes, Submission::Now);
                                 let _ = this.attended();
                                 Poll::Pending
                             }
@@ -574,11 +715,11 @@ impl<K: Kernel, W: Wait> Future for Submit<'_, K, W> {
                 }
                 State::InFlight(slot) => {
                     let slot = *slot;
-                    driver.progress_or_die(&mut core, wakes);
-                    this.poll_slot(&mut core, slot, cx, wakes)
+                    this.progress_and_poll(&mut core, slot, cx, wakes)
                 }
                 State::Start(_) | State::Done => Poll::Pending,
             };
+            driver.publish_unattended(&mut core, wakes);
             let wake_reaper = driver.wake_reaper_if_needed(&core);
             if result.is_pending() && Driver::<K, W>::stalled(&core) {
                 // More to push than one poll does: be polled again at once.
@@ -610,6 +751,7 @@ impl<K: Kernel, W: Wait> Drop for Submit<'_, K, W> {
             State::InFlight(slot) => with_wakes(|wakes| {
                 let mut core = lock(&driver.core);
                 core.table.abandon(slot, wakes);
+                driver.publish_unattended(&mut core, wakes);
                 let wake = driver.wake_reaper_if_needed(&core);
                 drop(core);
                 wake
@@ -629,4 +771,320 @@ fn dead_error(op: Op, reason: &str) -> Error {
         op,
         format!("the completion path died: {reason}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::AlignedBuf;
+    use crate::config::EngineConfig;
+    use crate::executor::{block_on, join_all};
+    use crate::file::{File, OpenOptions};
+    use crate::geometry::Geometry;
+    use crate::raw::inflight::Io;
+    use std::future::poll_fn;
+    use std::time::{Duration, Instant};
+
+    /// What the fake kernel and its waiter share.
+    #[derive(Default)]
+    struct Device {
+        /// Pushed, not yet submitted.
+        pushed: Vec<(u32, i64)>,
+        /// Submitted (at the instant given), not yet complete.
+        running: Vec<(u32, i64, Instant)>,
+        /// Complete, not yet reaped.
+        complete: Vec<(u32, i64)>,
+        /// How many submit calls carried entries.
+        submissions: usize,
+        /// Requests submitted so far.
+        submitted: usize,
+        woken: bool,
+    }
+
+    /// A kernel whose requests complete at submit (`at_submit`, a cached read), or a while
+    /// later on their own (a device): [`DEVICE_LATENCY`] after their submission.
+    struct FakeKernel {
+        device: Arc<(Mutex<Device>, Condvar)>,
+        at_submit: bool,
+    }
+
+    impl Kernel for FakeKernel {
+        fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+            let len = match io {
+                Io::Read { buf, .. } => buf.len() as i64,
+                _ => 0,
+            };
+            lock(&self.device.0).pushed.push((slot, len));
+            true
+        }
+        fn submit(&mut self) -> Result<()> {
+            let mut device = lock(&self.device.0);
+            if device.pushed.is_empty() {
+                return Ok(());
+            }
+            device.submissions += 1;
+            let pushed = std::mem::take(&mut device.pushed);
+            device.submitted += pushed.len();
+            if self.at_submit {
+                device.complete.extend(pushed);
+            } else {
+                let now = Instant::now();
+                device
+                    .running
+                    .extend(pushed.into_iter().map(|(s, r)| (s, r, now)));
+            }
+            drop(device);
+            self.device.1.notify_all();
+            Ok(())
+        }
+        fn reap(&mut self, out: &mut [Reaped]) -> usize {
+            let mut device = lock(&self.device.0);
+            device.complete_due();
+            let n = device.complete.len().min(out.len());
+            for (slot, (s, result)) in out.iter_mut().zip(device.complete.drain(..n)) {
+                *slot = Reaped { slot: s, result };
+            }
+            n
+        }
+        fn wait(&mut self, _min: usize) -> Result<()> {
+            Ok(())
+        }
+        fn wake(&mut self) {
+            lock(&self.device.0).woken = true;
+            self.device.1.notify_all();
+        }
+        fn in_flight(&self) -> usize {
+            let device = lock(&self.device.0);
+            device.pushed.len() + device.running.len() + device.complete.len()
+        }
+    }
+
+    /// How long after its submission a request of the fake device completes.
+    const DEVICE_LATENCY: Duration = Duration::from_millis(1);
+
+    impl Device {
+        fn complete_due(&mut self) {
+            let now = Instant::now();
+            let (due, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+                .into_iter()
+                .partition(|&(_, _, at)| now.duration_since(at) >= DEVICE_LATENCY);
+            self.running = running;
+            self.complete
+                .extend(due.into_iter().map(|(s, r, _)| (s, r)));
+        }
+    }
+
+    /// Waits until a request is due (or a wake-up), as a thread waiting for a device would.
+    struct FakeWait(Arc<(Mutex<Device>, Condvar)>);
+
+    impl Wait for FakeWait {
+        fn wait(&self) -> Result<()> {
+            let mut device = lock(&self.0 .0);
+            let deadline = Instant::now() + Duration::from_millis(50);
+            loop {
+                device.complete_due();
+                let now = Instant::now();
+                if !device.complete.is_empty() || device.woken || now >= deadline {
+                    break;
+                }
+                let left = match device.running.iter().map(|&(_, _, at)| at).min() {
+                    Some(oldest) => (oldest + DEVICE_LATENCY).saturating_duration_since(now),
+                    None => deadline - now,
+                };
+                device = match self
+                    .0
+                     .1
+                    .wait_timeout(device, left.max(Duration::from_micros(50)))
+                {
+                    Ok((device, _)) => device,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+            device.woken = false;
+            Ok(())
+        }
+    }
+
+    type FakeDriver = Driver<FakeKernel, FakeWait>;
+    type Shared = Arc<(Mutex<Device>, Condvar)>;
+
+    fn start(at_submit: bool) -> (Arc<FakeDriver>, Shared, File) {
+        let device = Arc::new((Mutex::new(Device::default()), Condvar::new()));
+        let common = Arc::new(Common::new(EngineConfig::default()));
+        let std = tempfile::tempfile().expect("tempfile");
+        let options = OpenOptions::new().read(true).write(true);
+        let path = std::path::Path::new("/fake");
+        let file = common.file(std, path, options, Geometry::FALLBACK, 0, None);
+        let kernel = FakeKernel {
+            device: Arc::clone(&device),
+            at_submit,
+        };
+        let driver = Driver::start(common, kernel, FakeWait(Arc::clone(&device)), "fake-reaper")
+            .expect("driver");
+        (driver, device, file)
+    }
+
+    fn read(file: &File, user_data: u64) -> Request {
+        let buf = AlignedBuf::zeroed(8, 1).expect("alloc");
+        Request::read(file, 0, buf, user_data)
+    }
+
+    /// Runs `body` on a thread of its own, failing the test instead of hanging it.
+    fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(body());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{what}: no result within 20 s"))
+    }
+
+    #[test]
+    fn the_requests_of_one_block_on_poll_share_a_submission() {
+        let (driver, device, file) = start(false);
+        let (tasks, reads) = (16u64, 8u64);
+        let done = {
+            let driver = Arc::clone(&driver);
+            within("16 tasks of 8 reads", move || {
+                let futures = (0..tasks)
+                    .map(|t| {
+                        let (driver, file) = (Arc::clone(&driver), file.clone());
+                        async move {
+                            let mut ok = 0;
+                            for r in 0..reads {
+                                ok += usize::from(
+                                    driver
+                                        .submit(read(&file, t * reads + r))
+                                        .await
+                                        .result
+                                        .is_ok(),
+                                );
+                            }
+                            ok
+                        }
+                    })
+                    .collect();
+                block_on(join_all(futures)).into_iter().sum::<usize>()
+            })
+        };
+        assert_eq!(done, (tasks * reads) as usize, "reads completed");
+        let device = lock(&device.0);
+        assert_eq!(
+            device.submitted,
+            (tasks * reads) as usize,
+            "requests submitted"
+        );
+        // Each round of the 16 tasks goes in as one submission (the first of a round may go
+        // alone, when nothing else holds a slot).
+        assert!(
+            device.submissions * 4 <= device.submitted,
+            "{} submissions for {} requests",
+            device.submissions,
+            device.submitted
+        );
+        drop(device);
+        driver.shutdown();
+    }
+
+    /// Polls `future` once (under the caller's `block_on`), then hands it back unfinished.
+    async fn poll_once<F: Future + Unpin>(mut future: F) -> F {
+        poll_fn(|cx| {
+            let _ = Pin::new(&mut future).poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+        future
+    }
+
+    #[test]
+    fn a_request_left_pushed_by_a_returning_block_on_is_submitted() {
+        let (driver, device, file) = start(false);
+        let submitted = {
+            let (driver, device) = (Arc::clone(&driver), Arc::clone(&device));
+            within("a future moved out of block_on", move || {
+                let first = Box::pin(driver.submit(read(&file, 1)));
+                let second = Box::pin(driver.submit(read(&file, 2)));
+                // With the first in flight, the second's push is left to the park; the
+                // future leaves block_on unfinished, so that park never comes.
+                let (first, second) = block_on(async {
+                    let first = poll_once(first).await;
+                    (first, poll_once(second).await)
+                });
+                let submitted = lock(&device.0).submitted;
+                // Finished elsewhere, by the reaper.
+                let done = block_on(join_all(vec![first, second]));
+                assert!(
+                    done.iter().all(|c| c.result.is_ok()),
+                    "both reads completed"
+                );
+                submitted
+            })
+        };
+        assert_eq!(
+            submitted, 2,
+            "both requests reached the kernel when block_on returned"
+        );
+        driver.shutdown();
+    }
+
+    #[test]
+    fn a_dropped_future_left_pushed_still_reaches_the_kernel() {
+        let (driver, device, file) = start(false);
+        {
+            let driver = Arc::clone(&driver);
+            within("a future dropped after one poll", move || {
+                let _ = block_on(async {
+                    let first = poll_once(Box::pin(driver.submit(read(&file, 1)))).await;
+                    drop(poll_once(Box::pin(driver.submit(read(&file, 2)))).await);
+                    first.await
+                });
+            });
+        }
+        let submitted = || lock(&device.0).submitted;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while submitted() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            submitted(),
+            2,
+            "the dropped future's request reached the kernel"
+        );
+        driver.shutdown();
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_does_not_starve_completions() {
+        let (driver, _device, file) = start(false);
+        let completed = {
+            let driver = Arc::clone(&driver);
+            within("reads beside a self-waking future", move || {
+                let done = Arc::new(AtomicUsize::new(0));
+                let mut futures: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = (0..8)
+                    .map(|i| {
+                        let (driver, file, done) = (&driver, file.clone(), Arc::clone(&done));
+                        Box::pin(async move {
+                            if driver.submit(read(&file, i)).await.result.is_ok() {
+                                done.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }) as Pin<Box<dyn Future<Output = ()>>>
+                    })
+                    .collect();
+                // Wakes itself until the reads are done: `block_on` never sleeps, and
+                // `join_all` polls only this future until a completion wakes a read.
+                let spin = Arc::clone(&done);
+                futures.push(Box::pin(poll_fn(move |cx| {
+                    if spin.load(Ordering::SeqCst) == 8 {
+                        return Poll::Ready(());
+                    }
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                })));
+                block_on(join_all(futures));
+                done.load(Ordering::SeqCst)
+            })
+        };
+        assert_eq!(completed, 8, "every read completed");
+        driver.shutdown();
+    }
 }

@@ -22,6 +22,18 @@ pub struct Reaped {
     pub result: i64,
 }
 
+impl Reaped {
+    /// Moves results from the front of `queue` into `out` (for a kernel that completes some
+    /// requests at push, on the calling thread); returns how many.
+    pub fn drain(queue: &mut std::collections::VecDeque<Reaped>, out: &mut [Reaped]) -> usize {
+        let n = queue.len().min(out.len());
+        for (slot, result) in out.iter_mut().zip(queue.drain(..n)) {
+            *slot = result;
+        }
+        n
+    }
+}
+
 /// A backend's kernel interface, driven by [`crate::raw::Driver`] (the async API) and
 /// [`crate::raw::QueueDriver`] (the per-thread queue). Both call every method with exclusive
 /// access: under the driver's lock, or from the queue's one thread.

@@ -24,7 +24,9 @@
 //!   [`Driver`] runs the async API over them and [`QueueDriver`] the per-thread queue.
 //!   [`ThreadKernel`] is the kernel of blocking syscalls on a worker [`Pool`].
 //! - [`Park`] is how [`crate::block_on`] lends its thread to an engine instead of waiting for a
-//!   wake-up from another thread.
+//!   wake-up from another thread. A future that `block_on` polls only pushes its request
+//!   while other requests hold slots; the park submits everything one poll pushed at once
+//!   (one `io_uring_enter` or `io_submit` for a whole `join_all` round), and reaps.
 
 mod common;
 mod driver;
@@ -44,6 +46,6 @@ pub use common::{
 pub use driver::{lock, Driver, Submit};
 pub use inflight::{errno_is_transient, reject, validate, InFlight, Io, Next, RETRIES_MAX};
 pub use kernel::{Kernel, Notify, Reaped, Wait};
-pub use park::{offer, Park, ParkToken};
+pub use park::{note_completed_at_once, offer, Attendance, Park, ParkToken};
 pub use pool::{Done, Pool, PoolWait, ThreadKernel};
 pub use queue::QueueDriver;

@@ -24,6 +24,13 @@ pub trait Park: Send + Sync {
     /// Makes a thread waiting in this engine's kernel return. Must not block for long, and
     /// is never called with the engine's lock held.
     fn interrupt(&self);
+
+    /// Hands the kernel every request a poll left pushed but not yet submitted: an engine may
+    /// leave its submission to [`Park::park`], so that a whole poll's requests go in at once.
+    /// `block_on` calls it before a nested `block_on` takes over the thread and when it
+    /// returns, so a request whose future outlives the call (moved out of it unfinished) is
+    /// not left unsubmitted. An engine that defers nothing need not override it.
+    fn flush(&self) {}
 }
 
 const RUNNING: u8 = 0;
@@ -61,6 +68,11 @@ impl ParkToken {
     /// Before a poll: wakes from before it are covered by the poll itself.
     pub(crate) fn begin_poll(&self) {
         self.state.store(RUNNING, Ordering::Release);
+    }
+
+    /// True when the future was woken since the last poll began.
+    pub fn is_notified(&self) -> bool {
+        self.state.load(Ordering::Acquire) == NOTIFIED
     }
 
     /// After a poll: true (and reset) when the future was woken while it ran.
@@ -148,54 +160,114 @@ struct Offer {
     /// counted on it may not be polled again before their completion arrives (a `join_all`
     /// polls only the futures that were woken).
     target: Option<Arc<dyn Park>>,
+    /// Requests that completed within this poll, in the poll that made them.
+    completed_at_once: u32,
+}
+
+/// What a nested `block_on` restores when its poll ends.
+pub(crate) struct Saved {
+    polling: bool,
+    target: Option<Arc<dyn Park>>,
+    completed_at_once: u32,
 }
 
 thread_local! {
     static OFFER: RefCell<Offer> = RefCell::new(Offer::default());
 }
 
-/// Offers `engine` to the current thread's `block_on`, if one is polling: returns true when
-/// the thread parks in `engine` between polls from now until `block_on` returns (and so reaps
-/// the engine's completions itself), false when some other thread must wake the future (no
-/// `block_on`, or it already parks in another engine). `make` is called only when the engine
-/// becomes the target.
-pub fn offer(engine: *const (), make: impl FnOnce() -> Arc<dyn Park>) -> bool {
+/// How a `block_on` thread attends a request it polls: see [`offer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attendance {
+    /// Some other thread must reap the request and wake its future (no `block_on` polls it,
+    /// or that `block_on` parks in another engine).
+    Unattended,
+    /// The polling thread parks in this engine after the poll, and reaps it itself.
+    Attended {
+        /// Requests that completed within this same poll, in the poll that made them: a
+        /// future that keeps completing at once never lets its siblings run, so an engine
+        /// stops submitting at once past a bound and leaves it to the park.
+        completed_at_once: u32,
+    },
+}
+
+/// Offers `engine` to the current thread's `block_on`, if one is polling: returns
+/// [`Attendance::Attended`] when the thread parks in `engine` between polls from now until
+/// `block_on` returns (and so reaps the engine's completions itself). `make` is called only
+/// when the engine becomes the target.
+pub fn offer(engine: *const (), make: impl FnOnce() -> Arc<dyn Park>) -> Attendance {
     OFFER.with(|offer| {
         let Ok(mut offer) = offer.try_borrow_mut() else {
-            return false;
+            return Attendance::Unattended;
         };
         if !offer.polling {
-            return false;
+            return Attendance::Unattended;
         }
-        match &offer.target {
+        let attended = match &offer.target {
             None => {
                 offer.target = Some(make());
                 true
             }
             Some(target) => Arc::as_ptr(target).cast::<()>() == engine,
+        };
+        if attended {
+            Attendance::Attended {
+                completed_at_once: offer.completed_at_once,
+            }
+        } else {
+            Attendance::Unattended
         }
     })
 }
 
+/// Counts a request that completed in the poll that made it (see [`Attendance`]).
+pub fn note_completed_at_once() {
+    OFFER.with(|offer| {
+        if let Ok(mut offer) = offer.try_borrow_mut() {
+            offer.completed_at_once = offer.completed_at_once.saturating_add(1);
+        }
+    });
+}
+
 /// Marks the start of a `block_on` poll on this thread, whose call parks in `target` so far;
 /// returns what to restore after it (nested `block_on` calls each keep their own).
-pub(crate) fn begin_poll(target: Option<Arc<dyn Park>>) -> (bool, Option<Arc<dyn Park>>) {
+pub(crate) fn begin_poll(target: Option<Arc<dyn Park>>) -> Saved {
     OFFER.with(|offer| {
         let mut offer = offer.borrow_mut();
-        let saved = (offer.polling, std::mem::replace(&mut offer.target, target));
+        let saved = Saved {
+            polling: offer.polling,
+            target: std::mem::replace(&mut offer.target, target),
+            completed_at_once: offer.completed_at_once,
+        };
         offer.polling = true;
+        offer.completed_at_once = 0;
         saved
     })
 }
 
+/// Before a nested `block_on` takes over the thread: the outer call's engine submits what its
+/// poll deferred, so those requests run while the inner call blocks.
+pub(crate) fn flush_outer() {
+    let target = OFFER.with(|offer| {
+        offer
+            .try_borrow()
+            .ok()
+            .filter(|offer| offer.polling)
+            .and_then(|offer| offer.target.clone())
+    });
+    if let Some(target) = target {
+        target.flush();
+    }
+}
+
 /// Ends a `block_on` poll: returns the engine the call parks in (offered during this poll or
 /// an earlier one), and restores the outer state.
-pub(crate) fn end_poll(saved: (bool, Option<Arc<dyn Park>>)) -> Option<Arc<dyn Park>> {
+pub(crate) fn end_poll(saved: Saved) -> Option<Arc<dyn Park>> {
     OFFER.with(|offer| {
         let mut offer = offer.borrow_mut();
         let target = offer.target.take();
-        offer.polling = saved.0;
-        offer.target = saved.1;
+        offer.polling = saved.polling;
+        offer.target = saved.target;
+        offer.completed_at_once = saved.completed_at_once;
         target
     })
 }

@@ -78,8 +78,8 @@ impl Syscall {
         }
     }
 
-    /// Runs the syscall (`preadv2`/`pwritev2` with `flags`, `fdatasync`, `fsync`); returns the
-    /// bytes transferred or `-errno`.
+    /// Runs the syscall (`pread`/`pwrite`, or `preadv2`/`pwritev2` when there are `flags`;
+    /// `fdatasync`, `fsync`); returns the bytes transferred or `-errno`.
     ///
     /// # Safety
     ///
@@ -92,6 +92,16 @@ impl Syscall {
         };
         let offset = self.offset as libc::off_t;
         let rc = match self.op {
+            // Without flags, plain pread/pwrite: the kernel then has no iovec to import.
+            // SAFETY: `len` bytes at `ptr`, valid for the call (the caller's contract); the
+            // descriptor belongs to a file the request holds open.
+            Op::Read if flags == 0 => unsafe {
+                libc::pread(self.fd, self.ptr.cast(), self.len, offset)
+            },
+            // SAFETY: as above, read-only.
+            Op::Write if flags == 0 => unsafe {
+                libc::pwrite(self.fd, self.ptr.cast_const().cast(), self.len, offset)
+            },
             // SAFETY: one iovec over `len` bytes at `ptr`, valid for the call (the caller's
             // contract); the descriptor belongs to a file the request holds open.
             Op::Read => unsafe { libc::preadv2(self.fd, &iov, 1, offset, flags) },
@@ -557,14 +567,7 @@ impl Kernel for ThreadKernel {
     }
 
     fn reap(&mut self, out: &mut [Reaped]) -> usize {
-        let mut n = 0;
-        while n < out.len() {
-            let Some(result) = self.immediate.pop_front() else {
-                break;
-            };
-            out[n] = result;
-            n += 1;
-        }
+        let mut n = Reaped::drain(&mut self.immediate, out);
         n += self.done.take(&mut out[n..]);
         self.in_flight -= n;
         n
@@ -614,7 +617,9 @@ impl Wait for PoolWait {
         if self.pool.as_ref().is_some_and(|pool| pool.help()) {
             return Ok(());
         }
-        self.done.wait(usize::MAX, seen);
+        // Results delivered before this wait and not reaped yet return it at once: the
+        // workers that delivered them reap only for unattended slots.
+        self.done.wait(1, seen);
         Ok(())
     }
 }

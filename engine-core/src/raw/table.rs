@@ -118,7 +118,6 @@ impl SlotTable {
     }
 
     /// Slots taken: reserved, staged, in the kernel, or done and not yet taken.
-    #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.slots.len() - self.free.len()
     }
