@@ -331,7 +331,13 @@ impl Kernel for SharedKernel {
     }
 
     fn reap(&mut self, out: &mut [Reaped]) -> usize {
-        if self.shared.iopoll && self.tally.in_flight > self.tally.immediate.len() {
+        let waiting = self.tally.in_flight > self.tally.immediate.len();
+        // Completions left as task work (TASKRUN_FLAG says so) are posted only when the
+        // submitting thread enters the kernel: a thread that polls without ever sleeping (a
+        // future that keeps waking itself) would otherwise never see them.
+        // SAFETY: the submission queue is only touched by this kernel, under the driver's lock.
+        let taskrun = waiting && unsafe { self.shared.ring.ring.submission_shared() }.taskrun();
+        if waiting && (self.shared.iopoll || taskrun) {
             poll_completions(&self.shared.ring.ring);
         }
         // SAFETY: the completion queue is only read by this kernel, under the driver's lock.
