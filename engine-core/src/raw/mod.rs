@@ -24,9 +24,10 @@
 //!   [`Driver`] runs the async API over them and [`QueueDriver`] the per-thread queue.
 //!   [`ThreadKernel`] is the kernel of blocking syscalls on a worker [`Pool`].
 //! - [`Park`] is how [`crate::block_on`] lends its thread to an engine instead of waiting for a
-//!   wake-up from another thread. A future that `block_on` polls only pushes its request
-//!   while other requests hold slots; the park submits everything one poll pushed at once
-//!   (one `io_uring_enter` or `io_submit` for a whole `join_all` round), and reaps.
+//!   wake-up from another thread. While the kernel answers in microseconds, a future that
+//!   `block_on` polls only pushes its request when other requests hold slots; the park
+//!   submits everything one poll pushed at once (one `io_uring_enter` or `io_submit` for a
+//!   whole `join_all` round), and reaps.
 
 mod common;
 mod driver;
