@@ -84,6 +84,8 @@ where
         huge_length_is_capped_at_io_bytes_max,
         overflowing_offsets_are_out_of_range,
         open_errors_are_typed,
+        create_new_refuses_an_existing_file_and_mode_sets_permissions,
+        sync_dir_syncs_a_directory_through_the_engine,
         zero_length_transfers_succeed,
         buffer_comes_back_on_every_error,
         strict_mode_rejects_overlap_in_flight,
@@ -1344,6 +1346,87 @@ pub fn open_errors_are_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
         .open(&missing, &rw().create(true).align_min(3000))
         .expect_err("bad alignment");
     assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    Ok(())
+}
+
+/// `create_new` creates a file that does not exist (with `mode`'s permission bits, less the
+/// umask) and refuses one that does with `AlreadyExists`, leaving it untouched; a mode beyond
+/// permission bits and `create_new` without write are invalid input.
+pub fn create_new_refuses_an_existing_file_and_mode_sets_permissions<E: Backend>(
+    h: &Harness<E>,
+) -> CaseResult {
+    use std::os::unix::fs::PermissionsExt;
+    let engine = h.engine();
+    let path = h.path();
+    let options = rw().create_new(true).mode(0o600);
+    let file = engine
+        .open(&path, &options)
+        .expect("create_new of a new path");
+    let (written, _) = block_on(engine.write_all_at(&file, 0, buf(b"first", 8)));
+    written.expect("write to the new file");
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "permission bits of the created file: {mode:o}"
+    );
+    let error = engine
+        .open(&path, &options)
+        .expect_err("create_new of an existing path");
+    assert_eq!(error.kind(), ErrorKind::AlreadyExists, "{error}");
+    assert_eq!(error.raw_os_error(), Some(libc::EEXIST), "{error}");
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "path in error: {error}"
+    );
+    let truncating = rw().create_new(true).truncate(true);
+    assert_eq!(
+        engine.open(&path, &truncating).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::AlreadyExists),
+        "create_new wins over truncate"
+    );
+    assert_eq!(h.contents(&file), b"first", "left untouched");
+    let error = engine
+        .open(&h.path(), &rw().create(true).mode(0o170_000))
+        .expect_err("a file type in mode");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    let error = engine
+        .open(&h.path(), &OpenOptions::new().read(true).create_new(true))
+        .expect_err("create_new read-only");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    Ok(())
+}
+
+/// `sync_dir` fsyncs a directory through the engine (counted as a `sync_all`), and refuses a
+/// regular file (`InvalidInput`, `ENOTDIR`) and a missing path (`NotFound`) with the path.
+pub fn sync_dir_syncs_a_directory_through_the_engine<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let dir = h.path();
+    std::fs::create_dir(&dir).expect("scratch directory");
+    let file = engine
+        .open(&dir.join("new"), &rw().create_new(true))
+        .expect("a new file in it");
+    block_on(engine.sync_all(&file)).expect("sync of the file");
+    let syncs = engine.metrics().sync_all.ops;
+    block_on(engine.sync_dir(&dir)).expect("sync of its directory");
+    assert_eq!(
+        engine.metrics().sync_all.ops,
+        syncs + 1,
+        "the directory's fsync went through the engine"
+    );
+    let error = block_on(engine.sync_dir(&dir.join("new"))).expect_err("a regular file");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTDIR), "{error}");
+    assert!(error.to_string().contains("new"), "path in error: {error}");
+    let missing = dir.join("missing");
+    let error = block_on(engine.sync_dir(&missing)).expect_err("a missing path");
+    assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
+    // The engine is still usable, and no directory handle was left open.
+    let (written, _) = block_on(engine.write_all_at(&file, 0, buf(b"after", 8)));
+    written.expect("write after sync_dir");
     Ok(())
 }
 

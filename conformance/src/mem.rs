@@ -193,10 +193,13 @@ impl Backend for MemEngine {
                 // Read through a separate buffered descriptor: the engine's may be O_DIRECT or
                 // write-only.
                 let mut contents = Vec::new();
+                // A directory (opened to be synced) has no contents to read.
                 if let Ok(mut reader) = std::fs::File::open(path) {
-                    reader
-                        .read_to_end(&mut contents)
-                        .map_err(|e| Error::from_io(&e, Op::Open))?;
+                    if !std.metadata().is_ok_and(|meta| meta.is_dir()) {
+                        reader
+                            .read_to_end(&mut contents)
+                            .map_err(|e| Error::from_io(&e, Op::Open))?;
+                    }
                 }
                 let mut images = lock(&self.images.images);
                 let index = images.len() as u32;

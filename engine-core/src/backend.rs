@@ -194,6 +194,41 @@ pub trait BackendExt: Backend {
         }
     }
 
+    /// `fsync` of the directory at `path`, through the engine: what makes the creation,
+    /// removal or rename of a file in it durable (a file's own sync covers its data and inode,
+    /// not its name). Opens the directory, syncs it and closes it; the open runs on the calling
+    /// thread, like [`Backend::open`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidInput`] (`ENOTDIR`) when `path` is not a directory; as
+    /// [`Backend::open`] and [`BackendExt::sync_all`] otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn demo<E: engine_core::Backend>(engine: &E) -> engine_core::Result<()> {
+    /// use engine_core::{BackendExt, OpenOptions};
+    ///
+    /// let dir = tempfile::tempdir().expect("tempdir");
+    /// let options = OpenOptions::new().read(true).write(true).create_new(true);
+    /// let file = engine.open(&dir.path().join("log"), &options)?;
+    /// engine_core::block_on(async {
+    ///     engine.sync_all(&file).await?; // the file's data and inode
+    ///     engine.sync_dir(dir.path()).await // its name in the directory
+    /// })
+    /// # }
+    /// ```
+    fn sync_dir(&self, path: &Path) -> impl Future<Output = Result<()>> + Send + '_ {
+        let opened = open_dir(self, path);
+        async move {
+            let dir = opened?;
+            let synced = self.sync_all(&dir).await;
+            let closed = self.close(&dir);
+            synced.and(closed)
+        }
+    }
+
     /// Submits every request at once and returns one completion per request, in order.
     fn submit_batch(
         &self,
@@ -205,6 +240,26 @@ pub trait BackendExt: Backend {
 }
 
 impl<E: Backend + ?Sized> BackendExt for E {}
+
+/// Opens the directory at `path` for [`BackendExt::sync_dir`], refusing anything else.
+fn open_dir<E: Backend + ?Sized>(engine: &E, path: &Path) -> Result<File> {
+    let file_ref = || crate::error::FileRef {
+        id: 0,
+        path: Some(std::sync::Arc::from(path)),
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| crate::Error::from_io(&e, crate::Op::Open).with_file(file_ref()))?;
+    if !meta.is_dir() {
+        return Err(crate::Error::new(
+            crate::ErrorKind::InvalidInput,
+            crate::Op::SyncAll,
+            "sync_dir needs a directory",
+        )
+        .with_errno(libc::ENOTDIR)
+        .with_file(file_ref()));
+    }
+    engine.open(path, &OpenOptions::new().read(true))
+}
 
 /// A read's or write's result and buffer. The completion of a read or write always carries a
 /// buffer; an empty one stands in only for a buffer leaked by a dead completion path.

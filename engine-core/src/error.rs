@@ -48,6 +48,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The path does not exist (`ENOENT`).
     NotFound,
+    /// The path exists, and the operation wanted to create it (`EEXIST`, `create_new`).
+    AlreadyExists,
     /// Memory or a memory bound ran out (`ENOMEM`, the page pool's limit).
     NoMemory,
     /// Strict mode saw a write overlapping another write or read still in flight.
@@ -66,6 +68,7 @@ impl ErrorKind {
             libc::EROFS => ErrorKind::ReadOnly,
             libc::EPERM | libc::EACCES => ErrorKind::PermissionDenied,
             libc::ENOENT => ErrorKind::NotFound,
+            libc::EEXIST => ErrorKind::AlreadyExists,
             libc::EINVAL => ErrorKind::InvalidInput,
             libc::ENOSYS | libc::EOPNOTSUPP => ErrorKind::Unsupported,
             libc::ENOMEM => ErrorKind::NoMemory,
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::NotFound => "not found",
+            ErrorKind::AlreadyExists => "already exists",
             ErrorKind::NoMemory => "out of memory",
             ErrorKind::Overlap => "overlapping operation in flight",
             ErrorKind::Other => "OS error",
@@ -402,6 +406,7 @@ impl From<Error> for std::io::Error {
             ErrorKind::ReadOnly => Io::ReadOnlyFilesystem,
             ErrorKind::PermissionDenied => Io::PermissionDenied,
             ErrorKind::NotFound => Io::NotFound,
+            ErrorKind::AlreadyExists => Io::AlreadyExists,
             ErrorKind::NoMemory => Io::OutOfMemory,
             _ => Io::Other,
         };
@@ -419,6 +424,10 @@ mod tests {
         assert_eq!(ErrorKind::from_errno(libc::ENOSPC), ErrorKind::NoSpace);
         assert_eq!(ErrorKind::from_errno(libc::EDQUOT), ErrorKind::NoSpace);
         assert_eq!(ErrorKind::from_errno(libc::EBADF), ErrorKind::BadFile);
+        assert_eq!(
+            ErrorKind::from_errno(libc::EEXIST),
+            ErrorKind::AlreadyExists
+        );
         assert_eq!(ErrorKind::from_errno(libc::EROFS), ErrorKind::ReadOnly);
         assert_eq!(ErrorKind::from_errno(libc::ENOSYS), ErrorKind::Unsupported);
         assert_eq!(ErrorKind::from_errno(libc::EXDEV), ErrorKind::Other);

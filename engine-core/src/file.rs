@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use crate::error::{Error, ErrorKind, FileRef, Op, Result};
 use crate::geometry::{Geometry, Support};
 
-/// How to open a file. Like `std::fs::OpenOptions`, plus `direct`, `dsync` and a minimum
-/// alignment.
+/// How to open a file. Like `std::fs::OpenOptions` (with `create_new` and `mode`), plus
+/// `direct`, `dsync` and a minimum alignment.
 ///
 /// # Examples
 ///
@@ -24,7 +24,10 @@ pub struct OpenOptions {
     read: bool,
     write: bool,
     create: bool,
+    create_new: bool,
     truncate: bool,
+    /// Permission bits of a file this open creates; `None`: 0o666, less the umask.
+    mode: Option<u32>,
     direct: bool,
     dsync: bool,
     align_min: u32,
@@ -51,6 +54,21 @@ impl OpenOptions {
     /// Create the file if it does not exist (needs `write`).
     pub fn create(mut self, on: bool) -> OpenOptions {
         self.create = on;
+        self
+    }
+
+    /// Create the file, failing with [`ErrorKind::AlreadyExists`] if it exists (`O_CREAT |
+    /// O_EXCL`; needs `write`). `create` and `truncate` are then ignored, as in std. A new
+    /// file's name is durable only once its directory is synced (fsync of the directory).
+    pub fn create_new(mut self, on: bool) -> OpenOptions {
+        self.create_new = on;
+        self
+    }
+
+    /// The permission bits (at most `0o7777`) of a file this open creates, before the umask;
+    /// without it, `0o666`.
+    pub fn mode(mut self, mode: u32) -> OpenOptions {
+        self.mode = Some(mode);
         self
     }
 
@@ -95,9 +113,19 @@ impl OpenOptions {
         self.create
     }
 
-    /// True when truncating was asked for.
+    /// True when creating a new file (and failing if one exists) was asked for.
+    pub fn is_create_new(&self) -> bool {
+        self.create_new
+    }
+
+    /// True when truncating was asked for (and `create_new` was not, which ignores it).
     pub fn is_truncate(&self) -> bool {
-        self.truncate
+        self.truncate && !self.create_new
+    }
+
+    /// The permission bits asked for a created file, if any.
+    pub fn creation_mode(&self) -> Option<u32> {
+        self.mode
     }
 
     /// True when `O_DIRECT` was asked for.
@@ -120,8 +148,9 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for contradictory options; [`ErrorKind::Unsupported`] when
-    /// `direct` is asked of a filesystem without O_DIRECT; the OS error otherwise.
+    /// [`ErrorKind::InvalidInput`] for contradictory options; [`ErrorKind::AlreadyExists`]
+    /// for `create_new` on an existing path; [`ErrorKind::Unsupported`] when `direct` is
+    /// asked of a filesystem without O_DIRECT; the OS error otherwise.
     pub(crate) fn open_std(&self, path: &Path) -> Result<(std::fs::File, Geometry)> {
         let invalid = |why: &'static str| {
             Error::new(ErrorKind::InvalidInput, Op::Open, why).with_file(FileRef {
@@ -132,8 +161,11 @@ impl OpenOptions {
         if !self.read && !self.write {
             return Err(invalid("open needs read, write or both"));
         }
-        if (self.create || self.truncate) && !self.write {
-            return Err(invalid("create and truncate need write"));
+        if (self.create || self.create_new || self.truncate) && !self.write {
+            return Err(invalid("create, create_new and truncate need write"));
+        }
+        if self.mode.is_some_and(|mode| mode > 0o7777) {
+            return Err(invalid("mode takes permission bits only (at most 0o7777)"));
         }
         if self.align_min != 0 && !self.align_min.is_power_of_two() {
             return Err(invalid("align_min must be a power of two"));
@@ -156,13 +188,18 @@ impl OpenOptions {
         if self.dsync {
             flags |= libc::O_DSYNC;
         }
-        let opened = std::fs::OpenOptions::new()
+        let mut std_options = std::fs::OpenOptions::new();
+        std_options
             .read(self.read)
             .write(self.write)
             .create(self.create)
-            .truncate(self.truncate)
-            .custom_flags(flags)
-            .open(path);
+            .create_new(self.create_new)
+            .truncate(self.is_truncate())
+            .custom_flags(flags);
+        if let Some(mode) = self.mode {
+            std_options.mode(mode);
+        }
+        let opened = std_options.open(path);
         let file = opened.map_err(|e| {
             let mut error = Error::from_io(&e, Op::Open).with_file(FileRef {
                 id: 0,

@@ -373,6 +373,15 @@ impl Engine {
         BackendExt::sync_all(self, file)
     }
 
+    /// `fsync` of the directory at `path`: what makes a file's creation, removal or rename in
+    /// it durable. See [`BackendExt::sync_dir`].
+    pub fn sync_dir<'a>(
+        &'a self,
+        path: &'a std::path::Path,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        BackendExt::sync_dir(self, path)
+    }
+
     /// Submits one request; resolves to its completion. See [`Backend::submit`].
     pub fn submit(&self, request: Request) -> impl Future<Output = Completion> + Send + '_ {
         Backend::submit(self, request)
