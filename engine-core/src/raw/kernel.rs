@@ -80,8 +80,12 @@ pub trait Kernel: Send + 'static {
 
     /// For a kernel that completes requests on threads of its own (a worker pool): keeps
     /// `notify`, to call after each completion it makes ready, and returns true. The async
-    /// driver then reaps on those threads and runs no reaper thread of its own. Kernels the
-    /// operating system completes return false (the default).
+    /// driver then runs no reaper thread of its own: `notify` reaps on the calling thread
+    /// while some request is unattended, and otherwise returns at once (the `block_on`
+    /// thread attending the request reaps it, woken from [`Wait::wait`]). For that to lose
+    /// nothing, a result must be reapable before `notify` is called, and [`Kernel::reap`]
+    /// must synchronize with its delivery (the pool's result list is one mutex for both).
+    /// Kernels the operating system completes return false (the default).
     fn notify_with(&mut self, notify: Notify) -> bool {
         drop(notify);
         false
