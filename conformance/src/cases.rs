@@ -11,8 +11,9 @@ use std::time::Duration;
 use engine_core::raw::FileRaw;
 use engine_core::testing::FaultAction;
 use engine_core::{
-    block_on, AlignTarget, AlignedBuf, Backend, BackendExt, Completion, ErrorKind, File, Geometry,
-    Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request, IO_BYTES_MAX,
+    block_on, AlignTarget, AlignedBuf, AllocateMode, Backend, BackendExt, Completion, ErrorKind,
+    File, Geometry, Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request,
+    IO_BYTES_MAX,
 };
 
 use crate::HookCall;
@@ -86,6 +87,12 @@ where
         open_errors_are_typed,
         create_new_refuses_an_existing_file_and_mode_sets_permissions,
         sync_dir_syncs_a_directory_through_the_engine,
+        allocate_reserves_extends_and_punches,
+        allocate_zero_range_zeroes_and_extends,
+        set_len_cuts_and_extends_with_zeros,
+        metadata_reports_length_blocks_and_times,
+        space_management_runs_through_the_queue,
+        space_management_refuses_bad_input_typed,
         zero_length_transfers_succeed,
         buffer_comes_back_on_every_error,
         strict_mode_rejects_overlap_in_flight,
@@ -1427,6 +1434,200 @@ pub fn sync_dir_syncs_a_directory_through_the_engine<E: Backend>(h: &Harness<E>)
     // The engine is still usable, and no directory handle was left open.
     let (written, _) = block_on(engine.write_all_at(&file, 0, buf(b"after", 8)));
     written.expect("write after sync_dir");
+    Ok(())
+}
+
+/// `allocate` through the engine: `KeepSize` reserves blocks without changing the length,
+/// `Allocate` extends the length with zeros, `PunchHole` frees blocks and reads as zeros
+/// without changing the length; each is counted in metrics.
+pub fn allocate_reserves_extends_and_punches<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let data = pattern(16384, 41);
+    let file = h.file(&engine, &data, &rw());
+    let before = block_on(engine.metadata(&file)).expect("metadata");
+    block_on(engine.allocate(&file, 0, 1 << 20, AllocateMode::KeepSize)).expect("keep size");
+    let reserved = block_on(engine.metadata(&file)).expect("metadata");
+    assert_eq!(reserved.len(), 16384, "KeepSize keeps the length");
+    assert!(
+        reserved.blocks() * 512 >= 1 << 20,
+        "1 MiB reserved: {} blocks before, {} after",
+        before.blocks(),
+        reserved.blocks()
+    );
+    block_on(engine.allocate(&file, 16384, 16384, AllocateMode::Allocate)).expect("allocate");
+    let mut expected = data.clone();
+    expected.resize(32768, 0);
+    assert_eq!(h.contents(&file), expected, "Allocate extends with zeros");
+    match block_on(engine.allocate(&file, 4096, 8192, AllocateMode::PunchHole)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            return Err(Skip(format!(
+                "the scratch filesystem cannot punch holes: {e}"
+            )));
+        }
+        Err(e) => panic!("punch hole: {e}"),
+    }
+    expected[4096..12288].fill(0);
+    assert_eq!(h.contents(&file), expected, "the hole reads as zeros");
+    let punched = block_on(engine.metadata(&file)).expect("metadata");
+    assert_eq!(punched.len(), 32768, "PunchHole keeps the length");
+    assert!(
+        punched.blocks() < reserved.blocks(),
+        "the hole freed blocks: {} before, {} after",
+        reserved.blocks(),
+        punched.blocks()
+    );
+    let metrics = engine.metrics();
+    assert_eq!((metrics.allocate.ops, metrics.allocate.errors), (3, 0));
+    assert_eq!(metrics.metadata.ops, 3);
+    Ok(())
+}
+
+/// `ZeroRange` makes a range read as zeros and extends the file to its end.
+pub fn allocate_zero_range_zeroes_and_extends<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let data = pattern(8192, 43);
+    let file = h.file(&engine, &data, &rw());
+    match block_on(engine.allocate(&file, 4096, 8192, AllocateMode::ZeroRange)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            return Err(Skip(format!(
+                "the scratch filesystem cannot zero ranges: {e}"
+            )));
+        }
+        Err(e) => panic!("zero range: {e}"),
+    }
+    let mut expected = data[..4096].to_vec();
+    expected.resize(12288, 0);
+    assert_eq!(h.contents(&file), expected);
+    Ok(())
+}
+
+/// `set_len` cuts a file and extends it again with zeros, through the async API.
+pub fn set_len_cuts_and_extends_with_zeros<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let data = pattern(10000, 45);
+    let file = h.file(&engine, &data, &rw());
+    block_on(engine.set_len(&file, 3000)).expect("cut");
+    assert_eq!(h.contents(&file), &data[..3000]);
+    block_on(engine.set_len(&file, 5000)).expect("extend");
+    let mut expected = data[..3000].to_vec();
+    expected.resize(5000, 0);
+    assert_eq!(h.contents(&file), expected, "the extension reads as zeros");
+    let (n, read) = read_at(&engine, &file, 2990, 100);
+    assert_eq!(&read[..n], &expected[2990..3090]);
+    assert_eq!(engine.metrics().set_len.ops, 2);
+    Ok(())
+}
+
+/// `metadata` agrees with the filesystem's own answer: length, blocks, kind and times.
+pub fn metadata_reports_length_blocks_and_times<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, &pattern(12345, 47), &OpenOptions::new().read(true));
+    let metadata = block_on(engine.metadata(&file)).expect("metadata of a read-only file");
+    let std_meta = std::fs::metadata(file.path()).expect("std metadata");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(metadata.len(), 12345);
+    assert_eq!(metadata.blocks(), std_meta.blocks());
+    assert!(metadata.is_file() && !metadata.is_dir() && !metadata.is_block_device());
+    assert_eq!(metadata.modified(), std_meta.modified().ok());
+    assert!(metadata.changed().is_some(), "ctime is always reported");
+    assert_eq!(engine.metrics().metadata.ops, 1);
+    Ok(())
+}
+
+/// The queue API runs the same operations: a length change, then its metadata, each with
+/// its completion (`Completion::metadata` carries the record).
+pub fn space_management_runs_through_the_queue<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, &pattern(8192, 49), &rw());
+    let mut queue = engine.queue().expect("queue");
+    let mut out = Vec::new();
+    // Requests in flight have no order among themselves: one at a time.
+    let steps = [
+        Request::allocate(&file, 0, 65536, AllocateMode::KeepSize, 1),
+        Request::set_len(&file, 4096, 2),
+        Request::metadata(&file, 3),
+    ];
+    for request in steps {
+        queue.push(request).expect("room");
+        queue.wait(1, &mut out).expect("wait");
+    }
+    assert_eq!(out.len(), 3);
+    for completion in &out[..2] {
+        assert_eq!(completion.result.as_ref().ok(), Some(&0), "{completion:?}");
+        assert!(completion.metadata.is_none() && completion.buf.is_none());
+    }
+    assert_eq!(
+        (out[0].op, out[1].op, out[2].op),
+        (Op::Allocate, Op::SetLen, Op::Metadata)
+    );
+    let metadata = out[2].metadata.as_ref().expect("the record");
+    assert_eq!(metadata.len(), 4096);
+    assert!(metadata.blocks() * 512 >= 4096);
+    Ok(())
+}
+
+/// Bad arguments are typed errors before submission: a zero or overflowing range, a length
+/// past 2^63 - 1, a read-only file, an unaligned punch on an O_DIRECT file, a closed file;
+/// errors are counted.
+pub fn space_management_refuses_bad_input_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, &pattern(4096, 51), &rw());
+    let kind = |result: engine_core::Result<()>| result.expect_err("refused").kind();
+    let allocate = |offset, len, mode| block_on(engine.allocate(&file, offset, len, mode));
+    assert_eq!(
+        kind(allocate(0, 0, AllocateMode::Allocate)),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(allocate(u64::MAX - 10, 100, AllocateMode::KeepSize)),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        kind(allocate(i64::MAX as u64, 1, AllocateMode::PunchHole)),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        kind(block_on(engine.set_len(&file, u64::MAX))),
+        ErrorKind::OutOfRange
+    );
+    let read_only = h.file(&engine, b"keep", &OpenOptions::new().read(true));
+    assert_eq!(
+        kind(block_on(engine.allocate(
+            &read_only,
+            0,
+            4096,
+            AllocateMode::Allocate
+        ))),
+        ErrorKind::ReadOnly
+    );
+    assert_eq!(
+        kind(block_on(engine.set_len(&read_only, 0))),
+        ErrorKind::ReadOnly
+    );
+    assert_eq!(h.contents(&read_only), b"keep");
+    engine.close(&read_only).expect("close");
+    let error = block_on(engine.metadata(&read_only)).expect_err("closed");
+    assert_eq!(error.kind(), ErrorKind::BadFile);
+    let metrics = engine.metrics();
+    assert_eq!((metrics.allocate.ops, metrics.allocate.errors), (4, 4));
+    assert_eq!((metrics.set_len.errors, metrics.metadata.errors), (2, 1));
+    let direct = direct_file(h, &engine, &pattern(8192, 53), 4096)?;
+    let error = block_on(engine.allocate(&direct, 512, 4096, AllocateMode::PunchHole))
+        .expect_err("unaligned punch");
+    assert_eq!(
+        error.misalignment().map(|m| m.target),
+        Some(AlignTarget::Offset),
+        "{error}"
+    );
+    let error = block_on(engine.allocate(&direct, 4096, 100, AllocateMode::ZeroRange))
+        .expect_err("unaligned length");
+    assert_eq!(
+        error.misalignment().map(|m| m.target),
+        Some(AlignTarget::Length),
+        "{error}"
+    );
     Ok(())
 }
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use engine_core::{
-    Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op, OpenOptions,
-    PagePool, Queue, Request, Result,
+    AllocateMode, Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op,
+    OpenOptions, PagePool, Queue, Request, Result,
 };
 
 /// How much of the unsynced state survives a crash.
@@ -38,13 +38,46 @@ impl CrashPolicy {
     ];
 }
 
-/// A completed write the simulator remembers.
+/// A completed write the simulator remembers. A punched hole or zeroed range is a write of
+/// zeros; a length change (`set_len`) is a cut: every byte from `offset` on reads as zero or
+/// is gone.
 #[derive(Clone, Debug)]
 struct WriteRecord {
     /// Completion order, over the whole simulator.
     done_at: u64,
     offset: usize,
     data: Vec<u8>,
+    /// True for a cut at `offset` (`data` is empty).
+    cut: bool,
+}
+
+impl WriteRecord {
+    /// True when the record decides byte `b`.
+    fn covers(&self, b: usize) -> bool {
+        self.offset <= b && (self.cut || b < self.offset + self.data.len())
+    }
+
+    /// The value the record leaves at byte `b` (which it covers).
+    fn byte(&self, b: usize) -> u8 {
+        if self.cut {
+            0
+        } else {
+            self.data[b - self.offset]
+        }
+    }
+
+    /// Applies the record to a crash image.
+    fn apply(&self, image: &mut Vec<u8>) {
+        if self.cut {
+            image.resize(self.offset, 0);
+            return;
+        }
+        let end = self.offset + self.data.len();
+        if image.len() < end {
+            image.resize(end, 0);
+        }
+        image[self.offset..end].copy_from_slice(&self.data);
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +117,12 @@ impl Ledger {
 
     /// Records a completed write; acknowledges it at once on an O_DSYNC file.
     fn write_done(&mut self, path: &Path, offset: u64, data: &[u8], dsync: bool) {
+        self.change_done(path, offset, data.to_vec(), false, dsync);
+    }
+
+    /// Records a completed change of the contents: a write (or zeroing) of `data` at
+    /// `offset`, or a cut there.
+    fn change_done(&mut self, path: &Path, offset: u64, data: Vec<u8>, cut: bool, dsync: bool) {
         self.clock += 1;
         let done_at = self.clock;
         let sector = self.sector;
@@ -91,14 +130,26 @@ impl Ledger {
         let record = WriteRecord {
             done_at,
             offset: offset as usize,
-            data: data.to_vec(),
+            data,
+            cut,
         };
-        if dsync {
+        if dsync && !cut {
+            record.apply(&mut state.durable);
+            // An older change still unsynced (a punched hole, a cut) must not land on top of
+            // this durable write in a crash image: where it overlaps, it now carries this
+            // write's bytes, and an older cut into it cannot survive at all.
             let end = record.offset + record.data.len();
-            if state.durable.len() < end {
-                state.durable.resize(end, 0);
+            state
+                .unsynced
+                .retain(|older| !(older.cut && older.offset < end));
+            for older in &mut state.unsynced {
+                let lo = older.offset.max(record.offset);
+                let hi = (older.offset + older.data.len()).min(end);
+                if lo < hi {
+                    older.data[lo - older.offset..hi - older.offset]
+                        .copy_from_slice(&record.data[lo - record.offset..hi - record.offset]);
+                }
             }
-            state.durable[record.offset..end].copy_from_slice(&record.data);
             acknowledge(state, &record, sector);
         } else {
             state.unsynced.push(record.clone());
@@ -197,6 +248,7 @@ impl<E: Backend> CrashSim<E> {
                                     done_at: w.done_at,
                                     offset: w.offset + i * sector,
                                     data: chunk.to_vec(),
+                                    cut: false,
                                 })
                                 .collect();
                             pieces
@@ -216,12 +268,10 @@ impl<E: Backend> CrashSim<E> {
                         chosen
                     }
                 };
+                // A cut survives whole or not at all (TornSectors tears it away: it has no
+                // sectors), like the length change it stands for.
                 for w in survivors.drain(..) {
-                    let end = w.offset + w.data.len();
-                    if image.len() < end {
-                        image.resize(end, 0);
-                    }
-                    image[w.offset..end].copy_from_slice(&w.data);
+                    w.apply(&mut image);
                 }
                 let _ = std::fs::write(path, &image);
                 state.durable = image;
@@ -272,20 +322,20 @@ impl CrashLedger {
                 // every byte must come from the acknowledged write or a later one.
                 let ok = (lo..hi).all(|b| {
                     let got = content.get(b).copied();
-                    let mut candidates = state.writes.iter().filter(|w| {
-                        w.done_at >= acked_at && w.offset <= b && b < w.offset + w.data.len()
-                    });
+                    let mut candidates = state
+                        .writes
+                        .iter()
+                        .filter(|w| w.done_at >= acked_at && w.covers(b));
+                    let covered_by_ack = state
+                        .writes
+                        .iter()
+                        .any(|w| w.done_at == acked_at && !w.cut && w.covers(b));
                     let Some(got) = got else {
                         // Past the end of the file: only acceptable if no acknowledged write
-                        // covers this byte.
-                        return !state.writes.iter().any(|w| {
-                            w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len()
-                        });
+                        // covers this byte, or a later cut removed it.
+                        return !covered_by_ack || candidates.any(|w| w.cut);
                     };
-                    let covered_by_ack = state.writes.iter().any(|w| {
-                        w.done_at == acked_at && w.offset <= b && b < w.offset + w.data.len()
-                    });
-                    !covered_by_ack || candidates.any(|w| w.data[b - w.offset] == got)
+                    !covered_by_ack || candidates.any(|w| w.byte(b) == got)
                 });
                 if !ok {
                     losses.push(Loss {
@@ -323,13 +373,39 @@ fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
     let mut ledger = lock(ledger);
     let file = request.file();
     let _ = ledger.state(file.path());
+    let change = match request {
+        Request::SetLen { len, .. } => Some(Change::Cut(*len)),
+        Request::Allocate {
+            offset, len, mode, ..
+        } if mode.zeroes() => Some(Change::Zero {
+            offset: *offset,
+            len: *len,
+            extends: *mode == AllocateMode::ZeroRange,
+        }),
+        _ => None,
+    };
     RequestFacts {
         op: request.op(),
         path: file.path().to_path_buf(),
         offset: request.offset().unwrap_or(0),
         dsync: file.options().is_dsync(),
+        change,
         submitted_at: ledger.clock,
     }
+}
+
+/// What a space-management request does to the contents, for the ledger.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// `set_len(len)`: bytes from `len` on are gone, or read as zero once extended again.
+    Cut(u64),
+    /// A punched hole or zeroed range: zeros over the range, up to the file's end unless the
+    /// mode `extends` the file.
+    Zero {
+        offset: u64,
+        len: u64,
+        extends: bool,
+    },
 }
 
 /// Records a successful completion in the ledger: a write's data as done, a sync as covering
@@ -354,6 +430,26 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
             }
         }
         Op::SyncData | Op::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
+        Op::SetLen | Op::Allocate => match request.change {
+            Some(Change::Cut(len)) => {
+                ledger.change_done(&request.path, len, Vec::new(), true, false)
+            }
+            Some(Change::Zero {
+                offset,
+                len,
+                extends,
+            }) => {
+                let size = std::fs::metadata(&request.path).map_or(0, |m| m.len());
+                let end = if extends {
+                    offset + len
+                } else {
+                    (offset + len).min(size)
+                };
+                let zeros = vec![0u8; end.saturating_sub(offset) as usize];
+                ledger.change_done(&request.path, offset, zeros, false, false);
+            }
+            None => {}
+        },
         _ => {}
     }
 }
@@ -364,6 +460,8 @@ struct RequestFacts {
     path: PathBuf,
     offset: u64,
     dsync: bool,
+    /// What a space-management request does to the contents.
+    change: Option<Change>,
     /// The completion clock when the request was submitted: a sync covers writes completed
     /// up to here.
     submitted_at: u64,
@@ -557,7 +655,7 @@ pub fn crash_workload<E: Backend>(
         ))
     };
     for step in 0..=steps {
-        let choice = if step == steps { 9 } else { next() % 10 };
+        let choice = if step == steps { 11 } else { next() % 12 };
         let f = (next() % 2) as usize;
         match choice {
             0..=4 => {
@@ -586,6 +684,28 @@ pub fn crash_workload<E: Backend>(
                 for completion in out {
                     completion.result?;
                 }
+            }
+            9 => {
+                // A punched hole: zeros that may be lost before a sync, like a write.
+                let r = next();
+                let sectors = 1 + r % 8;
+                let first = (r >> 8) % (FILE as u64 / SECTOR_DEFAULT as u64 - sectors);
+                let punched = block_on(sim.allocate(
+                    &files[f],
+                    first * SECTOR_DEFAULT as u64,
+                    sectors * SECTOR_DEFAULT as u64,
+                    AllocateMode::PunchHole,
+                ));
+                match punched {
+                    Err(e) if e.kind() == engine_core::ErrorKind::Unsupported => {}
+                    other => other?,
+                }
+            }
+            10 => {
+                // Cut the file short and grow it back: the cut-off bytes read as zeros.
+                let len = (next() % FILE as u64) / SECTOR_DEFAULT as u64 * SECTOR_DEFAULT as u64;
+                block_on(sim.set_len(&files[f], len))?;
+                block_on(sim.set_len(&files[f], FILE as u64))?;
             }
             _ => {
                 let policy = CrashPolicy::ALL[(next() % 4) as usize];

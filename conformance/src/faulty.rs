@@ -52,8 +52,8 @@ impl Fault {
     pub fn applies_to(self, op: Op) -> bool {
         match self {
             Fault::Eio | Fault::Eintr | Fault::Eagain | Fault::Latency => true,
-            Fault::Enospc => op != Op::Read,
-            Fault::Short => !op.is_sync(),
+            Fault::Enospc => !matches!(op, Op::Read | Op::Metadata),
+            Fault::Short => matches!(op, Op::Read | Op::Write),
             Fault::Torn => op == Op::Write,
         }
     }
@@ -146,7 +146,7 @@ pub struct Injection {
 struct State {
     files: HashMap<PathBuf, u32>,
     occurrences: HashMap<Identity, u32>,
-    per_kind: [u64; 4],
+    per_kind: [u64; Op::IO.len()],
     log: Vec<Injection>,
 }
 

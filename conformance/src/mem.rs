@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use engine_core::raw::{lock, Common, Driver, FileRaw, Io, Kernel, QueueDriver, Reaped, Wait};
 use engine_core::{
-    Backend, Capabilities, Completion, EngineConfig, Error, ErrorKind, File, MetricsSnapshot, Op,
-    OpenOptions, Request, Result,
+    AllocateMode, Backend, Capabilities, Completion, EngineConfig, Error, ErrorKind, File,
+    MetricsSnapshot, Op, OpenOptions, Request, Result,
 };
 
 /// The registry name of the reference engine.
@@ -46,7 +46,7 @@ struct MemKernel {
 }
 
 impl MemKernel {
-    fn run(&self, io: Io<'_>) -> std::result::Result<usize, i32> {
+    fn run(&self, mut io: Io<'_>) -> std::result::Result<usize, i32> {
         let image = self.images.image(io.file());
         let mut data = lock(&image);
         match io {
@@ -73,6 +73,44 @@ impl MemKernel {
             }
             // Durability is not modelled: a sync of the in-memory image always succeeds.
             Io::SyncData { .. } | Io::SyncAll { .. } => Ok(0),
+            // Space management and metadata run on the real file too (the filesystem decides
+            // what it supports), and the image follows what they do to the contents.
+            Io::Allocate {
+                offset, len, mode, ..
+            } => {
+                let rc = io.run_blocking();
+                if rc < 0 {
+                    return Err(i32::try_from(-rc).unwrap_or(libc::EIO));
+                }
+                let start = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+                let end = start
+                    .checked_add(usize::try_from(len).map_err(|_| libc::EFBIG)?)
+                    .ok_or(libc::EFBIG)?;
+                let extends = matches!(mode, AllocateMode::Allocate | AllocateMode::ZeroRange);
+                if extends && end > data.len() {
+                    data.resize(end, 0);
+                }
+                if mode.zeroes() && start < data.len() {
+                    let end = end.min(data.len());
+                    data[start..end].fill(0);
+                }
+                Ok(0)
+            }
+            Io::SetLen { len, .. } => {
+                let rc = io.run_blocking();
+                if rc < 0 {
+                    return Err(i32::try_from(-rc).unwrap_or(libc::EIO));
+                }
+                data.resize(usize::try_from(len).map_err(|_| libc::EFBIG)?, 0);
+                Ok(0)
+            }
+            Io::Metadata { .. } => {
+                let rc = io.run_blocking();
+                if rc < 0 {
+                    return Err(i32::try_from(-rc).unwrap_or(libc::EIO));
+                }
+                Ok(0)
+            }
         }
     }
 }

@@ -448,6 +448,7 @@ impl<E: Backend + 'static> MutantQueue<E> {
                     op: completion.op,
                     result: Ok(0),
                     buf: None,
+                    metadata: None,
                 });
                 count += 1;
             }

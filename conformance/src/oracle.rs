@@ -7,7 +7,8 @@
 use std::path::Path;
 
 use engine_core::{
-    block_on, AlignedBuf, Backend, BackendExt, ErrorKind, File, Op, OpenOptions, Result,
+    block_on, AlignedBuf, AllocateMode, Backend, BackendExt, ErrorKind, File, Op, OpenOptions,
+    Result,
 };
 
 use crate::faulty::{Fault, FaultyEngine, Injection};
@@ -23,7 +24,8 @@ pub struct Step {
     pub file: usize,
     /// What.
     pub op: Op,
-    /// Through `read_exact_at`/`write_all_at` (true) or one `read_at`/`write_at`.
+    /// Through `read_exact_at`/`write_all_at` (true) or one `read_at`/`write_at`; for an
+    /// allocation, a punched hole (true) or a `KeepSize` reservation.
     pub exact: bool,
     /// Offset, sector-aligned.
     pub offset: u64,
@@ -127,6 +129,25 @@ fn check<E: Backend>(
                 r.map(|n| (n, Vec::new()))
             }
             (Op::SyncData, _) => engine.sync_data(&file).await.map(|()| (0, Vec::new())),
+            (Op::Allocate, punch) => {
+                let mode = if punch {
+                    AllocateMode::PunchHole
+                } else {
+                    AllocateMode::KeepSize
+                };
+                let len = step.len as u64;
+                let done = engine.allocate(&file, step.offset, len, mode).await;
+                done.map(|()| (0, Vec::new()))
+            }
+            // The same length again: a length change that changes nothing.
+            (Op::SetLen, _) => engine
+                .set_len(&file, FILE_BYTES as u64)
+                .await
+                .map(|()| (FILE_BYTES, Vec::new())),
+            (Op::Metadata, _) => {
+                let metadata = engine.metadata(&file).await?;
+                Ok((metadata.len() as usize, Vec::new()))
+            }
             _ => engine.sync_all(&file).await.map(|()| (0, Vec::new())),
         }
     });
@@ -164,14 +185,14 @@ fn check<E: Backend>(
             if e.file().map(|f| f.id) != Some(file.id()) {
                 violation(format!("error does not name the file: {e}"));
             }
-            if !step.op.is_sync() {
+            if matches!(step.op, Op::Read | Op::Write | Op::Allocate) {
                 let inside = e.offset().is_some_and(|o| range.contains(&(o as usize)))
                     && e.length().is_some();
                 if !inside {
                     violation(format!("error does not carry the request's range: {e}"));
                 }
             }
-            if step.op == Op::Write {
+            if step.op == Op::Write || (step.op == Op::Allocate && step.exact) {
                 // Part of the range may have reached the file (torn, or before the failure).
                 for b in &mut model.bytes[range.clone()] {
                     *b = None;
@@ -191,11 +212,12 @@ fn check<E: Backend>(
         (Err(e), None, _) => violation(format!("an error with nothing injected: {e}")),
         (Ok((n, read)), None, _) => {
             verdict.masked += injected.len();
-            let expected_n = match (step.exact, short, step.op.is_sync()) {
-                (_, _, true) => 0,
-                (true, _, false) => step.len,
-                (false, Some(short), false) => short.bytes,
-                (false, None, false) => step.len,
+            let expected_n = match (step.op, step.exact, short) {
+                (Op::Metadata | Op::SetLen, ..) => FILE_BYTES,
+                (Op::Allocate | Op::SyncData | Op::SyncAll, ..) => 0,
+                (_, true, _) => step.len,
+                (_, false, Some(short)) => short.bytes,
+                (_, false, None) => step.len,
             };
             if *n != expected_n {
                 violation(format!("transferred {n} bytes, expected {expected_n}"));
@@ -218,6 +240,11 @@ fn check<E: Backend>(
                 Op::Write => {
                     for (i, b) in data[..*n].iter().enumerate() {
                         model.bytes[range.start + i] = Some(*b);
+                    }
+                }
+                Op::Allocate if step.exact => {
+                    for b in &mut model.bytes[range.clone()] {
+                        *b = Some(0);
                     }
                 }
                 _ => {}
@@ -248,11 +275,14 @@ pub fn random_workload<E: Backend>(
         x
     };
     for index in 0..count {
-        let kind = match next() % 10 {
+        let kind = match next() % 13 {
             0..=3 => Op::Read,
             4..=7 => Op::Write,
             8 => Op::SyncData,
-            _ => Op::SyncAll,
+            9 => Op::SyncAll,
+            10 => Op::Allocate,
+            11 => Op::SetLen,
+            _ => Op::Metadata,
         };
         let sectors = 1 + (next() % 16) as usize;
         let start = (next() as usize % (FILE_BYTES / SECTOR - sectors)) * SECTOR;
@@ -260,13 +290,18 @@ pub fn random_workload<E: Backend>(
             file: (next() % 2) as usize,
             op: kind,
             exact: next() % 2 == 0,
-            offset: if kind.is_sync() { 0 } else { start as u64 },
-            len: if kind.is_sync() { 0 } else { sectors * SECTOR },
+            offset: if has_range(kind) { start as u64 } else { 0 },
+            len: if has_range(kind) { sectors * SECTOR } else { 0 },
             seed: next(),
         };
         check(engine, &mut models, &step, index, &mut verdict);
     }
     Ok(verdict)
+}
+
+/// True for the operations a step gives an offset and a length.
+fn has_range(op: Op) -> bool {
+    matches!(op, Op::Read | Op::Write | Op::Allocate)
 }
 
 /// One operation of `kind` (exact transfer for reads and writes) on a fresh file set, for
@@ -282,8 +317,8 @@ pub fn single<E: Backend>(engine: &FaultyEngine<E>, dir: &Path, kind: Op) -> Res
         file: 0,
         op: kind,
         exact: true,
-        offset: if kind.is_sync() { 0 } else { 4096 },
-        len: if kind.is_sync() { 0 } else { 8192 },
+        offset: if has_range(kind) { 4096 } else { 0 },
+        len: if has_range(kind) { 8192 } else { 0 },
         seed: 7,
     };
     check(engine, &mut models, &step, 0, &mut verdict);

@@ -116,7 +116,7 @@ fn oracle_seed(backend: &'static str, seed: u64) -> Outcome {
 fn matrix_cell(backend: &'static str, fault: Fault, op: Op) -> Outcome {
     if !fault.applies_to(op) {
         return Outcome::Skipped(format!(
-            "{} cannot hit {op:?} (no short or torn sync, no ENOSPC or torn read)",
+            "{} cannot hit {op:?} (short transfers hit reads and writes, torn ones writes, ENOSPC neither reads nor metadata)",
             fault.name()
         ));
     }

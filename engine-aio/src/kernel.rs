@@ -60,8 +60,10 @@ impl EventFd {
     }
 }
 
-/// Builds the iocb of one submission. `resfd` is the eventfd to signal, if any.
-fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Iocb {
+/// Builds the iocb of one submission. `resfd` is the eventfd to signal, if any. `None` for
+/// the operations AIO has no command for (allocate, set_len, metadata): they run on the
+/// thread fallback.
+fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Option<Iocb> {
     let (opcode, buf, len, offset) = match io {
         Io::Read { offset, buf, .. } => {
             (IOCB_CMD_PREAD, buf.as_mut_ptr() as u64, buf.len(), *offset)
@@ -69,10 +71,11 @@ fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Iocb {
         Io::Write { offset, buf, .. } => (IOCB_CMD_PWRITE, buf.as_ptr() as u64, buf.len(), *offset),
         Io::SyncData { .. } => (IOCB_CMD_FDSYNC, 0, 0, 0),
         Io::SyncAll { .. } => (IOCB_CMD_FSYNC, 0, 0, 0),
+        Io::Allocate { .. } | Io::SetLen { .. } | Io::Metadata { .. } => return None,
     };
     let file = io.file();
     let dsync = opcode == IOCB_CMD_PWRITE && file.options().is_dsync();
-    Iocb {
+    Some(Iocb {
         aio_data: u64::from(slot),
         aio_rw_flags: if dsync { libc::RWF_DSYNC } else { 0 },
         aio_lio_opcode: opcode,
@@ -83,7 +86,7 @@ fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Iocb {
         aio_flags: if resfd.is_some() { IOCB_FLAG_RESFD } else { 0 },
         aio_resfd: resfd.map_or(0, EventFd::raw),
         ..Iocb::default()
-    }
+    })
 }
 
 /// One AIO context, with the requests it could not take yet and the fallback for what it
@@ -206,7 +209,9 @@ impl Kernel for AioKernel {
         if (is_sync && self.thread_syncs) || io.file().backend_flags() & FILE_AIO_REFUSED != 0 {
             return self.fallback.push(slot, io);
         }
-        let cb = iocb(&mut io, slot, self.eventfd.as_deref());
+        let Some(cb) = iocb(&mut io, slot, self.eventfd.as_deref()) else {
+            return self.fallback.push(slot, io);
+        };
         let file: *const engine_core::File = io.file();
         self.pending.push_back((cb, file));
         true

@@ -8,6 +8,7 @@ use crate::buf::AlignedBuf;
 use crate::error::Result;
 use crate::executor::join_all;
 use crate::file::{File, OpenOptions};
+use crate::metadata::{AllocateMode, Metadata};
 use crate::metrics::MetricsSnapshot;
 use crate::pool::PagePool;
 use crate::queue::Queue;
@@ -191,6 +192,80 @@ pub trait BackendExt: Backend {
         async move {
             let (result, buf) = split(self.submit(request).await);
             (result.map(drop), buf)
+        }
+    }
+
+    /// `fallocate` of `[offset, offset + len)` in `mode`: preallocates, punches a hole or
+    /// zeroes a range (see [`AllocateMode`] for what each does and where each works). Like a
+    /// write, its effect is durable after a sync ([`BackendExt::sync_all`] when it changes
+    /// the length).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidInput`] for a zero length; [`crate::ErrorKind::OutOfRange`]
+    /// when the range ends past 2^63 - 1; [`crate::ErrorKind::ReadOnly`] on a file not open
+    /// for writing; [`crate::ErrorKind::Misaligned`] for a punch or zeroing off the logical
+    /// block on a block device or an `O_DIRECT` file; [`crate::ErrorKind::Unsupported`] where
+    /// the filesystem or device lacks the mode; the OS error otherwise (`ENOSPC`:
+    /// [`crate::ErrorKind::NoSpace`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn demo<E: engine_core::Backend>(engine: &E, file: &engine_core::File) -> engine_core::Result<()> {
+    /// use engine_core::{AllocateMode, BackendExt};
+    ///
+    /// engine_core::block_on(async {
+    ///     // Reserve 1 MiB for appends without changing the length, then check.
+    ///     engine.allocate(file, 0, 1 << 20, AllocateMode::KeepSize).await?;
+    ///     let metadata = engine.metadata(file).await?;
+    ///     assert!(metadata.blocks() * 512 >= 1 << 20);
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    fn allocate(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        mode: AllocateMode,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let request = Request::allocate(file, offset, len, mode, 0);
+        async move { self.submit(request).await.result.map(drop) }
+    }
+
+    /// `ftruncate`: sets the file's length, cutting it or extending it with zeros. Durable
+    /// after [`BackendExt::sync_all`] (a length is metadata).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::OutOfRange`] past 2^63 - 1; [`crate::ErrorKind::ReadOnly`] on a
+    /// file not open for writing; [`crate::ErrorKind::Unsupported`] on a block device; the OS
+    /// error otherwise.
+    fn set_len(&self, file: &File, len: u64) -> impl Future<Output = Result<()>> + Send + '_ {
+        let request = Request::set_len(file, len, 0);
+        async move { self.submit(request).await.result.map(drop) }
+    }
+
+    /// `statx`: the file's length (a block device's capacity), allocated blocks, kind and
+    /// times.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::BadFile`] on a closed or foreign file; the OS error otherwise.
+    fn metadata(&self, file: &File) -> impl Future<Output = Result<Metadata>> + Send + '_ {
+        let request = Request::metadata(file, 0);
+        async move {
+            let completion = self.submit(request).await;
+            completion.result?;
+            completion.metadata.ok_or_else(|| {
+                crate::Error::new(
+                    crate::ErrorKind::Io,
+                    crate::Op::Metadata,
+                    "the engine completed a metadata request without its record",
+                )
+            })
         }
     }
 

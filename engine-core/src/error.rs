@@ -119,6 +119,12 @@ pub enum Op {
     SyncData,
     /// `fsync`.
     SyncAll,
+    /// `fallocate`: preallocation, punching a hole, zeroing a range.
+    Allocate,
+    /// `ftruncate`: setting a file's length.
+    SetLen,
+    /// `statx`: a file's length, blocks and times.
+    Metadata,
     /// Opening a file.
     Open,
     /// Closing a file.
@@ -135,14 +141,22 @@ pub enum Op {
 
 impl Op {
     /// The operations a request can carry, in the order metrics index them.
-    pub const IO: [Op; 4] = [Op::Read, Op::Write, Op::SyncData, Op::SyncAll];
+    pub const IO: [Op; 7] = [
+        Op::Read,
+        Op::Write,
+        Op::SyncData,
+        Op::SyncAll,
+        Op::Allocate,
+        Op::SetLen,
+        Op::Metadata,
+    ];
 
     /// True for the two syncs.
     pub fn is_sync(self) -> bool {
         matches!(self, Op::SyncData | Op::SyncAll)
     }
 
-    /// The position in [`Op::IO`], for the four request operations.
+    /// The position in [`Op::IO`], for the request operations.
     pub(crate) fn io_index(self) -> Option<usize> {
         Op::IO.iter().position(|&op| op == self)
     }
@@ -153,6 +167,9 @@ impl Op {
             Op::Write => "write",
             Op::SyncData => "sync_data",
             Op::SyncAll => "sync_all",
+            Op::Allocate => "allocate",
+            Op::SetLen => "set_len",
+            Op::Metadata => "metadata",
             Op::Open => "open",
             Op::Close => "close",
             Op::Setup => "setup",

@@ -52,6 +52,7 @@ mod error;
 mod executor;
 mod file;
 mod geometry;
+mod metadata;
 mod metrics;
 mod pool;
 mod queue;
@@ -68,6 +69,7 @@ pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result
 pub use executor::{block_on, join_all, JoinAll};
 pub use file::{File, OpenOptions};
 pub use geometry::{Geometry, GeometrySource, Support, IO_BYTES_MAX};
+pub use metadata::{AllocateMode, Metadata};
 pub use metrics::{MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
 pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;

@@ -22,7 +22,7 @@ struct Counters {
 /// The live counters of one engine.
 #[derive(Default)]
 pub struct Metrics {
-    kinds: [Counters; 4],
+    kinds: [Counters; 7],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +66,9 @@ impl Metrics {
             write: take(&self.kinds[1]),
             sync_data: take(&self.kinds[2]),
             sync_all: take(&self.kinds[3]),
+            allocate: take(&self.kinds[4]),
+            set_len: take(&self.kinds[5]),
+            metadata: take(&self.kinds[6]),
         }
     }
 }
@@ -116,6 +119,12 @@ pub struct MetricsSnapshot {
     pub sync_data: OpMetrics,
     /// `sync_all` calls.
     pub sync_all: OpMetrics,
+    /// `allocate` calls (bytes: 0).
+    pub allocate: OpMetrics,
+    /// `set_len` calls (bytes: 0).
+    pub set_len: OpMetrics,
+    /// `metadata` calls (bytes: 0).
+    pub metadata: OpMetrics,
 }
 
 impl MetricsSnapshot {
@@ -126,6 +135,9 @@ impl MetricsSnapshot {
             Op::Write => Some(&self.write),
             Op::SyncData => Some(&self.sync_data),
             Op::SyncAll => Some(&self.sync_all),
+            Op::Allocate => Some(&self.allocate),
+            Op::SetLen => Some(&self.set_len),
+            Op::Metadata => Some(&self.metadata),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 use crate::buf::AlignedBuf;
 use crate::error::{Op, Result};
 use crate::file::File;
+use crate::metadata::{AllocateMode, Metadata};
 
 /// One operation on a file, owning its buffer, with caller-chosen user data that comes back
 /// unchanged in the [`Completion`].
@@ -91,6 +92,38 @@ pub enum Request {
         /// Returned in the completion.
         user_data: u64,
     },
+    /// `fallocate` of `[offset, offset + len)` in `mode`; the completion's count is 0.
+    Allocate {
+        /// The file (open for writing).
+        file: File,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range (at least 1).
+        len: u64,
+        /// What to do to the range.
+        mode: AllocateMode,
+        /// Returned in the completion.
+        user_data: u64,
+    },
+    /// `ftruncate`: sets the file's length to `len`, cutting or extending with zeros; the
+    /// completion's count is 0. Durable after a [`Request::SyncAll`].
+    SetLen {
+        /// The file (open for writing; not a block device).
+        file: File,
+        /// The new length.
+        len: u64,
+        /// Returned in the completion.
+        user_data: u64,
+    },
+    /// `statx`: the completion carries the file's [`Metadata`] in [`Completion::metadata`].
+    Metadata {
+        /// The file.
+        file: File,
+        /// The record the kernel fills (make the request with [`Request::metadata`]).
+        metadata: Metadata,
+        /// Returned in the completion.
+        user_data: u64,
+    },
 }
 
 impl Request {
@@ -150,6 +183,44 @@ impl Request {
         Request::SyncAll { file, user_data }
     }
 
+    /// `fallocate` of `[offset, offset + len)` in `mode`.
+    pub fn allocate(
+        file: &File,
+        offset: u64,
+        len: u64,
+        mode: AllocateMode,
+        user_data: u64,
+    ) -> Request {
+        let file = file.clone();
+        Request::Allocate {
+            file,
+            offset,
+            len,
+            mode,
+            user_data,
+        }
+    }
+
+    /// `ftruncate` to `len`.
+    pub fn set_len(file: &File, len: u64, user_data: u64) -> Request {
+        let file = file.clone();
+        Request::SetLen {
+            file,
+            len,
+            user_data,
+        }
+    }
+
+    /// `statx` of the file.
+    pub fn metadata(file: &File, user_data: u64) -> Request {
+        let file = file.clone();
+        Request::Metadata {
+            file,
+            metadata: Metadata::empty(),
+            user_data,
+        }
+    }
+
     /// The operation: [`Op::Read`] for both reads, [`Op::Write`] for both writes.
     pub fn op(&self) -> Op {
         match self {
@@ -157,6 +228,20 @@ impl Request {
             Request::Write { .. } | Request::WriteAll { .. } => Op::Write,
             Request::SyncData { .. } => Op::SyncData,
             Request::SyncAll { .. } => Op::SyncAll,
+            Request::Allocate { .. } => Op::Allocate,
+            Request::SetLen { .. } => Op::SetLen,
+            Request::Metadata { .. } => Op::Metadata,
+        }
+    }
+
+    /// The byte range a request changes or reads, for strict mode's overlap check and for
+    /// wrappers that track file contents: a transfer's range, an allocation's range, or from a
+    /// new length to the end of the largest file. `None` for syncs and metadata.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        match self {
+            Request::Allocate { offset, len, .. } => Some((*offset, *len)),
+            Request::SetLen { len, .. } => Some((*len, (i64::MAX as u64).saturating_sub(*len))),
+            _ => self.offset().map(|offset| (offset, self.len() as u64)),
         }
     }
 
@@ -173,7 +258,10 @@ impl Request {
             | Request::Write { file, .. }
             | Request::WriteAll { file, .. }
             | Request::SyncData { file, .. }
-            | Request::SyncAll { file, .. } => file,
+            | Request::SyncAll { file, .. }
+            | Request::Allocate { file, .. }
+            | Request::SetLen { file, .. }
+            | Request::Metadata { file, .. } => file,
         }
     }
 
@@ -185,7 +273,10 @@ impl Request {
             | Request::Write { user_data, .. }
             | Request::WriteAll { user_data, .. }
             | Request::SyncData { user_data, .. }
-            | Request::SyncAll { user_data, .. } => *user_data,
+            | Request::SyncAll { user_data, .. }
+            | Request::Allocate { user_data, .. }
+            | Request::SetLen { user_data, .. }
+            | Request::Metadata { user_data, .. } => *user_data,
         }
     }
 
@@ -197,44 +288,47 @@ impl Request {
             | Request::Write { user_data, .. }
             | Request::WriteAll { user_data, .. }
             | Request::SyncData { user_data, .. }
-            | Request::SyncAll { user_data, .. } => std::mem::replace(user_data, new),
+            | Request::SyncAll { user_data, .. }
+            | Request::Allocate { user_data, .. }
+            | Request::SetLen { user_data, .. }
+            | Request::Metadata { user_data, .. } => std::mem::replace(user_data, new),
         }
     }
 
-    /// The byte offset of a read or write; `None` for syncs.
+    /// The byte offset of a read or write; `None` for the other operations.
     pub fn offset(&self) -> Option<u64> {
         match self {
             Request::Read { offset, .. }
             | Request::ReadExact { offset, .. }
             | Request::Write { offset, .. }
             | Request::WriteAll { offset, .. } => Some(*offset),
-            Request::SyncData { .. } | Request::SyncAll { .. } => None,
+            _ => None,
         }
     }
 
-    /// The buffer of a read or write; `None` for syncs.
+    /// The buffer of a read or write; `None` for the other operations.
     pub fn buf(&self) -> Option<&AlignedBuf> {
         match self {
             Request::Read { buf, .. }
             | Request::ReadExact { buf, .. }
             | Request::Write { buf, .. }
             | Request::WriteAll { buf, .. } => Some(buf),
-            Request::SyncData { .. } | Request::SyncAll { .. } => None,
+            _ => None,
         }
     }
 
-    /// The buffer of a read or write, writable; `None` for syncs.
+    /// The buffer of a read or write, writable; `None` for the other operations.
     pub fn buf_mut(&mut self) -> Option<&mut AlignedBuf> {
         match self {
             Request::Read { buf, .. }
             | Request::ReadExact { buf, .. }
             | Request::Write { buf, .. }
             | Request::WriteAll { buf, .. } => Some(buf),
-            Request::SyncData { .. } | Request::SyncAll { .. } => None,
+            _ => None,
         }
     }
 
-    /// The number of bytes the request asks to transfer (0 for syncs).
+    /// The number of bytes the request asks to transfer (0 for operations without a buffer).
     pub fn len(&self) -> usize {
         self.buf().map_or(0, AlignedBuf::len)
     }
@@ -248,18 +342,21 @@ impl Request {
     pub fn into_completion(self, result: Result<usize>) -> Completion {
         let op = self.op();
         let user_data = self.user_data();
-        let buf = match self {
+        let (buf, metadata) = match self {
             Request::Read { buf, .. }
             | Request::ReadExact { buf, .. }
             | Request::Write { buf, .. }
-            | Request::WriteAll { buf, .. } => Some(buf),
-            Request::SyncData { .. } | Request::SyncAll { .. } => None,
+            | Request::WriteAll { buf, .. } => (Some(buf), None),
+            // Only a successful statx filled the record.
+            Request::Metadata { metadata, .. } if result.is_ok() => (None, Some(metadata)),
+            _ => (None, None),
         };
         Completion {
             user_data,
             op,
             result,
             buf,
+            metadata,
         }
     }
 }
@@ -273,7 +370,9 @@ pub struct Completion {
     pub op: Op,
     /// Bytes transferred (for exact requests, the whole buffer), or the error.
     pub result: Result<usize>,
-    /// The request's buffer: always there for reads and writes, `None` for syncs. After a read
-    /// its length is the number of bytes read.
+    /// The request's buffer: always there for reads and writes, `None` for the other
+    /// operations. After a read its length is the number of bytes read.
     pub buf: Option<AlignedBuf>,
+    /// A successful [`Request::Metadata`]'s answer; `None` otherwise.
+    pub metadata: Option<Metadata>,
 }

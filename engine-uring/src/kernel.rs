@@ -10,7 +10,7 @@ use engine_core::raw::{lock, FileDropped, FileRaw, Io, Kernel, Reaped, Wait, Wea
 use engine_core::{Error, ErrorKind, Op, Result};
 use io_uring::{opcode, squeue, types};
 
-use crate::ring::{errno, Ring, Use, FILES_MAX};
+use crate::ring::{errno, Opcodes, Ring, Use, FILES_MAX};
 
 /// `IORING_ENTER_GETEVENTS` from `linux/io_uring.h`: wait for (and, for polled rings, poll)
 /// completions; the io-uring crate does not re-export it.
@@ -139,6 +139,22 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> squeue::Entry {
         }
         Io::SyncData { .. } => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),
         Io::SyncAll { .. } => with_fd!(Fsync,).build(),
+        Io::Allocate {
+            offset, len, mode, ..
+        } => with_fd!(Fallocate, len)
+            .offset(offset)
+            .mode(mode.bits())
+            .build(),
+        Io::SetLen { len, .. } => with_fd!(Ftruncate, len).build(),
+        Io::Metadata { statx, .. } => {
+            // statx names its file by a plain descriptor and a path, never a registered slot.
+            let statx: *mut libc::statx = statx;
+            let sqe = opcode::Statx::new(types::Fd(raw_fd), c"".as_ptr(), statx.cast())
+                .flags(libc::AT_EMPTY_PATH)
+                .mask(Io::METADATA_MASK)
+                .build();
+            return sqe.user_data(user_data);
+        }
     };
     let sqe = if fixed.file.is_some() {
         sqe.flags(squeue::Flags::FIXED_FILE)
@@ -201,16 +217,39 @@ impl Tally {
         }
     }
 
-    /// Completes a sync at once with [`IOPOLL_SYNC_ERRNO`] when the ring polls; true when it
-    /// did.
-    fn refuse_polled_sync(&mut self, iopoll: bool, slot: u32, io: &Io<'_>) -> bool {
-        if !iopoll || !matches!(io, Io::SyncData { .. } | Io::SyncAll { .. }) {
+    /// Decides what the ring cannot run: a sync on a polled ring completes at once with
+    /// [`IOPOLL_SYNC_ERRNO`]; a file-management operation whose opcode the ring lacks runs as
+    /// a blocking syscall on the calling thread, with the same semantics. True when it did
+    /// either (the result is then reaped like any other).
+    fn settle_without_ring(
+        &mut self,
+        iopoll: bool,
+        ops: Opcodes,
+        slot: u32,
+        io: &mut Io<'_>,
+    ) -> bool {
+        let in_ring = match io {
+            Io::Read { .. } | Io::Write { .. } => true,
+            Io::SyncData { .. } | Io::SyncAll { .. } => {
+                if iopoll {
+                    self.immediate.push(Reaped {
+                        slot,
+                        result: -i64::from(IOPOLL_SYNC_ERRNO),
+                    });
+                    self.in_flight += 1;
+                    return true;
+                }
+                true
+            }
+            Io::Allocate { .. } => ops.fallocate,
+            Io::SetLen { .. } => ops.ftruncate,
+            Io::Metadata { .. } => ops.statx,
+        };
+        if in_ring {
             return false;
         }
-        self.immediate.push(Reaped {
-            slot,
-            result: -i64::from(IOPOLL_SYNC_ERRNO),
-        });
+        let result = io.run_blocking();
+        self.immediate.push(Reaped { slot, result });
         self.in_flight += 1;
         true
     }
@@ -300,8 +339,9 @@ impl SharedKernel {
 }
 
 impl Kernel for SharedKernel {
-    fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
-        if self.tally.refuse_polled_sync(self.shared.iopoll, slot, &io) {
+    fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
+        let (iopoll, ops) = (self.shared.iopoll, self.shared.ring.ops);
+        if self.tally.settle_without_ring(iopoll, ops, slot, &mut io) {
             return true;
         }
         let index = io.file().backend_index();
@@ -572,7 +612,7 @@ fn queue_ring(shared: &Shared, depth: usize, config: &engine_core::EngineConfig)
 }
 
 impl Kernel for QueueKernel {
-    fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
+    fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
         // A SINGLE_ISSUER ring moved to another thread must not take entries it can never
         // submit: with nothing in flight it is replaced now; otherwise the request stays
         // staged and `submit` says why.
@@ -581,7 +621,8 @@ impl Kernel for QueueKernel {
         {
             return false;
         }
-        if self.tally.refuse_polled_sync(self.shared.iopoll, slot, &io) {
+        let (iopoll, ops) = (self.shared.iopoll, self.ring.ops);
+        if self.tally.settle_without_ring(iopoll, ops, slot, &mut io) {
             return true;
         }
         let fixed = Fixed {

@@ -25,7 +25,37 @@ pub(crate) struct Ring {
     pub(crate) fixed_files: bool,
     /// True when the ring was created disabled and still needs enabling.
     pub(crate) disabled: bool,
+    /// The file-management opcodes this ring runs; the others run on the submitting thread.
+    pub(crate) ops: Opcodes,
     pool: Option<PagePool>,
+}
+
+/// Which file-management opcodes a ring takes, found by the kernel's opcode probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Opcodes {
+    /// `IORING_OP_FALLOCATE` (Linux 5.6).
+    pub(crate) fallocate: bool,
+    /// `IORING_OP_FTRUNCATE` (Linux 6.9).
+    pub(crate) ftruncate: bool,
+    /// `IORING_OP_STATX` (Linux 5.6); never on a restricted ring, which requires registered
+    /// files and statx takes a plain descriptor.
+    pub(crate) statx: bool,
+}
+
+impl Opcodes {
+    /// Probes `ring`; nothing is assumed when the probe fails. An IOPOLL ring runs reads and
+    /// writes only.
+    fn probe(ring: &IoUring, config: &EngineConfig) -> Opcodes {
+        let mut probe = io_uring::Probe::new();
+        if config.iopoll || ring.submitter().register_probe(&mut probe).is_err() {
+            return Opcodes::default();
+        }
+        Opcodes {
+            fallocate: probe.is_supported(opcode::Fallocate::CODE),
+            ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
+            statx: probe.is_supported(opcode::Statx::CODE) && !config.restricted,
+        }
+    }
 }
 
 /// How a ring is used.
@@ -136,12 +166,14 @@ impl Ring {
                     .with_message("io_uring_register(REGISTER_RESTRICTIONS)")
             })?;
         }
+        let ops = Opcodes::probe(&ring, config);
         let ring = Ring {
             ring,
             flags,
             fixed_pool,
             fixed_files,
             disabled,
+            ops,
             pool: pool.cloned(),
         };
         Ok((ring, why_unregistered))
@@ -242,8 +274,8 @@ pub(crate) fn memlock_limit() -> Option<u64> {
 const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 const IORING_REGISTER_FILES_UPDATE2: u8 = 14;
 
-/// Restricted mode: only reads, writes, fsyncs and the wake-up NOP, only on registered
-/// files, and only file-table updates as registrations.
+/// Restricted mode: only reads, writes, fsyncs, fallocate, ftruncate and the wake-up NOP,
+/// only on registered files, and only file-table updates as registrations.
 fn restrict(ring: &IoUring) -> io::Result<()> {
     let mut restrictions = [
         register::Restriction::sqe_op(opcode::Read::CODE),
@@ -251,6 +283,8 @@ fn restrict(ring: &IoUring) -> io::Result<()> {
         register::Restriction::sqe_op(opcode::ReadFixed::CODE),
         register::Restriction::sqe_op(opcode::WriteFixed::CODE),
         register::Restriction::sqe_op(opcode::Fsync::CODE),
+        register::Restriction::sqe_op(opcode::Fallocate::CODE),
+        register::Restriction::sqe_op(opcode::Ftruncate::CODE),
         register::Restriction::sqe_op(opcode::Nop::CODE),
         register::Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
         register::Restriction::register_op(IORING_REGISTER_FILES_UPDATE),

@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use engine_core::{
-    block_on, join_all, registry, AlignTarget, AlignedBuf, Backend, BackendExt, Capabilities,
-    Completion, DynBackend, EngineConfig, Error, ErrorKind, File, FileRef, Geometry,
-    GeometrySource, IoBuf, IoBufMut, MetricsSnapshot, Misalignment, Op, OpMetrics, OpenOptions,
-    PageAllocator, PagePool, PoolConfig, PoolStats, Queue, Request, Result, Support, IO_BYTES_MAX,
+    block_on, join_all, registry, AlignTarget, AlignedBuf, AllocateMode, Backend, BackendExt,
+    Capabilities, Completion, DynBackend, EngineConfig, Error, ErrorKind, File, FileRef, Geometry,
+    GeometrySource, IoBuf, IoBufMut, Metadata, MetricsSnapshot, Misalignment, Op, OpMetrics,
+    OpenOptions, PageAllocator, PagePool, PoolConfig, PoolStats, Queue, Request, Result, Support,
+    IO_BYTES_MAX,
 };
 pub use env::{Choice, Settings, VARIABLES};
 
@@ -380,6 +381,35 @@ impl Engine {
         path: &'a std::path::Path,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         BackendExt::sync_dir(self, path)
+    }
+
+    /// `fallocate`: preallocates, punches a hole or zeroes a range. See
+    /// [`BackendExt::allocate`].
+    pub fn allocate<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        len: u64,
+        mode: AllocateMode,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        BackendExt::allocate(self, file, offset, len, mode)
+    }
+
+    /// `ftruncate`: sets the file's length. See [`BackendExt::set_len`].
+    pub fn set_len<'a>(
+        &'a self,
+        file: &'a File,
+        len: u64,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        BackendExt::set_len(self, file, len)
+    }
+
+    /// `statx`: length, blocks, kind and times. See [`BackendExt::metadata`].
+    pub fn metadata<'a>(
+        &'a self,
+        file: &'a File,
+    ) -> impl Future<Output = Result<Metadata>> + Send + 'a {
+        BackendExt::metadata(self, file)
     }
 
     /// Submits one request; resolves to its completion. See [`Backend::submit`].

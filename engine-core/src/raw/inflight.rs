@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::buf::AlignedBuf;
 use crate::error::{AlignTarget, Error, ErrorKind, Misalignment, Op, Result};
 use crate::file::File;
+use crate::metadata::AllocateMode;
 use crate::raw::common::Common;
 use crate::request::{Completion, Request};
 
@@ -60,9 +61,37 @@ pub enum Io<'a> {
         /// The file.
         file: &'a File,
     },
+    /// `fallocate(mode.bits(), offset, len)`.
+    Allocate {
+        /// The file.
+        file: &'a File,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// The mode.
+        mode: AllocateMode,
+    },
+    /// `ftruncate(len)`.
+    SetLen {
+        /// The file.
+        file: &'a File,
+        /// The new length.
+        len: u64,
+    },
+    /// `statx(fd, "", AT_EMPTY_PATH, mask, statx)` with [`Io::METADATA_MASK`].
+    Metadata {
+        /// The file.
+        file: &'a File,
+        /// The record to fill; it stays in the request's slot until the result is settled.
+        statx: &'a mut libc::statx,
+    },
 }
 
 impl Io<'_> {
+    /// The statx fields a metadata request asks for.
+    pub const METADATA_MASK: u32 = crate::metadata::METADATA_MASK;
+
     /// The operation.
     pub fn op(&self) -> Op {
         match self {
@@ -70,6 +99,9 @@ impl Io<'_> {
             Io::Write { .. } => Op::Write,
             Io::SyncData { .. } => Op::SyncData,
             Io::SyncAll { .. } => Op::SyncAll,
+            Io::Allocate { .. } => Op::Allocate,
+            Io::SetLen { .. } => Op::SetLen,
+            Io::Metadata { .. } => Op::Metadata,
         }
     }
 
@@ -79,8 +111,18 @@ impl Io<'_> {
             Io::Read { file, .. }
             | Io::Write { file, .. }
             | Io::SyncData { file }
-            | Io::SyncAll { file } => file,
+            | Io::SyncAll { file }
+            | Io::Allocate { file, .. }
+            | Io::SetLen { file, .. }
+            | Io::Metadata { file, .. } => file,
         }
+    }
+
+    /// Runs the operation as a blocking syscall on the calling thread and returns the bytes
+    /// transferred or `-errno`: the sync backend's workers do this, and a kernel interface
+    /// falls back to it for an operation it has no opcode for.
+    pub fn run_blocking(&mut self) -> i64 {
+        crate::raw::pool::run_blocking(self, 0)
     }
 }
 
@@ -161,7 +203,7 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
                     .with_message("the file is not open for reading"),
             ))
         }
-        Op::Write if !options.is_write() => {
+        Op::Write | Op::Allocate | Op::SetLen if !options.is_write() => {
             return Err(with_range(
                 file.error(ErrorKind::ReadOnly, op)
                     .with_message("the file is open read-only"),
@@ -169,11 +211,18 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
         }
         _ => {}
     }
+    match request {
+        Request::Allocate {
+            offset, len, mode, ..
+        } => return validate_allocate(file, *offset, *len, *mode),
+        Request::SetLen { len, .. } => return validate_set_len(file, *len),
+        _ => {}
+    }
     let (Some(offset), Some(buf)) = (request.offset(), request.buf()) else {
-        // A sync: only the poison can refuse it.
+        // A sync (only the poison can refuse it), or metadata.
         return match file.poisoned() {
-            Some(errno) => Err(poisoned(file, op, errno)),
-            None => Ok(()),
+            Some(errno) if op.is_sync() => Err(poisoned(file, op, errno)),
+            _ => Ok(()),
         };
     };
     // A positional offset must fit off_t, and so must its end.
@@ -208,6 +257,70 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// The largest file offset, `off_t`'s maximum.
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+fn validate_allocate(file: &File, offset: u64, len: u64, mode: AllocateMode) -> Result<()> {
+    let op = Op::Allocate;
+    if len == 0 {
+        return Err(file
+            .error(ErrorKind::InvalidInput, op)
+            .with_range(offset, len)
+            .with_message("allocate needs a length of at least 1"));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > OFFSET_MAX) {
+        return Err(file
+            .error(ErrorKind::OutOfRange, op)
+            .with_range(offset, len)
+            .with_message("offset plus length exceeds the largest file offset (2^63 - 1)"));
+    }
+    let geometry = file.geometry();
+    if geometry.is_block_device && !mode.zeroes() {
+        return Err(file
+            .error(ErrorKind::Unsupported, op)
+            .with_range(offset, len)
+            .with_errno(libc::EOPNOTSUPP)
+            .with_message(format!(
+                "a block device's space is fixed: it takes only PunchHole and ZeroRange, not {mode:?}"
+            )));
+    }
+    // A block device zeroes whole logical blocks only, and under O_DIRECT (or align_min) a
+    // partial-block zeroing would go through the page cache: both must be aligned.
+    if mode.zeroes() && (geometry.is_block_device || file.enforces_alignment()) {
+        let align = u64::from(geometry.offset_align.max(1));
+        for (target, actual) in [(AlignTarget::Offset, offset), (AlignTarget::Length, len)] {
+            if actual % align != 0 {
+                let misalignment = Misalignment {
+                    target,
+                    required: align,
+                    actual,
+                };
+                return Err(Error::misaligned(op, misalignment)
+                    .with_file(file.file_ref())
+                    .with_range(offset, len));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_set_len(file: &File, len: u64) -> Result<()> {
+    let op = Op::SetLen;
+    if len > OFFSET_MAX {
+        return Err(file
+            .error(ErrorKind::OutOfRange, op)
+            .with_range(len, 0)
+            .with_message("the length exceeds the largest file offset (2^63 - 1)"));
+    }
+    if file.geometry().is_block_device {
+        return Err(file
+            .error(ErrorKind::Unsupported, op)
+            .with_errno(libc::EINVAL)
+            .with_message("a block device's length is fixed"));
     }
     Ok(())
 }
@@ -259,12 +372,10 @@ impl InFlight {
             return Err(reject(common, request, error));
         }
         let total = request.len();
-        let span = match request.offset() {
-            Some(offset) => {
-                match request
-                    .file()
-                    .claim_span(offset, total as u64, request.op() == Op::Write)
-                {
+        let span = match request.range() {
+            Some((offset, len)) => {
+                let writes = request.op() != Op::Read;
+                match request.file().claim_span(offset, len, writes) {
                     Ok(span) => span,
                     Err(error) => return Err(reject(common, request, error)),
                 }
@@ -373,6 +484,23 @@ impl InFlight {
             }
             Request::SyncData { file, .. } => Io::SyncData { file },
             Request::SyncAll { file, .. } => Io::SyncAll { file },
+            Request::Allocate {
+                file,
+                offset,
+                len,
+                mode,
+                ..
+            } => Io::Allocate {
+                file,
+                offset: *offset,
+                len: *len,
+                mode: *mode,
+            },
+            Request::SetLen { file, len, .. } => Io::SetLen { file, len: *len },
+            Request::Metadata { file, metadata, .. } => Io::Metadata {
+                file,
+                statx: metadata.statx_mut(),
+            },
         }
     }
 
@@ -417,7 +545,13 @@ impl InFlight {
             self.done = self.done.max(self.start + n);
             return Err(self.finish(common, Err(errno)));
         }
-        if self.op().is_sync() {
+        if let Request::Metadata { file, metadata, .. } = &mut self.request {
+            // A block device's size is not in statx: its ioctl completes the record.
+            let finished = metadata.finish(std::os::fd::AsFd::as_fd(file));
+            return Err(self.finish(common, finished.map(|()| 0)));
+        }
+        if self.total == 0 && self.request.buf().is_none() {
+            // A sync, an allocation or a length change: nothing to count.
             return Err(self.finish(common, Ok(0)));
         }
         if !self.request.is_exact() {
@@ -483,6 +617,8 @@ impl InFlight {
                 let mut error = Error::from_errno(errno, op).with_file(file.file_ref());
                 if let Some(offset) = self.request.offset() {
                     error = error.with_range(offset, self.total as u64);
+                } else if let Request::Allocate { offset, len, .. } = &self.request {
+                    error = error.with_range(*offset, *len);
                 }
                 if self.request.is_exact() {
                     error = error.with_transferred(self.done as u64);
@@ -761,6 +897,62 @@ mod tests {
         let _ = w.settle(&c, 4096).expect_err("done");
         let again = InFlight::admit(&c, Request::read(&f, 2048, buf(4096, 512), 1));
         assert!(again.is_ok(), "released at completion");
+    }
+
+    #[test]
+    fn a_block_device_takes_only_aligned_zeroing_and_keeps_its_length() {
+        let c = common();
+        let mut g = geometry(4096);
+        g.is_block_device = true;
+        let f = file(&c, rw(), g);
+        let id = c.engine_id();
+        let allocate = |offset, len, mode| Request::allocate(&f, offset, len, mode, 0);
+        for mode in [AllocateMode::Allocate, AllocateMode::KeepSize] {
+            let e = validate(id, &allocate(0, 4096, mode)).expect_err("no preallocation");
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        }
+        assert!(validate(id, &allocate(8192, 4096, AllocateMode::PunchHole)).is_ok());
+        let e = validate(id, &allocate(512, 4096, AllocateMode::ZeroRange)).expect_err("offset");
+        assert_eq!(
+            e.misalignment().map(|m| m.target),
+            Some(AlignTarget::Offset)
+        );
+        let e = validate(id, &allocate(0, 512, AllocateMode::PunchHole)).expect_err("length");
+        assert_eq!(
+            e.misalignment().map(|m| m.target),
+            Some(AlignTarget::Length)
+        );
+        let e = validate(id, &Request::set_len(&f, 0, 0)).expect_err("fixed length");
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(validate(id, &Request::metadata(&f, 0)).is_ok());
+    }
+
+    #[test]
+    fn strict_mode_claims_the_range_an_allocation_or_a_cut_changes() {
+        let c = Common::new(EngineConfig {
+            strict: true,
+            ..EngineConfig::default()
+        });
+        let f = file(&c, rw(), geometry(512));
+        let punch = Request::allocate(&f, 4096, 4096, AllocateMode::PunchHole, 0);
+        let punch = InFlight::admit(&c, punch).expect("first");
+        let read = Request::read(&f, 6144, buf(512, 512), 1);
+        let clash = InFlight::admit(&c, read).expect_err("a read inside the hole");
+        assert_eq!(
+            clash.result.expect_err("overlap").kind(),
+            ErrorKind::Overlap
+        );
+        let cut = InFlight::admit(&c, Request::set_len(&f, 1 << 20, 2)).expect("past the hole");
+        let write = Request::write(&f, 2 << 20, buf(512, 512), 3);
+        let clash = InFlight::admit(&c, write).expect_err("a write past the cut");
+        assert_eq!(
+            clash.result.expect_err("overlap").kind(),
+            ErrorKind::Overlap
+        );
+        let done = punch.settle(&c, 0).expect_err("done");
+        assert_eq!(done.result.expect("punched"), 0);
+        let _ = cut.settle(&c, 0).expect_err("done");
+        assert!(InFlight::admit(&c, Request::read(&f, 6144, buf(512, 512), 4)).is_ok());
     }
 
     #[test]

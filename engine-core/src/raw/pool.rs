@@ -34,9 +34,14 @@ const FILE_NO_NOWAIT: u32 = 1 << 0;
 struct Syscall {
     op: Op,
     fd: RawFd,
+    /// The buffer (a read's or write's), or the statx record (metadata).
     ptr: *mut u8,
+    /// The transfer's length, or the range's (allocate).
     len: usize,
+    /// The file offset, or the new length (set_len).
     offset: u64,
+    /// `fallocate`'s mode bits.
+    mode: i32,
 }
 
 // SAFETY: the pointer addresses a buffer owned by a request slot for as long as the syscall
@@ -48,43 +53,60 @@ impl Syscall {
         let fd = io.file().raw_fd();
         match io {
             Io::Read { offset, buf, .. } => Syscall {
-                op: Op::Read,
-                fd,
                 ptr: buf.as_mut_ptr(),
                 len: buf.len(),
                 offset: *offset,
+                ..Syscall::bare(Op::Read, fd)
             },
             Io::Write { offset, buf, .. } => Syscall {
-                op: Op::Write,
-                fd,
                 ptr: buf.as_ptr().cast_mut(),
                 len: buf.len(),
                 offset: *offset,
+                ..Syscall::bare(Op::Write, fd)
             },
-            Io::SyncData { .. } => Syscall {
-                op: Op::SyncData,
-                fd,
-                ptr: std::ptr::null_mut(),
-                len: 0,
-                offset: 0,
+            Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd),
+            Io::SyncAll { .. } => Syscall::bare(Op::SyncAll, fd),
+            Io::Allocate {
+                offset, len, mode, ..
+            } => Syscall {
+                // The shared lifecycle bounds the range below 2^63.
+                len: usize::try_from(*len).unwrap_or(usize::MAX),
+                offset: *offset,
+                mode: mode.bits(),
+                ..Syscall::bare(Op::Allocate, fd)
             },
-            Io::SyncAll { .. } => Syscall {
-                op: Op::SyncAll,
-                fd,
-                ptr: std::ptr::null_mut(),
-                len: 0,
-                offset: 0,
+            Io::SetLen { len, .. } => Syscall {
+                offset: *len,
+                ..Syscall::bare(Op::SetLen, fd)
+            },
+            Io::Metadata { statx, .. } => Syscall {
+                ptr: std::ptr::from_mut::<libc::statx>(statx).cast(),
+                ..Syscall::bare(Op::Metadata, fd)
             },
         }
     }
 
+    /// A syscall of `op` on `fd` with nothing else set.
+    fn bare(op: Op, fd: RawFd) -> Syscall {
+        Syscall {
+            op,
+            fd,
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            offset: 0,
+            mode: 0,
+        }
+    }
+
     /// Runs the syscall (`pread`/`pwrite`, or `preadv2`/`pwritev2` when there are `flags`;
-    /// `fdatasync`, `fsync`); returns the bytes transferred or `-errno`.
+    /// `fdatasync`, `fsync`, `fallocate`, `ftruncate`, `statx`); returns the bytes transferred
+    /// or `-errno`.
     ///
     /// # Safety
     ///
     /// For a read or write, `ptr` must be valid for `len` bytes (writable for a read) for the
-    /// whole call: the request slot owning the buffer must not have been completed yet.
+    /// whole call, and for metadata valid for one writable `statx`: the request slot owning
+    /// the memory must not have been completed yet.
     unsafe fn run(&self, flags: i32) -> i64 {
         let iov = libc::iovec {
             iov_base: self.ptr.cast(),
@@ -109,6 +131,18 @@ impl Syscall {
             Op::Write => unsafe { libc::pwritev2(self.fd, &iov, 1, offset, flags) },
             // SAFETY: takes no pointers.
             Op::SyncData => unsafe { libc::fdatasync(self.fd) as isize },
+            // SAFETY: takes no pointers; the lifecycle bounds offset and length below 2^63.
+            Op::Allocate => unsafe {
+                libc::fallocate(self.fd, self.mode, offset, self.len as libc::off_t) as isize
+            },
+            // SAFETY: takes no pointers.
+            Op::SetLen => unsafe { libc::ftruncate(self.fd, offset) as isize },
+            Op::Metadata => {
+                // SAFETY: `ptr` addresses the request's statx record for the whole call (the
+                // caller's contract).
+                let statx = unsafe { &mut *self.ptr.cast::<libc::statx>() };
+                return crate::metadata::statx_into(self.fd, statx);
+            }
             // SAFETY: takes no pointers.
             _ => unsafe { libc::fsync(self.fd) as isize },
         };
@@ -121,6 +155,14 @@ impl Syscall {
             rc as i64
         }
     }
+}
+
+/// Runs `io` as a blocking syscall on the calling thread, with `preadv2`/`pwritev2` `flags`;
+/// returns the bytes transferred or `-errno` ([`Io::run_blocking`]).
+pub(crate) fn run_blocking(io: &mut Io<'_>, flags: i32) -> i64 {
+    let call = Syscall::of(io);
+    // SAFETY: `io` borrows the request's buffer (or statx record) for this whole call.
+    unsafe { call.run(flags) }
 }
 
 /// Where the results of one kernel's jobs go: a list its owner reaps, and a way to tell it.
