@@ -87,6 +87,8 @@ where
         open_errors_are_typed,
         create_new_refuses_an_existing_file_and_mode_sets_permissions,
         sync_dir_syncs_a_directory_through_the_engine,
+        adopt_takes_over_a_descriptor_opened_elsewhere,
+        adopt_refuses_descriptors_that_do_not_match_typed,
         allocate_reserves_extends_and_punches,
         allocate_zero_range_zeroes_and_extends,
         set_len_cuts_and_extends_with_zeros,
@@ -1434,6 +1436,152 @@ pub fn sync_dir_syncs_a_directory_through_the_engine<E: Backend>(h: &Harness<E>)
     // The engine is still usable, and no directory handle was left open.
     let (written, _) = block_on(engine.write_all_at(&file, 0, buf(b"after", 8)));
     written.expect("write after sync_dir");
+    Ok(())
+}
+
+/// `adopt` takes over a descriptor opened elsewhere: the geometry is the one `open` probes,
+/// reads and writes go through the engine (and its metrics), `direct` is switched on to match
+/// the options, and an `O_DSYNC` descriptor is known as one.
+pub fn adopt_takes_over_a_descriptor_opened_elsewhere<E: Backend>(h: &Harness<E>) -> CaseResult {
+    use std::os::unix::fs::OpenOptionsExt;
+    let engine = h.engine();
+    let data = pattern(8192, 61);
+    let path = h.path();
+    std::fs::write(&path, &data).expect("create");
+    let opened = |flags: i32| {
+        let std = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(&path)
+            .expect("open elsewhere");
+        std::os::fd::OwnedFd::from(std)
+    };
+    let file = engine.adopt(opened(0), &rw()).expect("adopt");
+    let reference = engine.open(&path, &rw()).expect("open");
+    assert_eq!(
+        file.geometry(),
+        reference.geometry(),
+        "probed as open probes"
+    );
+    assert_eq!(
+        std::fs::canonicalize(file.path()).ok(),
+        std::fs::canonicalize(&path).ok(),
+        "the adopted file names its path"
+    );
+    assert!(!file.options().is_dsync());
+    let (n, read) = read_at(&engine, &file, 1000, 3000);
+    assert_eq!(&read[..n], &data[1000..4000]);
+    write_all(&engine, &file, 0, b"adopted", 1);
+    assert_eq!(&h.contents(&reference)[..7], b"adopted");
+    assert_eq!(engine.metrics().read.ops, 1);
+    engine.close(&file).expect("close");
+    let (result, _) = block_on(engine.read_at(&file, 0, AlignedBuf::zeroed(1, 1).expect("buf")));
+    assert_eq!(result.expect_err("closed").kind(), ErrorKind::BadFile);
+    let dsync = engine
+        .adopt(opened(libc::O_DSYNC), &rw())
+        .expect("adopt O_DSYNC");
+    assert!(
+        dsync.options().is_dsync(),
+        "the descriptor's O_DSYNC is known"
+    );
+    match engine.adopt(opened(0), &rw().direct(true).align_min(4096)) {
+        Ok(direct) => {
+            assert!(direct.options().is_direct() && direct.enforces_alignment());
+            // SAFETY: F_GETFL takes no pointers; the descriptor is open.
+            let flags = unsafe { libc::fcntl(direct.raw_fd(), libc::F_GETFL) };
+            assert_ne!(flags & libc::O_DIRECT, 0, "O_DIRECT was switched on");
+            let buf = AlignedBuf::zeroed(4096, 4096).expect("buf");
+            let (result, buf) = block_on(engine.read_exact_at(&direct, 4096, buf));
+            result.expect("an aligned direct read");
+            assert_eq!(&buf[..], &data[4096..8192]);
+            let (result, _) = block_on(engine.read_at(
+                &direct,
+                512,
+                AlignedBuf::zeroed(4096, 4096).expect("buf"),
+            ));
+            assert_eq!(
+                result.expect_err("misaligned").kind(),
+                ErrorKind::Misaligned
+            );
+        }
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            return Err(Skip(format!("the scratch filesystem has no O_DIRECT: {e}")));
+        }
+        Err(e) => panic!("adopt with O_DIRECT: {e}"),
+    }
+    Ok(())
+}
+
+/// `adopt` refuses, typed, what it cannot honour: an access the descriptor lacks, open-time
+/// options, `O_DSYNC` the descriptor lacks, `O_APPEND` (positional writes would append), a
+/// FIFO, a closed descriptor.
+pub fn adopt_refuses_descriptors_that_do_not_match_typed<E: Backend>(h: &Harness<E>) -> CaseResult {
+    use std::os::unix::fs::OpenOptionsExt;
+    let engine = h.engine();
+    let path = h.path();
+    std::fs::write(&path, b"keep").expect("create");
+    let fd = |read: bool, write: bool, flags: i32| {
+        let std = std::fs::OpenOptions::new()
+            .read(read)
+            .write(write)
+            .custom_flags(flags)
+            .open(&path)
+            .expect("open elsewhere");
+        std::os::fd::OwnedFd::from(std)
+    };
+    let kind = |result: engine_core::Result<File>| result.expect_err("refused").kind();
+    let cases = [
+        (
+            fd(true, false, 0),
+            rw(),
+            "a read-only descriptor for writing",
+        ),
+        (
+            fd(false, true, 0),
+            OpenOptions::new().read(true),
+            "a write-only one for reading",
+        ),
+        (
+            fd(true, true, 0),
+            rw().truncate(true),
+            "truncate acts at open",
+        ),
+        (fd(true, true, 0), rw().create(true), "create acts at open"),
+        (
+            fd(true, true, 0),
+            rw().dsync(true),
+            "O_DSYNC cannot be added",
+        ),
+        (fd(true, true, libc::O_APPEND), rw(), "O_APPEND"),
+    ];
+    for (fd, options, what) in cases {
+        assert_eq!(
+            kind(engine.adopt(fd, &options)),
+            ErrorKind::InvalidInput,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"keep",
+        "nothing was truncated"
+    );
+    let fifo = h.path();
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // O_RDWR on a FIFO does not wait for a peer on Linux.
+    let fifo_fd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    assert_eq!(
+        kind(engine.adopt(fifo_fd.into(), &rw())),
+        ErrorKind::Unsupported,
+        "a FIFO cannot do positional I/O"
+    );
     Ok(())
 }
 

@@ -481,6 +481,11 @@ impl<E: Backend> Backend for CrashSim<E> {
         let _ = lock(&self.ledger).state(path);
         Ok(file)
     }
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        let file = self.inner.adopt(fd, options)?;
+        let _ = lock(&self.ledger).state(file.path());
+        Ok(file)
+    }
     fn close(&self, file: &File) -> Result<()> {
         // Closing never syncs: unsynced writes stay unsynced.
         self.inner.close(file)

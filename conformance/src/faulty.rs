@@ -420,6 +420,9 @@ impl<E: Backend> Backend for FaultyEngine<E> {
     fn open(&self, path: &std::path::Path, options: &OpenOptions) -> Result<File> {
         self.inner.open(path, options)
     }
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        self.inner.adopt(fd, options)
+    }
     fn close(&self, file: &File) -> Result<()> {
         self.inner.close(file)
     }

@@ -203,20 +203,15 @@ impl MemEngine {
     }
 }
 
-impl Backend for MemEngine {
-    type Queue = MemQueue;
-
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
-    }
-
-    fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        let common = self.driver.common();
-        let (std, geometry) = common.open_std(path, options)?;
+impl MemEngine {
+    /// The in-memory part of opening or adopting: the file's image, loaded on first open.
+    fn attach(
+        &self,
+        std: std::fs::File,
+        path: &Path,
+        options: OpenOptions,
+        geometry: engine_core::Geometry,
+    ) -> Result<File> {
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut paths = lock(&self.images.paths);
         let index = match paths.get(&key) {
@@ -246,7 +241,32 @@ impl Backend for MemEngine {
                 index
             }
         };
-        Ok(common.file(std, path, options.clone(), geometry, index, None))
+        Ok(self
+            .driver
+            .common()
+            .file(std, path, options, geometry, index, None))
+    }
+}
+
+impl Backend for MemEngine {
+    type Queue = MemQueue;
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
+        let (std, geometry) = self.driver.common().open_std(path, options)?;
+        self.attach(std, path, options.clone(), geometry)
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        let (std, path, options, geometry) = self.driver.common().adopt_std(fd, options)?;
+        self.attach(std, &path, options, geometry)
     }
 
     fn close(&self, file: &File) -> Result<()> {

@@ -379,6 +379,9 @@ impl<E: Backend + 'static> Backend for Mutant<E> {
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         self.inner.open(path, options)
     }
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        self.inner.adopt(fd, options)
+    }
     fn close(&self, file: &File) -> Result<()> {
         self.inner.close(file)
     }

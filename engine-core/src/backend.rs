@@ -2,6 +2,7 @@
 //! ([`DynBackend`]), and the conveniences written once for all backends ([`BackendExt`]).
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use crate::buf::AlignedBuf;
@@ -78,6 +79,23 @@ pub trait Backend: Send + Sync {
     /// without it and for files that cannot seek (FIFOs, sockets, terminals); the OS error
     /// otherwise.
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File>;
+
+    /// Takes over a descriptor opened elsewhere (before entering a sandbox, or a block device
+    /// opened with `O_EXCL`), as [`Backend::open`] would have opened it: its geometry is
+    /// probed, `O_DIRECT` is switched to match `options`, and the engine owns it from then
+    /// on (it closes when the last handle goes). `options` says how it will be used (`read`,
+    /// `write`, `direct`, `dsync`, `align_min`); `create`, `create_new`, `truncate` and
+    /// `mode` act at open and are refused.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Shutdown`] after shutdown; [`crate::ErrorKind::InvalidInput`] when
+    /// the options ask for an access the descriptor lacks, for `O_DSYNC` it was not opened
+    /// with, or for open-time options, and for `O_PATH` and `O_APPEND` descriptors;
+    /// [`crate::ErrorKind::Unsupported`] for O_DIRECT on a filesystem without it and for
+    /// files that cannot seek; [`crate::ErrorKind::BadFile`] for a closed descriptor. The
+    /// descriptor is closed on every error.
+    fn adopt(&self, fd: OwnedFd, options: &OpenOptions) -> Result<File>;
 
     /// Closes a file handle: later requests on it fail with [`crate::ErrorKind::BadFile`].
     /// Requests in flight finish normally. Closing never syncs.
@@ -357,6 +375,12 @@ pub trait DynBackend: Send + Sync {
     ///
     /// As [`Backend::open`].
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File>;
+    /// See [`Backend::adopt`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::adopt`].
+    fn adopt(&self, fd: OwnedFd, options: &OpenOptions) -> Result<File>;
     /// See [`Backend::close`].
     ///
     /// # Errors
@@ -389,6 +413,9 @@ impl<E: Backend> DynBackend for E {
     }
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         Backend::open(self, path, options)
+    }
+    fn adopt(&self, fd: OwnedFd, options: &OpenOptions) -> Result<File> {
+        Backend::adopt(self, fd, options)
     }
     fn close(&self, file: &File) -> Result<()> {
         Backend::close(self, file)
@@ -423,6 +450,9 @@ impl Backend for Box<dyn DynBackend> {
     }
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         (**self).open(path, options)
+    }
+    fn adopt(&self, fd: OwnedFd, options: &OpenOptions) -> Result<File> {
+        (**self).adopt(fd, options)
     }
     fn close(&self, file: &File) -> Result<()> {
         (**self).close(file)

@@ -216,6 +216,13 @@ impl OpenOptions {
             }
             error
         })?;
+        let geometry = self.probe_opened(&file, path)?;
+        Ok((file, geometry))
+    }
+
+    /// The part of opening that follows the `open` call, shared with adoption: refuses files
+    /// that cannot seek and probes the geometry.
+    fn probe_opened(&self, file: &std::fs::File, path: &Path) -> Result<Geometry> {
         // Character devices such as terminals open fine but cannot seek: positional reads
         // and writes would ignore the offset (or hang waiting for input).
         // SAFETY: lseek takes no pointers; the descriptor is open for the duration of the call.
@@ -235,7 +242,114 @@ impl OpenOptions {
         if self.read {
             geometry.nowait = crate::geometry::probe_nowait(file.as_fd(), &geometry);
         }
-        Ok((file, geometry))
+        Ok(geometry)
+    }
+
+    /// Takes over a descriptor opened elsewhere (before a sandbox, or a block device opened
+    /// with `O_EXCL`): the part of [`crate::Backend::adopt`] every backend shares. Checks the
+    /// descriptor against the options, switches `O_DIRECT` to match them, and probes the
+    /// geometry as `open` does. Returns the file, the path it names (from `/proc/self/fd`,
+    /// for errors and metrics), the options it really has, and its geometry.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::BadFile`] for a closed descriptor; [`ErrorKind::InvalidInput`] when the
+    /// options ask for an access the descriptor lacks, ask for `create`, `create_new`,
+    /// `truncate` or `mode` (they act at open), ask for `O_DSYNC` the descriptor was not
+    /// opened with (`fcntl` cannot add it), or when the descriptor is `O_PATH` or
+    /// `O_APPEND` (which makes positional writes append); [`ErrorKind::Unsupported`] when
+    /// `O_DIRECT` cannot be set, and for files that cannot seek.
+    pub(crate) fn adopt_std(
+        &self,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(std::fs::File, std::path::PathBuf, OpenOptions, Geometry)> {
+        let raw = fd.as_raw_fd();
+        let path = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+            .unwrap_or_else(|_| std::path::PathBuf::from(format!("fd:{raw}")));
+        let invalid = |why: &'static str| {
+            Error::new(ErrorKind::InvalidInput, Op::Open, why).with_file(FileRef {
+                id: 0,
+                path: Some(Arc::from(path.as_path())),
+            })
+        };
+        if !self.read && !self.write {
+            return Err(invalid("adopt needs read, write or both"));
+        }
+        if self.create || self.create_new || self.truncate || self.mode.is_some() {
+            return Err(invalid(
+                "create, create_new, truncate and mode act at open; an adopted descriptor is already open",
+            ));
+        }
+        if self.align_min != 0 && !self.align_min.is_power_of_two() {
+            return Err(invalid("align_min must be a power of two"));
+        }
+        // SAFETY: F_GETFL takes no pointers; `fd` is owned here.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::from_io(&e, Op::Open).with_message("fcntl(F_GETFL)"));
+        }
+        if flags & libc::O_PATH != 0 {
+            return Err(invalid("an O_PATH descriptor cannot read or write"));
+        }
+        let access = flags & libc::O_ACCMODE;
+        if self.read && access == libc::O_WRONLY {
+            return Err(invalid(
+                "the descriptor is write-only and the options ask for reading",
+            ));
+        }
+        if self.write && access == libc::O_RDONLY {
+            return Err(invalid(
+                "the descriptor is read-only and the options ask for writing",
+            ));
+        }
+        if flags & libc::O_APPEND != 0 {
+            return Err(invalid(
+                "the descriptor has O_APPEND, which makes every positional write append",
+            ));
+        }
+        let has_dsync = flags & libc::O_DSYNC == libc::O_DSYNC;
+        if self.dsync && !has_dsync {
+            return Err(invalid(
+                "O_DSYNC cannot be added to an open descriptor: open it with O_DSYNC, or write with WriteFlags::DSYNC",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(&e, Op::Open).with_message("fstat"))?;
+        let kind = meta.file_type();
+        if kind.is_fifo() || kind.is_socket() {
+            let what = if kind.is_fifo() { "a FIFO" } else { "a socket" };
+            return Err(not_seekable(&path, what));
+        }
+        let has_direct = flags & libc::O_DIRECT != 0;
+        if self.direct != has_direct {
+            let wanted = flags ^ libc::O_DIRECT;
+            // SAFETY: F_SETFL takes no pointers; the descriptor is open.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, wanted) } < 0 {
+                let e = std::io::Error::last_os_error();
+                let mut error =
+                    Error::from_io(&e, Op::Open).with_message("fcntl(F_SETFL, O_DIRECT)");
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    error = Error::new(
+                        ErrorKind::Unsupported,
+                        Op::Open,
+                        "the filesystem does not support O_DIRECT",
+                    )
+                    .with_errno(libc::EINVAL);
+                }
+                return Err(error.with_file(FileRef {
+                    id: 0,
+                    path: Some(Arc::from(path.as_path())),
+                }));
+            }
+        }
+        // What the file really is: O_DSYNC if it has it (a failed write then poisons it).
+        let mut options = self.clone();
+        options.dsync = has_dsync;
+        let geometry = options.probe_opened(&file, &path)?;
+        Ok((file, path, options, geometry))
     }
 }
 

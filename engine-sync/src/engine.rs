@@ -116,6 +116,12 @@ impl Backend for SyncEngine {
         Ok(common.file(std, path, options.clone(), geometry, 0, None))
     }
 
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        let common = self.common();
+        let (std, path, options, geometry) = common.adopt_std(fd, options)?;
+        Ok(common.file(std, &path, options, geometry, 0, None))
+    }
+
     fn close(&self, file: &File) -> Result<()> {
         self.common().close(file)
     }

@@ -121,6 +121,33 @@ impl UringEngine {
     }
 }
 
+impl UringEngine {
+    /// What io_uring adds to an opened or adopted file: the IOPOLL check and the file's
+    /// registration in the engine's ring.
+    fn attach(
+        &self,
+        std: std::fs::File,
+        path: &Path,
+        options: OpenOptions,
+        geometry: engine_core::Geometry,
+    ) -> Result<File> {
+        let common = self.common();
+        if common.config().iopoll {
+            crate::iopoll::check(&std, path, &options)?;
+        }
+        let index = self.shared.register(std::os::fd::AsRawFd::as_raw_fd(&std));
+        if index == 0 && common.config().restricted {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                Op::Open,
+                "restricted mode needs every file registered, and the file table is full",
+            ));
+        }
+        let hook = Arc::new(FileHook(Arc::downgrade(&self.shared)));
+        Ok(common.file(std, path, options, geometry, index, Some(hook)))
+    }
+}
+
 impl Backend for UringEngine {
     type Queue = UringQueue;
 
@@ -133,21 +160,13 @@ impl Backend for UringEngine {
     }
 
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
-        let common = self.common();
-        let (std, geometry) = common.open_std(path, options)?;
-        if common.config().iopoll {
-            crate::iopoll::check(&std, path, options)?;
-        }
-        let index = self.shared.register(std::os::fd::AsRawFd::as_raw_fd(&std));
-        if index == 0 && common.config().restricted {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                Op::Open,
-                "restricted mode needs every file registered, and the file table is full",
-            ));
-        }
-        let hook = Arc::new(FileHook(Arc::downgrade(&self.shared)));
-        Ok(common.file(std, path, options.clone(), geometry, index, Some(hook)))
+        let (std, geometry) = self.common().open_std(path, options)?;
+        self.attach(std, path, options.clone(), geometry)
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        let (std, path, options, geometry) = self.common().adopt_std(fd, options)?;
+        self.attach(std, &path, options, geometry)
     }
 
     fn close(&self, file: &File) -> Result<()> {

@@ -281,6 +281,20 @@ impl Engine {
         Ok(file)
     }
 
+    /// Takes over a descriptor opened elsewhere (before a sandbox, or a block device opened
+    /// with `O_EXCL`), probing its geometry as [`Engine::open`] does. See [`Backend::adopt`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::adopt`].
+    pub fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        let file = dispatch!(&self.inner, e => Backend::adopt(e, fd, options))?;
+        if file.geometry().nowait == Support::Unsupported {
+            self.note_no_nowait(&file);
+        }
+        Ok(file)
+    }
+
     /// Records, once per device, that files on it take no non-blocking reads.
     fn note_no_nowait(&self, file: &File) {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -485,6 +499,9 @@ impl Backend for Engine {
     }
     fn open(&self, path: &Path, options: &OpenOptions) -> Result<File> {
         Engine::open(self, path, options)
+    }
+    fn adopt(&self, fd: std::os::fd::OwnedFd, options: &OpenOptions) -> Result<File> {
+        Engine::adopt(self, fd, options)
     }
     fn close(&self, file: &File) -> Result<()> {
         Engine::close(self, file)

@@ -144,6 +144,25 @@ impl Common {
         options.open_std(path)
     }
 
+    /// The shared first half of `adopt`: refuses after shutdown, then checks the descriptor
+    /// against the options and probes its geometry. Returns the file, the path it names, the
+    /// options it really has (`dsync` as the descriptor says) and the geometry, for
+    /// [`Common::file`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Shutdown`] after shutdown; as [`crate::Backend::adopt`].
+    pub fn adopt_std(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        options: &OpenOptions,
+    ) -> Result<(std::fs::File, std::path::PathBuf, OpenOptions, Geometry)> {
+        if self.is_shut_down() {
+            return Err(Error::shutdown(Op::Open));
+        }
+        options.adopt_std(fd)
+    }
+
     /// The shared second half of `open`: the handle for an opened file. `backend_index` is the
     /// backend's own number for it (for example a registered-file slot), 0 when it has none;
     /// `dropped`, if given, is told when the last handle of the file goes (so a backend can let
