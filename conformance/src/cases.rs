@@ -13,7 +13,7 @@ use engine_core::testing::FaultAction;
 use engine_core::{
     block_on, AlignTarget, AlignedBuf, AllocateMode, Backend, BackendExt, Completion, ErrorKind,
     File, Geometry, Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request,
-    IO_BYTES_MAX,
+    WriteFlags, IO_BYTES_MAX,
 };
 
 use crate::HookCall;
@@ -65,6 +65,9 @@ where
         failed_sync_poisons_every_later_sync,
         reopening_clears_the_poison,
         failed_dsync_write_poisons_the_file,
+        durable_writes_complete_written_and_synced,
+        a_failed_durable_write_poisons_the_file,
+        atomic_writes_are_checked_before_submission,
         batch_returns_one_result_per_request_in_order,
         empty_batch_returns_nothing,
         queue_hands_back_the_request_when_full,
@@ -1436,6 +1439,126 @@ pub fn sync_dir_syncs_a_directory_through_the_engine<E: Backend>(h: &Harness<E>)
     // The engine is still usable, and no directory handle was left open.
     let (written, _) = block_on(engine.write_all_at(&file, 0, buf(b"after", 8)));
     written.expect("write after sync_dir");
+    Ok(())
+}
+
+/// Per-write durability: `DSYNC` (`RWF_DSYNC`) and `SYNC_DATA_AFTER` (an fdatasync after the
+/// write, inside the request) write the data like a plain write, through both APIs; the sync
+/// after the write is part of the write's request, not a separate one.
+pub fn durable_writes_complete_written_and_synced<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, &[0u8; 8192], &rw());
+    let first = pattern(4096, 71);
+    let (result, _) =
+        block_on(engine.write_all_at_with(&file, 0, buf(&first, 512), WriteFlags::DSYNC));
+    result.expect("a DSYNC write");
+    let second = pattern(4096, 73);
+    let (result, _) = block_on(engine.write_all_at_with(
+        &file,
+        4096,
+        buf(&second, 512),
+        WriteFlags::SYNC_DATA_AFTER | WriteFlags::DSYNC,
+    ));
+    result.expect("a write followed by its sync");
+    let mut expected = first.clone();
+    expected.extend_from_slice(&second);
+    assert_eq!(h.contents(&file), expected);
+    let mut queue = engine.queue().expect("queue");
+    let request =
+        Request::write(&file, 100, buf(b"queued", 1), 9).with_flags(WriteFlags::SYNC_DATA_AFTER);
+    assert_eq!(request.write_flags(), WriteFlags::SYNC_DATA_AFTER);
+    queue.push(request).expect("room");
+    let mut out = Vec::new();
+    queue.wait(1, &mut out).expect("wait");
+    assert_eq!(
+        out[0].result.as_ref().ok(),
+        Some(&6),
+        "the write's count, after its sync"
+    );
+    assert_eq!(&h.contents(&file)[100..106], b"queued");
+    let metrics = engine.metrics();
+    assert_eq!((metrics.write.ops, metrics.write.bytes), (3, 8198));
+    assert_eq!(metrics.sync_data.ops, 0, "the syncs belong to the writes");
+    Ok(())
+}
+
+/// A durable write that fails poisons the file as a failed sync does: a `DSYNC` write that
+/// fails, and a write whose sync after it fails (its error is the sync's, and the file's
+/// later syncs fail as poisoned).
+pub fn a_failed_durable_write_poisons_the_file<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook = Hook::new(|c| (c.op == Op::Write).then_some(FaultAction::Fail(libc::EIO)));
+    let engine = h.engine_with_hook(hook);
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let (result, _) = block_on(engine.write_all_at_with(&file, 0, buf(b"d", 1), WriteFlags::DSYNC));
+    assert_eq!(result.expect_err("EIO").kind(), ErrorKind::Io);
+    let error = block_on(engine.sync_data(&file)).expect_err("poisoned");
+    assert_eq!(error.kind(), ErrorKind::Poisoned, "{error}");
+    drop(engine);
+    let engine = h.engine_with_hook(fail_first_sync());
+    let file = h.file(&engine, b"", &rw());
+    let (result, _) =
+        block_on(engine.write_all_at_with(&file, 0, buf(b"then", 1), WriteFlags::SYNC_DATA_AFTER));
+    let error = result.expect_err("the sync after the write failed");
+    assert_eq!(
+        (error.kind(), error.raw_os_error()),
+        (ErrorKind::Io, Some(libc::EIO))
+    );
+    let error = block_on(engine.sync_all(&file)).expect_err("poisoned");
+    assert_eq!(error.kind(), ErrorKind::Poisoned, "{error}");
+    let (result, _) =
+        block_on(engine.write_all_at_with(&file, 0, buf(b"again", 1), WriteFlags::SYNC_DATA_AFTER));
+    let error = result.expect_err("refused on a poisoned file");
+    assert_eq!(error.kind(), ErrorKind::Poisoned, "{error}");
+    Ok(())
+}
+
+/// `write_atomic_at` is checked before submission: a buffered file, and a file without
+/// atomic-write limits, are refused as unsupported with the limits in the message; where the
+/// file has limits, a wrong length or offset is misaligned and a valid write lands whole.
+pub fn atomic_writes_are_checked_before_submission<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let buffered = h.file(&engine, &[0u8; 8192], &rw());
+    let (result, _) = block_on(engine.write_atomic_at(&buffered, 0, buf(&[1u8; 4096], 4096)));
+    let error = result.expect_err("buffered");
+    assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+    assert!(error.to_string().contains("O_DIRECT"), "{error}");
+    let direct = direct_file(h, &engine, &[0u8; 65536], 4096)?;
+    let g = *direct.geometry();
+    let atomic = |offset: u64, len: usize| {
+        let data = pattern(len, offset);
+        let (result, _) = block_on(engine.write_atomic_at(&direct, offset, buf(&data, 4096)));
+        (result, data)
+    };
+    if g.atomic_write_unit_max == 0 {
+        let (result, _) = atomic(0, 4096);
+        let error = result.expect_err("no atomic writes here");
+        assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+        assert!(error.to_string().contains("unit min 0, max 0"), "{error}");
+        assert_eq!(engine.metrics().write.ops, 2, "refusals are counted");
+        assert_eq!(h.contents(&direct), vec![0u8; 65536], "nothing was written");
+        return Ok(());
+    }
+    let unit = g.atomic_write_unit_min.max(4096) as usize;
+    let e = atomic(unit as u64, 3 * unit)
+        .0
+        .expect_err("not a power of two");
+    assert_eq!(
+        e.misalignment().map(|m| m.target),
+        Some(AlignTarget::Length),
+        "{e}"
+    );
+    let e = atomic(unit as u64, 2 * unit)
+        .0
+        .expect_err("offset not a multiple");
+    assert_eq!(
+        e.misalignment().map(|m| m.target),
+        Some(AlignTarget::Offset),
+        "{e}"
+    );
+    let (result, data) = atomic(2 * unit as u64, 2 * unit);
+    result.expect("an atomic write within the limits");
+    assert_eq!(&h.contents(&direct)[2 * unit..4 * unit], &data[..]);
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use engine_core::{
     AllocateMode, Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op,
-    OpenOptions, PagePool, Queue, Request, Result,
+    OpenOptions, PagePool, Queue, Request, Result, WriteFlags,
 };
 
 /// How much of the unsynced state survives a crash.
@@ -49,6 +49,9 @@ struct WriteRecord {
     data: Vec<u8>,
     /// True for a cut at `offset` (`data` is empty).
     cut: bool,
+    /// True for an untorn write ([`engine_core::WriteFlags::ATOMIC`]): a crash keeps all of
+    /// it or none of it.
+    atomic: bool,
 }
 
 impl WriteRecord {
@@ -99,6 +102,17 @@ struct Ledger {
     sector: usize,
     clock: u64,
     files: HashMap<PathBuf, FileState>,
+    /// The mutant of the negative control: `TornSectors` tears atomic writes too.
+    tear_atomic: bool,
+}
+
+/// What a completed change is, for [`Ledger::change_done`].
+#[derive(Clone, Copy, Debug, Default)]
+struct ChangeKind {
+    cut: bool,
+    /// Durable at completion (O_DSYNC file, `WriteFlags::DSYNC`).
+    dsync: bool,
+    atomic: bool,
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
@@ -116,13 +130,19 @@ impl Ledger {
     }
 
     /// Records a completed write; acknowledges it at once on an O_DSYNC file.
-    fn write_done(&mut self, path: &Path, offset: u64, data: &[u8], dsync: bool) {
-        self.change_done(path, offset, data.to_vec(), false, dsync);
+    fn write_done(&mut self, path: &Path, offset: u64, data: &[u8], dsync: bool, atomic: bool) {
+        let kind = ChangeKind {
+            dsync,
+            atomic,
+            ..ChangeKind::default()
+        };
+        self.change_done(path, offset, data.to_vec(), kind);
     }
 
     /// Records a completed change of the contents: a write (or zeroing) of `data` at
     /// `offset`, or a cut there.
-    fn change_done(&mut self, path: &Path, offset: u64, data: Vec<u8>, cut: bool, dsync: bool) {
+    fn change_done(&mut self, path: &Path, offset: u64, data: Vec<u8>, kind: ChangeKind) {
+        let ChangeKind { cut, dsync, atomic } = kind;
         self.clock += 1;
         let done_at = self.clock;
         let sector = self.sector;
@@ -132,6 +152,7 @@ impl Ledger {
             offset: offset as usize,
             data,
             cut,
+            atomic,
         };
         if dsync && !cut {
             record.apply(&mut state.durable);
@@ -174,6 +195,83 @@ impl Ledger {
         state.durable = std::fs::read(path).unwrap_or_default();
         state.unsynced.clear();
     }
+
+    /// Rewrites every file as power loss under `policy` could have left it, from the
+    /// durable image and the unsynced changes, with `seed` for the random choices.
+    fn crash(&mut self, policy: CrashPolicy, seed: u64) {
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        {
+            let sector = self.sector;
+            let now = self.clock;
+            let tear_atomic = self.tear_atomic;
+            for (path, state) in &mut self.files {
+                state.crashed_at = now;
+                let mut image = state.durable.clone();
+                let mut survivors: Vec<WriteRecord> = match policy {
+                    CrashPolicy::DropAll => Vec::new(),
+                    CrashPolicy::RandomPrefix => {
+                        let keep = (next() % (state.unsynced.len() as u64 + 1)) as usize;
+                        state.unsynced[..keep].to_vec()
+                    }
+                    CrashPolicy::TornSectors => state
+                        .unsynced
+                        .iter()
+                        .flat_map(|w| {
+                            if w.atomic && !tear_atomic {
+                                // Untorn: all of it survives, or none.
+                                return if next() % 2 == 0 {
+                                    vec![w.clone()]
+                                } else {
+                                    Vec::new()
+                                };
+                            }
+                            let pieces: Vec<WriteRecord> = w
+                                .data
+                                .chunks(sector)
+                                .enumerate()
+                                .filter(|_| next() % 2 == 0)
+                                .map(|(i, chunk)| WriteRecord {
+                                    done_at: w.done_at,
+                                    offset: w.offset + i * sector,
+                                    data: chunk.to_vec(),
+                                    cut: false,
+                                    atomic: w.atomic,
+                                })
+                                .collect();
+                            pieces
+                        })
+                        .collect(),
+                    CrashPolicy::Reorder => {
+                        let mut chosen: Vec<WriteRecord> = state
+                            .unsynced
+                            .iter()
+                            .filter(|_| next() % 2 == 0)
+                            .cloned()
+                            .collect();
+                        for i in (1..chosen.len()).rev() {
+                            let j = (next() % (i as u64 + 1)) as usize;
+                            chosen.swap(i, j);
+                        }
+                        chosen
+                    }
+                };
+                // A cut survives whole or not at all (TornSectors tears it away: it has no
+                // sectors), like the length change it stands for.
+                for w in survivors.drain(..) {
+                    w.apply(&mut image);
+                }
+                let _ = std::fs::write(path, &image);
+                state.durable = image;
+                state.unsynced.clear();
+            }
+        }
+    }
 }
 
 fn acknowledge(state: &mut FileState, write: &WriteRecord, sector: usize) {
@@ -205,8 +303,16 @@ impl<E: Backend> CrashSim<E> {
                 sector: sector.max(1),
                 clock: 0,
                 files: HashMap::new(),
+                tear_atomic: false,
             })),
         }
+    }
+
+    /// The mutant of the negative control for untorn writes: from now on `TornSectors`
+    /// tears atomic writes like any other, which [`CrashLedger::verify`] must report.
+    pub fn tear_atomic_writes(self) -> CrashSim<E> {
+        lock(&self.ledger).tear_atomic = true;
+        self
     }
 
     /// Simulates power loss: drops the engine (closing never syncs), and rewrites every file
@@ -215,69 +321,7 @@ impl<E: Backend> CrashSim<E> {
     pub fn crash(self, policy: CrashPolicy, seed: u64) -> CrashLedger {
         let CrashSim { inner, ledger } = self;
         drop(inner);
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        {
-            let mut ledger = lock(&ledger);
-            let sector = ledger.sector;
-            let now = ledger.clock;
-            for (path, state) in &mut ledger.files {
-                state.crashed_at = now;
-                let mut image = state.durable.clone();
-                let mut survivors: Vec<WriteRecord> = match policy {
-                    CrashPolicy::DropAll => Vec::new(),
-                    CrashPolicy::RandomPrefix => {
-                        let keep = (next() % (state.unsynced.len() as u64 + 1)) as usize;
-                        state.unsynced[..keep].to_vec()
-                    }
-                    CrashPolicy::TornSectors => state
-                        .unsynced
-                        .iter()
-                        .flat_map(|w| {
-                            let pieces: Vec<WriteRecord> = w
-                                .data
-                                .chunks(sector)
-                                .enumerate()
-                                .filter(|_| next() % 2 == 0)
-                                .map(|(i, chunk)| WriteRecord {
-                                    done_at: w.done_at,
-                                    offset: w.offset + i * sector,
-                                    data: chunk.to_vec(),
-                                    cut: false,
-                                })
-                                .collect();
-                            pieces
-                        })
-                        .collect(),
-                    CrashPolicy::Reorder => {
-                        let mut chosen: Vec<WriteRecord> = state
-                            .unsynced
-                            .iter()
-                            .filter(|_| next() % 2 == 0)
-                            .cloned()
-                            .collect();
-                        for i in (1..chosen.len()).rev() {
-                            let j = (next() % (i as u64 + 1)) as usize;
-                            chosen.swap(i, j);
-                        }
-                        chosen
-                    }
-                };
-                // A cut survives whole or not at all (TornSectors tears it away: it has no
-                // sectors), like the length change it stands for.
-                for w in survivors.drain(..) {
-                    w.apply(&mut image);
-                }
-                let _ = std::fs::write(path, &image);
-                state.durable = image;
-                state.unsynced.clear();
-            }
-        }
+        lock(&ledger).crash(policy, seed);
         CrashLedger { ledger }
     }
 
@@ -300,8 +344,12 @@ pub struct Loss {
     pub path: PathBuf,
     /// The sector number.
     pub sector: usize,
-    /// When the acknowledged write that should be there completed.
+    /// When the acknowledged write that should be there completed (for a torn atomic write:
+    /// when that write completed).
     pub acked_write_done_at: u64,
+    /// True when the loss is an atomic write found torn: some of its sectors hold it and
+    /// others do not.
+    pub torn_atomic: bool,
 }
 
 impl CrashLedger {
@@ -342,9 +390,11 @@ impl CrashLedger {
                         path: path.clone(),
                         sector: s,
                         acked_write_done_at: acked_at,
+                        torn_atomic: false,
                     });
                 }
             }
+            losses.extend(torn_atomic_writes(path, state, &content, sector));
         }
         losses
     }
@@ -367,12 +417,47 @@ impl CrashLedger {
     }
 }
 
+/// Atomic writes found torn in `content`: among the sectors of one that no later change
+/// touched, some hold its bytes and others do not.
+fn torn_atomic_writes(path: &Path, state: &FileState, content: &[u8], sector: usize) -> Vec<Loss> {
+    let mut torn = Vec::new();
+    for write in state.writes.iter().filter(|w| w.atomic) {
+        let (mut kept, mut lost) = (None, None);
+        for (i, expected) in write.data.chunks(sector).enumerate() {
+            let lo = write.offset + i * sector;
+            let hi = lo + expected.len();
+            let overwritten = state
+                .writes
+                .iter()
+                .any(|later| later.done_at > write.done_at && (lo..hi).any(|b| later.covers(b)));
+            if overwritten {
+                continue;
+            }
+            if content.get(lo..hi) == Some(expected) {
+                kept = kept.or(Some(lo / sector));
+            } else {
+                lost = lost.or(Some(lo / sector));
+            }
+        }
+        if let (Some(_), Some(sector)) = (kept, lost) {
+            torn.push(Loss {
+                path: path.to_path_buf(),
+                sector,
+                acked_write_done_at: write.done_at,
+                torn_atomic: true,
+            });
+        }
+    }
+    torn
+}
+
 /// What the ledger needs of a request, taken as it is submitted (the clock then says which
 /// writes a sync covers).
 fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
     let mut ledger = lock(ledger);
     let file = request.file();
     let _ = ledger.state(file.path());
+    let flags = request.write_flags();
     let change = match request {
         Request::SetLen { len, .. } => Some(Change::Cut(*len)),
         Request::Allocate {
@@ -388,7 +473,9 @@ fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
         op: request.op(),
         path: file.path().to_path_buf(),
         offset: request.offset().unwrap_or(0),
-        dsync: file.options().is_dsync(),
+        dsync: file.options().is_dsync() || flags.contains(WriteFlags::DSYNC),
+        sync_after: flags.contains(WriteFlags::SYNC_DATA_AFTER),
+        atomic: flags.contains(WriteFlags::ATOMIC),
         change,
         submitted_at: ledger.clock,
     }
@@ -425,14 +512,25 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
             if let Some(buf) = &completion.buf {
                 let data = &buf[..written.min(buf.len())];
                 if !data.is_empty() || completion.result.is_ok() {
-                    ledger.write_done(&request.path, request.offset, data, request.dsync);
+                    let (path, offset) = (&request.path, request.offset);
+                    ledger.write_done(path, offset, data, request.dsync, request.atomic);
+                    if request.sync_after && completion.result.is_ok() {
+                        // Its fdatasync ran after it completed: it covers every write
+                        // completed by now.
+                        let now = ledger.clock;
+                        ledger.sync_done(path, now);
+                    }
                 }
             }
         }
         Op::SyncData | Op::SyncAll => ledger.sync_done(&request.path, request.submitted_at),
         Op::SetLen | Op::Allocate => match request.change {
             Some(Change::Cut(len)) => {
-                ledger.change_done(&request.path, len, Vec::new(), true, false)
+                let cut = ChangeKind {
+                    cut: true,
+                    ..ChangeKind::default()
+                };
+                ledger.change_done(&request.path, len, Vec::new(), cut)
             }
             Some(Change::Zero {
                 offset,
@@ -446,7 +544,7 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
                     (offset + len).min(size)
                 };
                 let zeros = vec![0u8; end.saturating_sub(offset) as usize];
-                ledger.change_done(&request.path, offset, zeros, false, false);
+                ledger.change_done(&request.path, offset, zeros, ChangeKind::default());
             }
             None => {}
         },
@@ -459,7 +557,12 @@ struct RequestFacts {
     op: Op,
     path: PathBuf,
     offset: u64,
+    /// Durable at completion: an O_DSYNC file, or `WriteFlags::DSYNC`.
     dsync: bool,
+    /// `WriteFlags::SYNC_DATA_AFTER`: acknowledged with everything before it.
+    sync_after: bool,
+    /// `WriteFlags::ATOMIC`: never torn.
+    atomic: bool,
     /// What a space-management request does to the contents.
     change: Option<Change>,
     /// The completion clock when the request was submitted: a sync covers writes completed
@@ -718,8 +821,13 @@ pub fn crash_workload<E: Backend>(
                 let ledger = sim.crash(policy, next());
                 report.crashes += 1;
                 for loss in ledger.verify() {
+                    let what = if loss.torn_atomic {
+                        "tore the atomic write completed"
+                    } else {
+                        "lost the write acknowledged"
+                    };
                     report.losses.push(format!(
-                        "seed {seed:#x}, crash {} ({policy:?}) at step {step}: {} sector {} lost the write acknowledged at {}",
+                        "seed {seed:#x}, crash {} ({policy:?}) at step {step}: {} sector {} {what} at {}",
                         report.crashes,
                         loss.path.display(),
                         loss.sector,
@@ -736,4 +844,60 @@ pub fn crash_workload<E: Backend>(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger over one file of 16 sectors of old data, with an unsynced atomic write of 8
+    /// sectors of new data, crashed under `TornSectors` with `seed`.
+    fn crashed_atomic_write(dir: &Path, seed: u64, tear_atomic: bool) -> (Vec<Loss>, bool) {
+        let path = dir.join("atomic");
+        std::fs::write(&path, crate::pattern(16 * SECTOR_DEFAULT, 1)).expect("old data");
+        let mut ledger = Ledger {
+            sector: SECTOR_DEFAULT,
+            clock: 0,
+            files: HashMap::new(),
+            tear_atomic,
+        };
+        let new = crate::pattern(8 * SECTOR_DEFAULT, 2);
+        ledger.write_done(&path, 4 * SECTOR_DEFAULT as u64, &new, false, true);
+        ledger.crash(
+            CrashPolicy::TornSectors,
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let content = std::fs::read(&path).expect("read");
+        let kept = content[4 * SECTOR_DEFAULT..12 * SECTOR_DEFAULT] == new[..];
+        let ledger = CrashLedger {
+            ledger: Arc::new(Mutex::new(ledger)),
+        };
+        (ledger.verify(), kept)
+    }
+
+    #[test]
+    fn atomic_writes_survive_whole_or_not_at_all_and_a_tearing_mutant_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut kept, mut lost) = (0, 0);
+        for seed in 0..64 {
+            let (losses, whole) = crashed_atomic_write(dir.path(), seed, false);
+            assert!(losses.is_empty(), "seed {seed}: {losses:?}");
+            if whole {
+                kept += 1;
+            } else {
+                lost += 1;
+            }
+        }
+        assert!(
+            kept > 0 && lost > 0,
+            "both outcomes happen: {kept} kept, {lost} lost"
+        );
+        let caught = (0..64)
+            .filter(|&seed| {
+                let (losses, _) = crashed_atomic_write(dir.path(), seed, true);
+                losses.iter().any(|loss| loss.torn_atomic)
+            })
+            .count();
+        assert!(caught > 0, "the mutant tore no atomic write in 64 seeds");
+    }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, EngineConfig, BUILTIN_BACKENDS};
-use engine_core::{block_on, AlignTarget, AlignedBuf, ErrorKind, OpenOptions, Support};
+use engine_core::{
+    block_on, AlignTarget, AlignedBuf, AllocateMode, ErrorKind, File, OpenOptions, Queue, Request,
+    Support, WriteFlags,
+};
 
 /// A loop device, detached on drop.
 struct Loop(String);
@@ -303,6 +306,258 @@ fn tmpfs(engine: &Engine, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A 4096-byte-sector block device through the file-management operations: `metadata` gives
+/// the device's size, only aligned `PunchHole` and `ZeroRange` are taken, its length is fixed,
+/// and a device opened elsewhere with `O_EXCL` is adopted with the geometry `open` probes.
+fn block_device_management(engine: &Engine, dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let img = image(dir, "bdev.img", 16 << 20);
+    let dev = attach(&img, 4096)?;
+    let path = Path::new(&dev.0);
+    let direct = OpenOptions::new().read(true).write(true).direct(true);
+    let file = engine.open(path, &direct).map_err(|e| e.to_string())?;
+    let metadata = block_on(engine.metadata(&file)).map_err(|e| format!("metadata: {e}"))?;
+    if metadata.len() != 16 << 20 || !metadata.is_block_device() {
+        return Err(format!("metadata of a 16 MiB block device: {metadata:?}"));
+    }
+    let data = conformance::pattern(16384, 21);
+    let (w, _) = block_on(engine.write_all_at(&file, 0, aligned(&data)?));
+    w.map_err(|e| e.to_string())?;
+    block_on(engine.allocate(&file, 4096, 8192, AllocateMode::PunchHole))
+        .map_err(|e| format!("an aligned punch on the device: {e}"))?;
+    let back = read_back(engine, &file, 0, 16384)?;
+    if back[..4096] != data[..4096] || back[4096..12288].iter().any(|&b| b != 0) {
+        return Err("the punched range of the device does not read as zeros".into());
+    }
+    let refusals = [
+        (
+            block_on(engine.allocate(&file, 512, 4096, AllocateMode::ZeroRange)),
+            ErrorKind::Misaligned,
+            "an unaligned zeroing",
+        ),
+        (
+            block_on(engine.allocate(&file, 0, 4096, AllocateMode::Allocate)),
+            ErrorKind::Unsupported,
+            "preallocating a device",
+        ),
+        (
+            block_on(engine.set_len(&file, 4096)),
+            ErrorKind::Unsupported,
+            "a device's length",
+        ),
+    ];
+    for (result, kind, what) in refusals {
+        match result {
+            Err(e) if e.kind() == kind => {}
+            other => return Err(format!("{what}: expected {kind:?}, got {other:?}")),
+        }
+    }
+    let geometry = *file.geometry();
+    engine.close(&file).map_err(|e| e.to_string())?;
+    drop(file);
+    let exclusive = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .map_err(|e| format!("opening the device with O_EXCL: {e}"))?;
+    let adopted = engine
+        .adopt(exclusive.into(), &direct)
+        .map_err(|e| format!("adopting the O_EXCL device: {e}"))?;
+    if *adopted.geometry() != geometry {
+        return Err(format!(
+            "adopted geometry {} differs from open's {geometry}",
+            adopted.geometry()
+        ));
+    }
+    if read_back(engine, &adopted, 0, 4096)? != data[..4096] {
+        return Err("the adopted device reads back different data".into());
+    }
+    engine.close(&adopted).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn aligned(data: &[u8]) -> Result<AlignedBuf, String> {
+    AlignedBuf::from_slice(data, 4096).map_err(|e| e.to_string())
+}
+
+fn read_back(engine: &Engine, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+    let buf = AlignedBuf::zeroed(len, 4096).map_err(|e| e.to_string())?;
+    let (r, back) = block_on(engine.read_exact_at(file, offset, buf));
+    r.map_err(|e| format!("read back at {offset}: {e}"))?;
+    Ok(back.to_vec())
+}
+
+/// Makes `fs` (with `args`) on a fresh loop device of `bytes` and mounts it in `dir`.
+fn filesystem(
+    dir: &Path,
+    fs: &str,
+    args: &[&str],
+    bytes: u64,
+) -> Result<(Loop, Mount, PathBuf), String> {
+    let img = image(dir, &format!("{fs}.img"), bytes);
+    let dev = attach(&img, 512)?;
+    let mkfs = format!("mkfs.{fs}");
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(&dev.0);
+    run(&mkfs, &all).map_err(|e| {
+        if e.contains("No such file") {
+            format!("{mkfs} is not installed (No such file)")
+        } else {
+            e
+        }
+    })?;
+    let mnt = dir.join(format!("{fs}-mnt"));
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let mnt_str = mnt.to_str().ok_or("mount path")?.to_string();
+    run("mount", &[&dev.0, &mnt_str])?;
+    Ok((dev, Mount(mnt.clone()), mnt))
+}
+
+/// XFS with reflink on a loop device takes untorn writes through its software fallback (Linux
+/// 6.16+): the geometry carries the statx limits, writes within them land whole through both
+/// APIs, writes outside them are refused before submission, and a punched hole shows in
+/// `metadata().blocks`.
+fn xfs_atomic_writes(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let (_dev, mount, mnt) = filesystem(dir, "xfs", &["-q", "-f", "-m", "reflink=1"], 320 << 20)?;
+    let path = mnt.join("atomic");
+    let options = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true);
+    let file = engine.open(&path, &options).map_err(|e| e.to_string())?;
+    let g = *file.geometry();
+    if g.atomic_write_unit_max == 0 {
+        return Err(format!(
+            "XFS with reflink reports no atomic-write limits: {g}"
+        ));
+    }
+    let max = g.atomic_write_unit_max as usize;
+    let unit = (g.atomic_write_unit_min as usize).max(4096);
+    block_on(engine.set_len(&file, 4 << 20)).map_err(|e| e.to_string())?;
+    let mut len = unit;
+    let mut written = 0;
+    while len <= max.min(1 << 20) {
+        let data = conformance::pattern(len, len as u64);
+        let (w, _) = block_on(engine.write_atomic_at(&file, len as u64, aligned(&data)?));
+        w.map_err(|e| format!("a {len}-byte atomic write at {len} ({g}): {e}"))?;
+        if read_back(engine, &file, len as u64, len)? != data {
+            return Err(format!("the {len}-byte atomic write does not read back"));
+        }
+        written += 1;
+        len *= 2;
+    }
+    // The queue API, durable too.
+    let mut queue = engine.queue().map_err(|e| e.to_string())?;
+    let data = conformance::pattern(unit, 3);
+    let request = Request::write_all(&file, 0, aligned(&data)?, 1)
+        .with_flags(WriteFlags::ATOMIC | WriteFlags::DSYNC);
+    queue.push(request).map_err(|_| "queue full")?;
+    let mut out = Vec::new();
+    queue.wait(1, &mut out).map_err(|e| e.to_string())?;
+    out[0]
+        .result
+        .as_ref()
+        .map_err(|e| format!("an atomic DSYNC write through the queue: {e}"))?;
+    drop(queue);
+    let refused = [
+        (
+            unit as u64,
+            2 * unit,
+            ErrorKind::Misaligned,
+            "an offset not a multiple of the length",
+        ),
+        (
+            0,
+            3 * unit,
+            ErrorKind::Misaligned,
+            "a length not a power of two",
+        ),
+        (
+            0,
+            2 * max,
+            ErrorKind::Unsupported,
+            "a length above unit max",
+        ),
+    ];
+    for (offset, len, kind, what) in refused {
+        let data = vec![7u8; len];
+        let (w, _) = block_on(engine.write_atomic_at(&file, offset, aligned(&data)?));
+        match w {
+            Err(e) if e.kind() == kind && e.to_string().contains("unit min") => {}
+            other => {
+                return Err(format!(
+                    "{what}: expected {kind:?} with the limits, got {other:?}"
+                ))
+            }
+        }
+    }
+    block_on(engine.sync_all(&file)).map_err(|e| e.to_string())?;
+    let before = block_on(engine.metadata(&file)).map_err(|e| e.to_string())?;
+    block_on(engine.allocate(&file, 1 << 20, 1 << 20, AllocateMode::PunchHole))
+        .map_err(|e| format!("punch on XFS: {e}"))?;
+    let after = block_on(engine.metadata(&file)).map_err(|e| e.to_string())?;
+    if after.blocks() >= before.blocks() || after.len() != before.len() {
+        return Err(format!(
+            "a punched hole must free blocks: {before:?} then {after:?}"
+        ));
+    }
+    println!(
+        "  xfs: atomic writes {unit}..{} bytes landed whole ({written} sizes), limits {}..{} \
+         (max_opt {}); punch freed {} blocks",
+        len / 2,
+        g.atomic_write_unit_min,
+        g.atomic_write_unit_max,
+        g.atomic_write_unit_max_opt,
+        before.blocks() - after.blocks()
+    );
+    engine.close(&file).map_err(|e| e.to_string())?;
+    drop(file);
+    drop(mount);
+    Ok(())
+}
+
+/// ext4 without hardware atomics: the geometry has no atomic-write limits and
+/// `write_atomic_at` is refused up front with a typed error naming them.
+fn ext4_refuses_atomic_writes(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let (_dev, mount, mnt) = filesystem(dir, "ext4", &["-q", "-F"], 32 << 20)?;
+    let path = mnt.join("atomic");
+    let options = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true);
+    let file = engine.open(&path, &options).map_err(|e| e.to_string())?;
+    let g = *file.geometry();
+    if g.atomic_write_unit_max != 0 {
+        println!("  ext4 here reports atomic-write limits ({g}); the refusal is not exercised");
+        return Err(format!(
+            "ext4 on a loop device reported atomic-write limits: {g}"
+        ));
+    }
+    let before = engine.metrics().write;
+    let (w, _) = block_on(engine.write_atomic_at(&file, 0, aligned(&[1u8; 4096])?));
+    match w {
+        Err(e) if e.kind() == ErrorKind::Unsupported && e.to_string().contains("unit min 0") => {
+            println!("  ext4: refused up front: {e}");
+        }
+        other => {
+            return Err(format!(
+                "an atomic write on ext4: expected Unsupported, got {other:?}"
+            ))
+        }
+    }
+    let after = engine.metrics().write;
+    if after.errors != before.errors + 1 || after.bytes != before.bytes {
+        return Err("the refused atomic write must be counted as an error, with no bytes".into());
+    }
+    engine.close(&file).map_err(|e| e.to_string())?;
+    drop(file);
+    drop(mount);
+    Ok(())
+}
+
 type Part = fn(&Engine, &Path) -> Result<(), String>;
 
 /// Runs one part on `backend`, or says why it cannot run here.
@@ -323,25 +578,40 @@ fn part(backend: &'static str, body: Part) -> Outcome {
         Err(e) if e.contains("losetup") && e.contains("No such file") => {
             Outcome::Skipped(format!("loop devices unavailable: {e}"))
         }
+        Err(e) if e.contains("is not installed") => Outcome::Skipped(e),
         Err(e) => Outcome::Failed(e),
     }
 }
 
 fn main() {
-    let parts: [(&str, Part); 3] = [
+    let parts: [(&str, Part); 4] = [
         ("loop_device_with_4096_byte_sectors", loop_4k),
+        (
+            "block_device_metadata_allocate_and_adopt",
+            block_device_management,
+        ),
         ("ext4_to_enospc_then_read_only", ext4_enospc),
         ("tmpfs", tmpfs),
     ];
+    // Untorn writes get a line of their own per backend.
+    let atomic: [(&str, Part); 2] = [
+        ("xfs_reflink_takes_atomic_writes", xfs_atomic_writes),
+        (
+            "ext4_refuses_atomic_writes_up_front",
+            ext4_refuses_atomic_writes,
+        ),
+    ];
     let mut all = Vec::new();
     for backend in BUILTIN_BACKENDS {
-        for (name, body) in parts {
-            all.push(Trial::new(
-                &format!("realdev:{backend}"),
-                name,
-                Duration::from_secs(120),
-                move || part(backend, body),
-            ));
+        for (group, list) in [("realdev", &parts[..]), ("atomic", &atomic[..])] {
+            for &(name, body) in list {
+                all.push(Trial::new(
+                    &format!("{group}:{backend}"),
+                    name,
+                    Duration::from_secs(120),
+                    move || part(backend, body),
+                ));
+            }
         }
     }
     runner::run(all);

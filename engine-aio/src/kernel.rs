@@ -75,9 +75,13 @@ fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Option<Iocb> {
     };
     let file = io.file();
     let dsync = opcode == IOCB_CMD_PWRITE && file.options().is_dsync();
+    let rw_flags = match &*io {
+        Io::Write { rw_flags, .. } => *rw_flags,
+        _ => 0,
+    };
     Some(Iocb {
         aio_data: u64::from(slot),
-        aio_rw_flags: if dsync { libc::RWF_DSYNC } else { 0 },
+        aio_rw_flags: rw_flags | if dsync { libc::RWF_DSYNC } else { 0 },
         aio_lio_opcode: opcode,
         aio_fildes: file.raw_fd() as u32,
         aio_buf: buf,

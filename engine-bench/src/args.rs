@@ -132,6 +132,19 @@ pub struct Args {
     /// 0 keeps the page cache (fio's --invalidate=0), for cached buffered workloads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub invalidate: u8,
+    /// An fdatasync after every N writes (fio's --fdatasync): a write-ahead log's pattern.
+    /// The writes in flight complete first, so the sync covers them.
+    #[arg(long, default_value_t = 0)]
+    pub fdatasync: u32,
+    /// An fsync after every N writes (fio's --fsync).
+    #[arg(long, default_value_t = 0)]
+    pub fsync: u32,
+    /// 1: every write durable at completion (WriteFlags::DSYNC; fio: --sync=dsync).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub dsync: u8,
+    /// 1: every write untorn (WriteFlags::ATOMIC; fio: --atomic=1, fio 3.38 and later).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub atomic: u8,
 }
 
 /// The engines' worker threads.
@@ -288,13 +301,34 @@ pub struct Job {
     /// The engines' worker threads, if set.
     #[serde(skip)]
     pub threads: Option<Threads>,
+    /// An fdatasync after every this many writes (0: none).
+    pub fdatasync: u32,
+    /// An fsync after every this many writes (0: none).
+    pub fsync: u32,
+    /// Every write durable at completion.
+    pub dsync: bool,
+    /// Every write untorn.
+    pub atomic: bool,
 }
 
 impl Job {
     /// A short label: `randread 4k qd32 direct`.
     pub fn label(&self) -> String {
+        let mut durability = String::new();
+        if self.fdatasync > 0 {
+            durability += &format!(" fdatasync={}", self.fdatasync);
+        }
+        if self.fsync > 0 {
+            durability += &format!(" fsync={}", self.fsync);
+        }
+        if self.dsync {
+            durability += " dsync";
+        }
+        if self.atomic {
+            durability += " atomic";
+        }
         format!(
-            "{} {} qd{}{}{}",
+            "{} {} qd{}{}{}{durability}",
             self.rw.name(),
             human(self.bs),
             self.iodepth,
@@ -350,6 +384,10 @@ impl Args {
             runtime,
             invalidate: self.invalidate == 1,
             threads: self.threads,
+            fdatasync: self.fdatasync,
+            fsync: self.fsync,
+            dsync: self.dsync == 1,
+            atomic: self.atomic == 1,
         };
         let jobs = if self.is_default_run() {
             vec![

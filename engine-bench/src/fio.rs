@@ -70,6 +70,18 @@ pub fn arguments(job: &Job, path: &Path, ioengine: &str) -> Vec<String> {
     if job.rw == crate::args::Rw::Randrw {
         args.push(format!("--rwmixread={}", job.rwmixread));
     }
+    if job.fdatasync > 0 {
+        args.push(format!("--fdatasync={}", job.fdatasync));
+    }
+    if job.fsync > 0 {
+        args.push(format!("--fsync={}", job.fsync));
+    }
+    if job.dsync {
+        args.push("--sync=dsync".to_string());
+    }
+    if job.atomic {
+        args.push("--atomic=1".to_string());
+    }
     if !job.rw.sequential() || job.numjobs == 1 {
         return args;
     }

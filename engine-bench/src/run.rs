@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use engine::{AlignedBuf, Completion, Engine, File, OpenOptions, PageAllocator, Queue, Request};
+use engine::{
+    AlignedBuf, Completion, Engine, File, OpenOptions, PageAllocator, Queue, Request, WriteFlags,
+};
 use engine_core::{block_on, join_all};
 use hdrhistogram::Histogram;
 
@@ -250,13 +252,70 @@ impl Start<'_> {
     }
 }
 
-fn request(file: &File, pattern: &mut Pattern, slot: usize, buf: AlignedBuf) -> Request {
+fn request(
+    file: &File,
+    pattern: &mut Pattern,
+    slot: usize,
+    buf: AlignedBuf,
+    flags: WriteFlags,
+) -> Request {
     let (read, offset) = pattern.next_request();
     if read {
         Request::read(file, offset, buf, slot as u64)
     } else {
-        Request::write(file, offset, buf, slot as u64)
+        Request::write(file, offset, buf, slot as u64).with_flags(flags)
     }
+}
+
+/// The per-write flags a job asks for.
+fn write_flags(job: &Job) -> WriteFlags {
+    let mut flags = WriteFlags::NONE;
+    if job.dsync {
+        flags = flags | WriteFlags::DSYNC;
+    }
+    if job.atomic {
+        flags = flags | WriteFlags::ATOMIC;
+    }
+    flags
+}
+
+/// The sync a job runs after every so many writes (fio's `fdatasync`/`fsync`): how many,
+/// and whether it is an fsync. `None` without one.
+fn sync_every(job: &Job) -> Option<(u32, bool)> {
+    match (job.fdatasync, job.fsync) {
+        (0, 0) => None,
+        (0, n) => Some((n, true)),
+        (n, _) => Some((n, false)),
+    }
+}
+
+/// Runs one sync through `queue`, which holds nothing else (the writes it covers have
+/// completed), and waits for it.
+fn queue_sync(
+    queue: &mut engine::EngineQueue,
+    file: &File,
+    full: bool,
+    out: &mut Vec<Completion>,
+) -> Result<(), String> {
+    let request = if full {
+        Request::sync_all(file, u64::MAX)
+    } else {
+        Request::sync_data(file, u64::MAX)
+    };
+    queue
+        .push(request)
+        .map_err(|_| "queue full at a sync".to_string())?;
+    let start = out.len();
+    while out[start..].iter().all(|c| c.user_data != u64::MAX) {
+        queue.wait(1, out).map_err(|e| e.to_string())?;
+    }
+    let index = out[start..]
+        .iter()
+        .position(|c| c.user_data == u64::MAX)
+        .map(|i| start + i)
+        .ok_or("the sync's completion went missing")?;
+    let synced = out.remove(index);
+    synced.result.map(drop).map_err(|e| e.to_string())
 }
 
 fn queue_job(
@@ -269,6 +328,8 @@ fn queue_job(
 ) -> Result<Stats, String> {
     let mut queue = engine.queue().map_err(|e| e.to_string())?;
     let depth = (job.iodepth as usize).min(queue.depth());
+    let flags = write_flags(job);
+    let sync = sync_every(job);
     let mut pattern = Pattern::new(job, index, seed);
     let mut stats = Stats::new();
     let mut out: Vec<Completion> = Vec::with_capacity(depth);
@@ -283,10 +344,13 @@ fn queue_job(
     for (slot, (begun, buf)) in started.iter_mut().zip(bufs).enumerate() {
         *begun = Instant::now();
         queue
-            .push(request(file, &mut pattern, slot, buf))
+            .push(request(file, &mut pattern, slot, buf, flags))
             .map_err(|_| "queue full at start".to_string())?;
     }
     let mut unsubmitted = 0;
+    let mut writes_since_sync = 0;
+    // The buffers of the completions of one round, to reuse (allocated once).
+    let mut ready: Vec<(usize, AlignedBuf)> = Vec::with_capacity(depth);
     // Each round reaps at least one completion; the loop ends when the run time is over and
     // everything in flight has been reaped.
     while queue.in_flight() > 0 {
@@ -294,16 +358,43 @@ fn queue_job(
         let now = Instant::now();
         for completion in out.drain(..) {
             let slot = completion.user_data as usize;
+            let write = completion.op == engine::Op::Write;
             let n = completion.result.map_err(|e| e.to_string())?;
             stats.record(started[slot], now, n);
-            let Some(mut buf) = completion.buf else {
+            let Some(buf) = completion.buf else {
                 return Err("a completion came back without its buffer".into());
             };
+            writes_since_sync += u32::from(write);
+            ready.push((slot, buf));
+        }
+        if let Some((every, full)) = sync {
+            if writes_since_sync >= every {
+                // fio's fdatasync=N: the sync covers the writes before it, so those still in
+                // flight complete first; their buffers wait with the rest.
+                while queue.in_flight() > 0 {
+                    queue
+                        .wait(queue.in_flight(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                    let now = Instant::now();
+                    for completion in out.drain(..) {
+                        let slot = completion.user_data as usize;
+                        let n = completion.result.map_err(|e| e.to_string())?;
+                        stats.record(started[slot], now, n);
+                        let buf = completion.buf.ok_or("a completion without its buffer")?;
+                        ready.push((slot, buf));
+                    }
+                }
+                queue_sync(&mut queue, file, full, &mut out)?;
+                writes_since_sync = 0;
+            }
+        }
+        let now = Instant::now();
+        for (slot, mut buf) in ready.drain(..) {
             if now < deadline {
                 buf.resize(job.bs as usize).map_err(|e| e.to_string())?;
                 started[slot] = now;
                 queue
-                    .push(request(file, &mut pattern, slot, buf))
+                    .push(request(file, &mut pattern, slot, buf, flags))
                     .map_err(|_| "queue full".to_string())?;
                 unsubmitted += 1;
                 // fio's iodepth_batch_submit: hand requests to the kernel once this many are
@@ -327,6 +418,7 @@ fn async_job(
     seed: u64,
 ) -> Result<Stats, String> {
     let mut workers = Vec::with_capacity(job.iodepth as usize);
+    let (flags, sync) = (write_flags(job), sync_every(job));
     for w in 0..job.iodepth {
         let mut buf = buffer(engine, job.bs as usize)?;
         fill(&mut buf, seed + u64::from(w));
@@ -336,6 +428,7 @@ fn async_job(
         workers.push(async move {
             let deadline = deadline.get().copied().unwrap_or_else(Instant::now);
             let mut buf = buf;
+            let mut writes = 0;
             // One clock read per operation, as the queue job takes one per round: a
             // completion's time is the next request's start, and the deadline check.
             let mut now = Instant::now();
@@ -345,11 +438,29 @@ fn async_job(
                 let (result, back) = if read {
                     engine.read_at(file, offset, buf).await
                 } else {
-                    engine.write_at(file, offset, buf).await
+                    let request = Request::write(file, offset, buf, 0).with_flags(flags);
+                    let completion = engine.submit(request).await;
+                    let back = completion
+                        .buf
+                        .ok_or("a write came back without its buffer")?;
+                    (completion.result, back)
                 };
                 let n = result.map_err(|e| e.to_string())?;
                 now = Instant::now();
                 stats.record(begun, now, n);
+                writes += u32::from(!read);
+                if let Some((_, full)) = sync.filter(|&(every, _)| writes >= every) {
+                    // Each worker syncs after its own writes (at depth 1: every N writes); the
+                    // next write starts after the sync, as in the queue job.
+                    let synced = if full {
+                        engine.sync_all(file).await
+                    } else {
+                        engine.sync_data(file).await
+                    };
+                    synced.map_err(|e| e.to_string())?;
+                    writes = 0;
+                    now = Instant::now();
+                }
                 buf = back;
                 buf.resize(job.bs as usize).map_err(|e| e.to_string())?;
             }

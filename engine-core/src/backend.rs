@@ -13,7 +13,7 @@ use crate::metadata::{AllocateMode, Metadata};
 use crate::metrics::MetricsSnapshot;
 use crate::pool::PagePool;
 use crate::queue::Queue;
-use crate::request::{Completion, Request};
+use crate::request::{Completion, Request, WriteFlags};
 
 /// What a backend can do and how, stated honestly so that callers and tests can gate on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -211,6 +211,50 @@ pub trait BackendExt: Backend {
             let (result, buf) = split(self.submit(request).await);
             (result.map(drop), buf)
         }
+    }
+
+    /// Writes the whole buffer at `offset` with `flags`: durable at completion
+    /// ([`WriteFlags::DSYNC`]), followed by an `fdatasync` ([`WriteFlags::SYNC_DATA_AFTER`]),
+    /// untorn ([`WriteFlags::ATOMIC`]), or a combination.
+    ///
+    /// # Errors
+    ///
+    /// As [`BackendExt::write_all_at`]; for the flags' own rules, see [`WriteFlags`]. A
+    /// failure of a durable write poisons the file ([`crate::ErrorKind::Poisoned`] on later
+    /// syncs).
+    fn write_all_at_with(
+        &self,
+        file: &File,
+        offset: u64,
+        buf: AlignedBuf,
+        flags: WriteFlags,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + '_ {
+        let request = Request::write_all(file, offset, buf, 0).with_flags(flags);
+        async move {
+            let (result, buf) = split(self.submit(request).await);
+            (result.map(drop), buf)
+        }
+    }
+
+    /// Writes the whole buffer at `offset` untorn (`RWF_ATOMIC`): after a crash the range
+    /// holds all of it or none of it. Not durable by itself: sync afterwards, or use
+    /// [`BackendExt::write_all_at_with`] with `ATOMIC | DSYNC`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Unsupported`] on a file without `O_DIRECT` or without atomic-write
+    /// limits in its [`crate::Geometry`] (most filesystems before Linux 6.16), and for a length
+    /// above `atomic_write_unit_max`; [`crate::ErrorKind::Misaligned`] for a length that is not
+    /// a power of two of at least `atomic_write_unit_min`, or an offset that is not a
+    /// multiple of the length. The limits are in the message. All are checked before
+    /// submission.
+    fn write_atomic_at(
+        &self,
+        file: &File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + '_ {
+        self.write_all_at_with(file, offset, buf, WriteFlags::ATOMIC)
     }
 
     /// `fallocate` of `[offset, offset + len)` in `mode`: preallocates, punches a hole or

@@ -20,9 +20,8 @@ const MAP_THRESHOLD: usize = 4 << 20;
 /// The page size the mapping path relies on (mappings are page-aligned).
 const PAGE: usize = 4096;
 
-/// The largest alignment a buffer may ask for: 1 GiB. Larger requests are a caller bug that
-/// would only waste address space, so they are rejected with a typed error.
-pub const ALIGN_MAX: usize = 1 << 30;
+/// The largest alignment a buffer may ask for ([`AlignedBuf::ALIGN_MAX`]).
+pub(crate) const ALIGN_MAX: usize = 1 << 30;
 
 /// Memory that can be handed to the kernel as the source of a write.
 ///
@@ -121,6 +120,10 @@ pub struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
+    /// The largest alignment a buffer may ask for: 1 GiB. Larger requests are a caller bug
+    /// that would only waste address space, so they are rejected with a typed error.
+    pub const ALIGN_MAX: usize = ALIGN_MAX;
+
     /// Allocates a zero-filled buffer of `len` bytes, aligned to `align`.
     ///
     /// The capacity is `len` rounded up to a multiple of `align`.
@@ -128,7 +131,7 @@ impl AlignedBuf {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`] when `align` is not a power of two or exceeds
-    /// [`ALIGN_MAX`], or the size overflows; [`ErrorKind::NoMemory`] when allocation fails.
+    /// [`AlignedBuf::ALIGN_MAX`], or the size overflows; [`ErrorKind::NoMemory`] when allocation fails.
     ///
     /// # Examples
     ///

@@ -68,6 +68,18 @@ pub struct Geometry {
     pub source: GeometrySource,
     /// True for block devices.
     pub is_block_device: bool,
+    /// The shortest untorn write ([`crate::WriteFlags::ATOMIC`]), from `statx`
+    /// `STATX_WRITE_ATOMIC`; 0 when the file takes none (every kernel before 6.11, ext4
+    /// without hardware atomics, tmpfs).
+    pub atomic_write_unit_min: u32,
+    /// The longest untorn write; 0 when the file takes none.
+    pub atomic_write_unit_max: u32,
+    /// The longest untorn write on the fast path (hardware): longer ones up to
+    /// `atomic_write_unit_max` take the filesystem's slower software fallback (XFS). 0 when
+    /// there is no such boundary, or the kernel does not say (before 6.16).
+    pub atomic_write_unit_max_opt: u32,
+    /// The most buffers one untorn write may gather (1 on 6.18).
+    pub atomic_write_segments_max: u32,
 }
 
 impl Geometry {
@@ -83,6 +95,10 @@ impl Geometry {
         nowait: Support::Unknown,
         source: GeometrySource::Fallback,
         is_block_device: false,
+        atomic_write_unit_min: 0,
+        atomic_write_unit_max: 0,
+        atomic_write_unit_max_opt: 0,
+        atomic_write_segments_max: 0,
     };
 
     /// Probes the geometry of an open file. Never fails: a probe that cannot answer leaves
@@ -93,6 +109,13 @@ impl Geometry {
         let mut have_align = false;
         if let Some(stat) = &stat {
             geometry.is_block_device = (stat.stx_mode as u32 & libc::S_IFMT) == libc::S_IFBLK;
+            let unit_max = stat.stx_atomic_write_unit_max;
+            if stat.stx_mask & libc::STATX_WRITE_ATOMIC != 0 && unit_max.is_power_of_two() {
+                geometry.atomic_write_unit_min = stat.stx_atomic_write_unit_min.max(1);
+                geometry.atomic_write_unit_max = unit_max;
+                geometry.atomic_write_unit_max_opt = stat.stx_atomic_write_unit_max_opt;
+                geometry.atomic_write_segments_max = stat.stx_atomic_write_segments_max.max(1);
+            }
             if stat.stx_mask & libc::STATX_DIOALIGN != 0 {
                 if stat.stx_dio_offset_align == 0 {
                     geometry.direct_io = Support::Unsupported;
@@ -178,7 +201,7 @@ impl fmt::Display for Geometry {
         write!(
             f,
             "mem_align={} offset_align={} read_offset_align={} logical={} physical={} \
-             io_bytes_max={} direct_io={:?} nowait={:?} source={:?}",
+             io_bytes_max={} direct_io={:?} nowait={:?} source={:?} atomic_write={}..{}",
             self.mem_align,
             self.offset_align,
             self.read_offset_align,
@@ -187,7 +210,9 @@ impl fmt::Display for Geometry {
             self.io_bytes_max,
             self.direct_io,
             self.nowait,
-            self.source
+            self.source,
+            self.atomic_write_unit_min,
+            self.atomic_write_unit_max
         )
     }
 }
@@ -221,7 +246,10 @@ pub(crate) fn probe_nowait(fd: BorrowedFd<'_>, geometry: &Geometry) -> Support {
 fn statx(fd: BorrowedFd<'_>) -> Option<libc::statx> {
     // SAFETY: `statx` is plain old data; all-zero is a valid value.
     let mut stat: libc::statx = unsafe { std::mem::zeroed() };
-    let mask = libc::STATX_TYPE | libc::STATX_DIOALIGN | libc::STATX_DIO_READ_ALIGN;
+    let mask = libc::STATX_TYPE
+        | libc::STATX_DIOALIGN
+        | libc::STATX_DIO_READ_ALIGN
+        | libc::STATX_WRITE_ATOMIC;
     // SAFETY: the path is a valid NUL-terminated empty string, `AT_EMPTY_PATH` makes statx
     // describe `fd` itself, and `stat` is a valid, writable statx buffer.
     let rc = unsafe {

@@ -63,7 +63,7 @@ mod request;
 pub mod testing;
 
 pub use backend::{Backend, BackendExt, Capabilities, DynBackend};
-pub use buf::{AlignedBuf, IoBuf, IoBufMut, ALIGN_MAX};
+pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use config::EngineConfig;
 pub use error::{AlignTarget, Error, ErrorKind, FileRef, Misalignment, Op, Result};
 pub use executor::{block_on, join_all, JoinAll};
@@ -73,4 +73,4 @@ pub use metadata::{AllocateMode, Metadata};
 pub use metrics::{MetricsSnapshot, OpMetrics, LATENCY_BUCKETS};
 pub use pool::{PageAllocator, PagePool, PoolConfig, PoolStats};
 pub use queue::Queue;
-pub use request::{Completion, Request};
+pub use request::{Completion, Request, WriteFlags};

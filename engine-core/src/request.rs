@@ -63,6 +63,8 @@ pub enum Request {
         offset: u64,
         /// The data.
         buf: AlignedBuf,
+        /// Per-write durability and atomicity ([`Request::with_flags`]).
+        flags: WriteFlags,
         /// Returned in the completion.
         user_data: u64,
     },
@@ -75,6 +77,8 @@ pub enum Request {
         offset: u64,
         /// The data.
         buf: AlignedBuf,
+        /// Per-write durability and atomicity ([`Request::with_flags`]).
+        flags: WriteFlags,
         /// Returned in the completion.
         user_data: u64,
     },
@@ -156,6 +160,7 @@ impl Request {
             file,
             offset,
             buf,
+            flags: WriteFlags::NONE,
             user_data,
         }
     }
@@ -167,6 +172,7 @@ impl Request {
             file,
             offset,
             buf,
+            flags: WriteFlags::NONE,
             user_data,
         }
     }
@@ -181,6 +187,34 @@ impl Request {
     pub fn sync_all(file: &File, user_data: u64) -> Request {
         let file = file.clone();
         Request::SyncAll { file, user_data }
+    }
+
+    /// Sets a write's [`WriteFlags`] (other requests come back unchanged: they take none).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn demo(file: &engine_core::File) -> engine_core::Result<()> {
+    /// use engine_core::{AlignedBuf, Request, WriteFlags};
+    ///
+    /// let record = AlignedBuf::from_slice(b"commit", 512)?;
+    /// let request = Request::write_all(file, 0, record, 1).with_flags(WriteFlags::DSYNC);
+    /// assert_eq!(request.write_flags(), WriteFlags::DSYNC);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_flags(mut self, new: WriteFlags) -> Request {
+        if let Request::Write { flags, .. } | Request::WriteAll { flags, .. } = &mut self {
+            *flags = new;
+        }
+        self
+    }
+
+    /// A write's flags; [`WriteFlags::NONE`] for other requests.
+    pub fn write_flags(&self) -> WriteFlags {
+        match self {
+            Request::Write { flags, .. } | Request::WriteAll { flags, .. } => *flags,
+            _ => WriteFlags::NONE,
+        }
     }
 
     /// `fallocate` of `[offset, offset + len)` in `mode`.
@@ -358,6 +392,63 @@ impl Request {
             buf,
             metadata,
         }
+    }
+}
+
+/// Per-write durability, ordering and atomicity, combined with `|`.
+///
+/// - [`WriteFlags::DSYNC`]: the write is durable when it completes (`RWF_DSYNC`, a per-write
+///   `O_DSYNC`; FUA on devices that have it), with no separate sync. A failed durable write
+///   poisons the file as a failed sync does.
+/// - [`WriteFlags::SYNC_DATA_AFTER`]: an `fdatasync` runs after the write has completed and
+///   before the request completes, so the completion means written and synced. A failed sync
+///   poisons the file.
+/// - [`WriteFlags::ATOMIC`]: the write is untorn (`RWF_ATOMIC`, Linux 6.11+): after a crash
+///   the range holds all of it or none of it. It needs an `O_DIRECT` file whose
+///   [`crate::Geometry`] has atomic-write limits, a power-of-two length within them and an
+///   offset aligned to the length; anything else is refused before submission. Atomic is not
+///   durable: combine it with `DSYNC` or sync afterwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WriteFlags(u8);
+
+impl WriteFlags {
+    /// No flags: a plain write.
+    pub const NONE: WriteFlags = WriteFlags(0);
+    /// Durable at completion (`RWF_DSYNC`).
+    pub const DSYNC: WriteFlags = WriteFlags(1);
+    /// Untorn (`RWF_ATOMIC`).
+    pub const ATOMIC: WriteFlags = WriteFlags(2);
+    /// Followed by an `fdatasync` before the request completes.
+    pub const SYNC_DATA_AFTER: WriteFlags = WriteFlags(4);
+
+    /// True when every flag of `other` is set.
+    pub fn contains(self, other: WriteFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// True when no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The `RWF_*` bits the kernel takes with the write (`pwritev2` flags, io_uring's
+    /// `rw_flags`, AIO's `aio_rw_flags`).
+    pub fn rw_flags(self) -> i32 {
+        let mut bits = 0;
+        if self.contains(WriteFlags::DSYNC) {
+            bits |= libc::RWF_DSYNC;
+        }
+        if self.contains(WriteFlags::ATOMIC) {
+            bits |= libc::RWF_ATOMIC;
+        }
+        bits
+    }
+}
+
+impl std::ops::BitOr for WriteFlags {
+    type Output = WriteFlags;
+    fn bitor(self, other: WriteFlags) -> WriteFlags {
+        WriteFlags(self.0 | other.0)
     }
 }
 

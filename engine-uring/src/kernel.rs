@@ -125,16 +125,24 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> squeue::Entry {
             }
         }
         Io::Write {
-            offset, buf, pool, ..
+            offset,
+            buf,
+            pool,
+            rw_flags,
+            ..
         } => {
             debug_assert!(u32::try_from(buf.len()).is_ok(), "length {}", buf.len());
             let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
             if pool.is_some() && pool == fixed.pool {
                 with_fd!(WriteFixed, buf.as_ptr(), len, 0)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             } else {
-                with_fd!(Write, buf.as_ptr(), len).offset(offset).build()
+                with_fd!(Write, buf.as_ptr(), len)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build()
             }
         }
         Io::SyncData { .. } => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),

@@ -11,7 +11,7 @@ pub use engine_core::{
     Capabilities, Completion, DynBackend, EngineConfig, Error, ErrorKind, File, FileRef, Geometry,
     GeometrySource, IoBuf, IoBufMut, Metadata, MetricsSnapshot, Misalignment, Op, OpMetrics,
     OpenOptions, PageAllocator, PagePool, PoolConfig, PoolStats, Queue, Request, Result, Support,
-    IO_BYTES_MAX,
+    WriteFlags, IO_BYTES_MAX,
 };
 pub use env::{Choice, Settings, VARIABLES};
 
@@ -395,6 +395,28 @@ impl Engine {
         path: &'a std::path::Path,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         BackendExt::sync_dir(self, path)
+    }
+
+    /// Writes the whole buffer with per-write durability or atomicity. See
+    /// [`BackendExt::write_all_at_with`].
+    pub fn write_all_at_with<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+        flags: WriteFlags,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + 'a {
+        BackendExt::write_all_at_with(self, file, offset, buf, flags)
+    }
+
+    /// Writes the whole buffer untorn (`RWF_ATOMIC`). See [`BackendExt::write_atomic_at`].
+    pub fn write_atomic_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (Result<()>, AlignedBuf)> + Send + 'a {
+        BackendExt::write_atomic_at(self, file, offset, buf)
     }
 
     /// `fallocate`: preallocates, punches a hole or zeroes a range. See

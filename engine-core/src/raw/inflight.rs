@@ -12,7 +12,7 @@ use crate::error::{AlignTarget, Error, ErrorKind, Misalignment, Op, Result};
 use crate::file::File;
 use crate::metadata::AllocateMode;
 use crate::raw::common::Common;
-use crate::request::{Completion, Request};
+use crate::request::{Completion, Request, WriteFlags};
 
 /// The most retries of one submission on EINTR/EAGAIN before the errno is returned. Real
 /// EINTR/EAGAIN on files are rare and short-lived; the bound keeps a pathological device (or a
@@ -50,6 +50,9 @@ pub enum Io<'a> {
         buf: &'a [u8],
         /// The page pool the buffer came from, for registered-buffer opcodes.
         pool: Option<u64>,
+        /// `RWF_*` flags for the kernel (`RWF_DSYNC`, `RWF_ATOMIC`): `pwritev2`'s flags,
+        /// io_uring's `rw_flags`, AIO's `aio_rw_flags`.
+        rw_flags: i32,
     },
     /// `fdatasync`.
     SyncData {
@@ -162,6 +165,9 @@ pub struct InFlight {
     torn: Option<i32>,
     /// The strict-mode span token, released when the request completes.
     span: u64,
+    /// A write with [`WriteFlags::SYNC_DATA_AFTER`] whose data is written: its `fdatasync`
+    /// is the submission now, and `done` is the count the completion reports.
+    syncing: bool,
     started: Instant,
 }
 
@@ -217,6 +223,16 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
         } => return validate_allocate(file, *offset, *len, *mode),
         Request::SetLen { len, .. } => return validate_set_len(file, *len),
         _ => {}
+    }
+    let flags = request.write_flags();
+    if flags.contains(WriteFlags::SYNC_DATA_AFTER) {
+        if let Some(errno) = file.poisoned() {
+            return Err(with_range(poisoned(file, op, errno)));
+        }
+    }
+    if flags.contains(WriteFlags::ATOMIC) {
+        let offset = request.offset().unwrap_or(0);
+        validate_atomic(file, offset, len as u64).map_err(with_range)?;
     }
     let (Some(offset), Some(buf)) = (request.offset(), request.buf()) else {
         // A sync (only the poison can refuse it), or metadata.
@@ -308,6 +324,72 @@ fn validate_allocate(file: &File, offset: u64, len: u64, mode: AllocateMode) -> 
     Ok(())
 }
 
+/// An untorn write's rules (`RWF_ATOMIC`): an O_DIRECT file with atomic-write limits, a
+/// power-of-two length within them, an offset aligned to the length.
+fn validate_atomic(file: &File, offset: u64, len: u64) -> Result<()> {
+    let op = Op::Write;
+    let g = file.geometry();
+    let limits = format!(
+        "unit min {}, max {}, max_opt {}, segments {}",
+        g.atomic_write_unit_min,
+        g.atomic_write_unit_max,
+        g.atomic_write_unit_max_opt,
+        g.atomic_write_segments_max
+    );
+    if !file.options().is_direct() {
+        return Err(file.error(ErrorKind::Unsupported, op).with_message(
+            "atomic writes need O_DIRECT: the kernel refuses them on buffered files",
+        ));
+    }
+    if g.atomic_write_unit_max == 0 {
+        return Err(file
+            .error(ErrorKind::Unsupported, op)
+            .with_errno(libc::EOPNOTSUPP)
+            .with_message(format!(
+                "the file takes no atomic writes (statx STATX_WRITE_ATOMIC: {limits}); \
+                 write a checksummed copy elsewhere first, or use a filesystem that has them \
+                 (XFS with reflink on Linux 6.16+)"
+            )));
+    }
+    let (min, max) = (
+        u64::from(g.atomic_write_unit_min),
+        u64::from(g.atomic_write_unit_max),
+    );
+    if !len.is_power_of_two() || len < min {
+        let misalignment = Misalignment {
+            target: AlignTarget::Length,
+            required: min,
+            actual: len,
+        };
+        return Err(Error::misaligned(op, misalignment)
+            .with_file(file.file_ref())
+            .with_message(format!(
+                "an atomic write's length must be a power of two within the file's limits ({limits})"
+            )));
+    }
+    if len > max {
+        return Err(file
+            .error(ErrorKind::Unsupported, op)
+            .with_errno(libc::EINVAL)
+            .with_message(format!(
+                "a {len}-byte atomic write is longer than the file takes ({limits})"
+            )));
+    }
+    if offset % len != 0 {
+        let misalignment = Misalignment {
+            target: AlignTarget::Offset,
+            required: len,
+            actual: offset,
+        };
+        return Err(Error::misaligned(op, misalignment)
+            .with_file(file.file_ref())
+            .with_message(format!(
+                "an atomic write's offset must be a multiple of its length ({limits})"
+            )));
+    }
+    Ok(())
+}
+
 fn validate_set_len(file: &File, len: u64) -> Result<()> {
     let op = Op::SetLen;
     if len > OFFSET_MAX {
@@ -394,6 +476,7 @@ impl InFlight {
             retries: 0,
             torn: None,
             span,
+            syncing: false,
             started: Instant::now(),
             request,
         })
@@ -437,16 +520,21 @@ impl InFlight {
         #[cfg(feature = "testing")]
         if let Some(hook) = common.fault_hook() {
             use crate::testing::FaultAction;
-            let action = hook.before(
-                self.op(),
-                self.request.file(),
-                self.offset(),
-                self.len,
-                self.attempt,
-            );
+            let (op, offset, len) = if self.syncing {
+                (Op::SyncData, 0, 0)
+            } else {
+                (self.op(), self.offset(), self.len)
+            };
+            let action = hook.before(op, self.request.file(), offset, len, self.attempt);
+            // An untorn write cannot be short or torn: the device does all of it or none.
+            let atomic = self.request.write_flags().contains(WriteFlags::ATOMIC);
             match action {
                 None => {}
                 Some(FaultAction::Fail(errno)) => return Next::Complete(-i64::from(errno)),
+                Some(FaultAction::Short(_)) if atomic || self.syncing => {}
+                Some(FaultAction::Torn { errno, .. }) if atomic => {
+                    return Next::Complete(-i64::from(errno))
+                }
                 Some(FaultAction::Short(n)) => self.len = self.len.min(n),
                 Some(FaultAction::Torn { persist, errno }) => {
                     self.len = self.len.min(persist);
@@ -463,6 +551,11 @@ impl InFlight {
     pub fn io(&mut self) -> Io<'_> {
         let (start, end) = (self.start, self.start + self.len);
         let offset = self.offset();
+        if self.syncing {
+            return Io::SyncData {
+                file: self.request.file(),
+            };
+        }
         match &mut self.request {
             Request::Read { file, buf, .. } | Request::ReadExact { file, buf, .. } => {
                 let pool = buf.pool_id();
@@ -473,13 +566,19 @@ impl InFlight {
                     pool,
                 }
             }
-            Request::Write { file, buf, .. } | Request::WriteAll { file, buf, .. } => {
+            Request::Write {
+                file, buf, flags, ..
+            }
+            | Request::WriteAll {
+                file, buf, flags, ..
+            } => {
                 let pool = buf.pool_id();
                 Io::Write {
                     file,
                     offset,
                     buf: &buf.as_slice()[start..end],
                     pool,
+                    rw_flags: flags.rw_flags(),
                 }
             }
             Request::SyncData { file, .. } => Io::SyncData { file },
@@ -545,6 +644,18 @@ impl InFlight {
             self.done = self.done.max(self.start + n);
             return Err(self.finish(common, Err(errno)));
         }
+        if self.syncing {
+            // The fdatasync after the write succeeded: the write's count is the result.
+            let done = self.done;
+            return Err(self.finish(common, Ok(done)));
+        }
+        if n != self.len && self.request.write_flags().contains(WriteFlags::ATOMIC) {
+            // The kernel does an atomic write whole or fails it; a short one breaks that
+            // promise and cannot be resumed (the rest would not be atomic).
+            tracing::error!(moved = n, asked = self.len, "a short atomic write");
+            self.done = n;
+            return Err(self.finish(common, Err(libc::EIO)));
+        }
         if let Request::Metadata { file, metadata, .. } = &mut self.request {
             // A block device's size is not in statx: its ioctl completes the record.
             let finished = metadata.finish(std::os::fd::AsFd::as_fd(file));
@@ -556,13 +667,12 @@ impl InFlight {
         }
         if !self.request.is_exact() {
             self.done = n;
-            return Err(self.finish(common, Ok(n)));
+            return self.written(common);
         }
         let end = self.start + n;
         if end >= self.total {
             self.done = self.total;
-            let total = self.total;
-            return Err(self.finish(common, Ok(total)));
+            return self.written(common);
         }
         if n == 0 || end <= self.done {
             // End of file, or a write that made no progress (after resuming at an aligned
@@ -578,6 +688,21 @@ impl InFlight {
         self.len = (self.total - self.start).min(self.len_max);
         self.attempt = 0;
         Ok(self)
+    }
+
+    /// A transfer that is done: its completion, or, for a write with
+    /// [`WriteFlags::SYNC_DATA_AFTER`], its `fdatasync` as the next submission.
+    #[allow(clippy::result_large_err)]
+    fn written(mut self, common: &Common) -> std::result::Result<InFlight, Completion> {
+        let flags = self.request.write_flags();
+        if flags.contains(WriteFlags::SYNC_DATA_AFTER) {
+            self.syncing = true;
+            self.len = 0;
+            self.attempt = 0;
+            return Ok(self);
+        }
+        let done = self.done;
+        Err(self.finish(common, Ok(done)))
     }
 
     /// Finishes an exact transfer that ended early: end of file for a read, no progress for a
@@ -605,13 +730,19 @@ impl InFlight {
     fn finish(self, common: &Common, raw: std::result::Result<usize, i32>) -> Completion {
         let op = self.op();
         let file = self.request.file();
+        // A write that promised durability (O_DSYNC, WriteFlags::DSYNC, or a sync after it)
+        // poisons the file when it fails, as a failed sync does.
+        let durable_write = op == Op::Write
+            && (file.options().is_dsync()
+                || self.syncing
+                || self.request.write_flags().contains(WriteFlags::DSYNC));
         let result = match raw {
             Ok(n) => match file.poisoned() {
-                Some(errno) if op.is_sync() => Err(poisoned(file, op, errno)),
+                Some(errno) if op.is_sync() || self.syncing => Err(poisoned(file, op, errno)),
                 _ => Ok(n),
             },
             Err(errno) => {
-                if op.is_sync() || (op == Op::Write && file.options().is_dsync()) {
+                if op.is_sync() || durable_write {
                     file.poison(errno);
                 }
                 let mut error = Error::from_errno(errno, op).with_file(file.file_ref());

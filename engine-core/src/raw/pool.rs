@@ -42,6 +42,8 @@ struct Syscall {
     offset: u64,
     /// `fallocate`'s mode bits.
     mode: i32,
+    /// A write's `RWF_*` flags.
+    rw_flags: i32,
 }
 
 // SAFETY: the pointer addresses a buffer owned by a request slot for as long as the syscall
@@ -58,10 +60,16 @@ impl Syscall {
                 offset: *offset,
                 ..Syscall::bare(Op::Read, fd)
             },
-            Io::Write { offset, buf, .. } => Syscall {
+            Io::Write {
+                offset,
+                buf,
+                rw_flags,
+                ..
+            } => Syscall {
                 ptr: buf.as_ptr().cast_mut(),
                 len: buf.len(),
                 offset: *offset,
+                rw_flags: *rw_flags,
                 ..Syscall::bare(Op::Write, fd)
             },
             Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd),
@@ -95,6 +103,7 @@ impl Syscall {
             len: 0,
             offset: 0,
             mode: 0,
+            rw_flags: 0,
         }
     }
 
@@ -108,6 +117,7 @@ impl Syscall {
     /// whole call, and for metadata valid for one writable `statx`: the request slot owning
     /// the memory must not have been completed yet.
     unsafe fn run(&self, flags: i32) -> i64 {
+        let flags = flags | self.rw_flags;
         let iov = libc::iovec {
             iov_base: self.ptr.cast(),
             iov_len: self.len,
