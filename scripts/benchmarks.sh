@@ -2,7 +2,7 @@
 # Regenerates BENCHMARKS.md (and docs/bench-*.svg): every performance target of DESIGN.md,
 # measured side by side with fio and tokio's file I/O on this machine, with interleaved
 # repetitions and the median of ratios. Needs fio (installed with apt-get when missing, as
-# root) and about 12 minutes. Run from the repository root: bash scripts/benchmarks.sh
+# root) and about 20 minutes. Run from the repository root: bash scripts/benchmarks.sh
 #
 # The fast-device tier runs on a cached file and on /dev/zram0 (RAM-backed: the engine's own
 # cost per request shows there, where a real disk hides it behind its latency). As root, the
@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 
 REPEAT=${BENCH_REPEAT:-3}
 RUNTIME=${BENCH_RUNTIME:-3s}
+# A sync on the disk costs far more than a read and varies far more: the write-ahead-log runs
+# take more, shorter repetitions.
+WAL_REPEAT=${BENCH_WAL_REPEAT:-9}
+WAL_RUNTIME=${BENCH_WAL_RUNTIME:-2s}
 if ! command -v fio >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio
 fi
@@ -36,9 +40,9 @@ run() {
         echo "### $title"
         echo
         echo '```'
-        echo "engine-bench --engine $engines $* --repeat $REPEAT --runtime $RUNTIME"
+        echo "engine-bench --engine $engines $* --repeat ${RUN_REPEAT:-$REPEAT} --runtime ${RUN_RUNTIME:-$RUNTIME}"
         echo '```'
-        "$BENCH" --engine "$engines" "$@" --repeat "$REPEAT" --runtime "$RUNTIME" \
+        "$BENCH" --engine "$engines" "$@" --repeat "${RUN_REPEAT:-$REPEAT}" --runtime "${RUN_RUNTIME:-$RUNTIME}" \
             --output-format markdown --json-out "$WORK/$name.json" --plot "docs/bench-$name.svg"
     } >> "$sections"
 }
@@ -91,6 +95,19 @@ if [ -z "$ZRAM_SKIP" ]; then
 else
     echo "skipping the zram rows: $ZRAM_SKIP" >&2
 fi
+
+# The write-ahead-log tier: 4k sequential O_DIRECT appends at depth 1, each made durable (an
+# fdatasync after every write, fio's --fdatasync=1; or RWF_DSYNC, fio's --sync=dsync), both
+# APIs of every backend against fio with the same ioengine.
+WAL=(--rw write --bs 4k --iodepth 1 --direct 1 --size 64m --filename "$WORK/wal")
+for durability in fdatasync dsync; do
+    for pair in uring:fio aio:fio:libaio sync:fio:psync; do
+        b=${pair%%:*} reference=${pair#*:}
+        RUN_REPEAT=$WAL_REPEAT RUN_RUNTIME=$WAL_RUNTIME run "wal-$durability-$b" \
+            "Write-ahead log: 4k appends, depth 1, O_DIRECT, --$durability 1: $b" \
+            "$reference,$b@queue,$b@async" "${WAL[@]}" "--$durability" 1
+    done
+done
 
 python3 - "$WORK" "$REPEAT" "$sections" "$ZRAM_SKIP" <<'PY'
 import json, statistics, sys, platform, subprocess, os
@@ -200,6 +217,16 @@ for name, value, required, bound in fast_targets:
         continue
     verdict = "-" if bound is None else ("yes" if met(value, bound) else "no")
     lines.append(f"| {name} | {value:.3f} | {required} | {verdict} |")
+lines += ["", "## Write-ahead log tier", "",
+ "4k sequential O_DIRECT appends at depth 1, each made durable before the next: an fdatasync after every write (`--fdatasync 1`, fio's same flag) or a durable write (`--dsync 1`: `WriteFlags::DSYNC`, `RWF_DSYNC`; fio: `--sync=dsync`, an `O_DSYNC` open). The disk's flush dominates, and varies, so these rows take more repetitions.",
+ "", "| target | measured | required | met |", "| --- | ---: | ---: | --- |"]
+for durability in ["fdatasync", "dsync"]:
+    for b in ["uring", "aio", "sync"]:
+        for api in ["queue", "async"]:
+            value = pair(f"wal-{durability}-{b}", f"{b}@{api}", fio_of[b])
+            if value != value:
+                continue
+            lines.append(f"| WAL, {durability} each 4k append: {b} {api} API / fio {fio_name[b]} | {value:.3f} | >= 0.95 | {'yes' if value >= 0.95 else 'no'} |")
 lines += ["", "Ratios against glommio, monoio and tokio are the inverse of the median of their IOPS over uring's, per repetition.",
  "", "Allocations are counted over each whole run, so a handful made once per run (not per operation) show as a tiny fraction; `cargo test -p conformance --test alloc` proves zero per operation in steady state on every backend, queue and async APIs.",
  "",

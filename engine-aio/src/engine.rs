@@ -55,7 +55,10 @@ impl AioEngine {
         notes.push(if thread_syncs {
             "the kernel has no AIO fsync: syncs run on a thread (fdatasync / fsync)".to_string()
         } else {
-            "syncs use IOCB_CMD_FDSYNC / IOCB_CMD_FSYNC".to_string()
+            "syncs use IOCB_CMD_FDSYNC / IOCB_CMD_FSYNC (the kernel runs them on a kworker); a \
+             queue's sync with nothing else in flight runs on the queue's thread instead, as \
+             fio's libaio engine runs every sync"
+                .to_string()
         });
         if config.inline || config.threads > 0 {
             notes.push("ENGINE_THREADS has no effect on Linux AIO".to_string());

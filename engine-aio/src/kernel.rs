@@ -114,6 +114,9 @@ pub struct AioKernel {
     fallback: ThreadKernel,
     /// Syncs go to the fallback (no AIO fsync in this kernel, or forced by a test switch).
     thread_syncs: bool,
+    /// A queue's kernel (its fallback runs on the queue's thread): a sync pushed while
+    /// nothing else is in flight runs there at once (see [`AioKernel::push`]).
+    inline_idle_syncs: bool,
     /// Accepted by `io_submit` and not reaped.
     in_kernel: usize,
 }
@@ -137,6 +140,7 @@ impl AioKernel {
         let wanted = u32::try_from(depth).unwrap_or(u32::MAX);
         let entries = engine_core::raw::submission_entries(config, wanted) as usize;
         let ctx = Context::new(entries, config)?;
+        let inline_idle_syncs = pool.is_none();
         let fallback = ThreadKernel::new(pool, depth, false);
         if let Some(eventfd) = &eventfd {
             // A fallback result wakes the thread waiting on the eventfd like an AIO one.
@@ -156,6 +160,7 @@ impl AioKernel {
             immediate: VecDeque::with_capacity(depth),
             fallback,
             thread_syncs,
+            inline_idle_syncs,
             in_kernel: 0,
         })
     }
@@ -210,7 +215,15 @@ impl AioKernel {
 impl Kernel for AioKernel {
     fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
         let is_sync = matches!(io, Io::SyncData { .. } | Io::SyncAll { .. });
-        if (is_sync && self.thread_syncs) || io.file().backend_flags() & FILE_AIO_REFUSED != 0 {
+        // The kernel runs an AIO fsync on a kworker, a wake-up there and another back. A
+        // queue's sync with nothing else in flight (a log's write, then its sync) runs on the
+        // queue's own thread instead, as fio's libaio engine runs every sync: the thread has
+        // nothing to do meanwhile. With requests in flight the sync stays asynchronous, so it
+        // never holds up their completions.
+        let idle_sync = is_sync && self.inline_idle_syncs && self.in_flight() == 0;
+        if (is_sync && (self.thread_syncs || idle_sync))
+            || io.file().backend_flags() & FILE_AIO_REFUSED != 0
+        {
             return self.fallback.push(slot, io);
         }
         let Some(cb) = iocb(&mut io, slot, self.eventfd.as_deref()) else {

@@ -262,3 +262,104 @@ fn a_missing_fio_or_engine_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn durability_flags_reach_fio_and_the_engines() {
+    let args = Args::try_parse_from([
+        "engine-bench",
+        "--rw",
+        "write",
+        "--iodepth",
+        "1",
+        "--fdatasync",
+        "1",
+        "--dsync",
+        "1",
+        "--atomic",
+        "1",
+    ])
+    .expect("parse");
+    let job = &args.jobs().expect("job")[0];
+    assert_eq!((job.fdatasync, job.dsync, job.atomic), (1, true, true));
+    assert!(
+        job.label().contains("fdatasync=1 dsync atomic"),
+        "{}",
+        job.label()
+    );
+    let fio_args = engine_bench::fio::arguments(job, std::path::Path::new("/data/f"), "psync");
+    for expected in ["--fdatasync=1", "--sync=dsync", "--atomic=1"] {
+        assert!(
+            fio_args.iter().any(|a| a == expected),
+            "{expected} in {fio_args:?}"
+        );
+    }
+    // A log's pattern through both APIs: every write followed by its fdatasync, or durable.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for durability in ["--fdatasync", "--fsync", "--dsync"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_engine-bench"))
+            .args([
+                "--engine",
+                "sync@queue,uring@async",
+                "--rw",
+                "write",
+                "--bs",
+                "4k",
+            ])
+            .args([
+                "--iodepth",
+                "2",
+                "--size",
+                "1m",
+                "--runtime",
+                "100ms",
+                "--direct",
+                "0",
+            ])
+            .args([durability, "1", "--output-format", "json"])
+            .arg("--filename")
+            .arg(dir.path().join("wal"))
+            .output()
+            .expect("run engine-bench");
+        assert!(
+            output.status.success(),
+            "{durability}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        for run in json.as_array().expect("an array") {
+            assert!(
+                run["iops"].as_f64().is_some_and(|v| v > 0.0),
+                "{durability}: {run}"
+            );
+        }
+    }
+    // Untorn writes where the file has none: a clear error, not a panic or a silent run.
+    let output = Command::new(env!("CARGO_BIN_EXE_engine-bench"))
+        .args([
+            "--engine",
+            "sync",
+            "--rw",
+            "write",
+            "--bs",
+            "4k",
+            "--iodepth",
+            "1",
+        ])
+        .args([
+            "--size",
+            "1m",
+            "--runtime",
+            "100ms",
+            "--direct",
+            "0",
+            "--atomic",
+            "1",
+        ])
+        .arg("--filename")
+        .arg(dir.path().join("atomic"))
+        .output()
+        .expect("run engine-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("atomic writes need O_DIRECT"), "{stderr}");
+}
