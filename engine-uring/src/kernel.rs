@@ -98,9 +98,21 @@ struct Fixed {
     pool: Option<u64>,
 }
 
-/// Builds the SQE of one submission.
-fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> squeue::Entry {
+/// The user-data bit of a write whose fdatasync is linked after it; the sync carries the
+/// plain slot.
+const LINKED_WRITE: u64 = 1 << 32;
+
+/// Builds the SQE of one submission, and for a write with `then_sync` the fdatasync linked
+/// after it (`IOSQE_IO_LINK`: it runs only once the whole write succeeded).
+fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> (squeue::Entry, Option<squeue::Entry>) {
     let raw_fd = io.file().raw_fd();
+    let then_sync = matches!(
+        io,
+        Io::Write {
+            then_sync: true,
+            ..
+        }
+    );
     macro_rules! with_fd {
         ($op:ident, $($arg:expr),*) => {
             match fixed.file {
@@ -161,15 +173,38 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> squeue::Entry {
                 .flags(libc::AT_EMPTY_PATH)
                 .mask(Io::METADATA_MASK)
                 .build();
-            return sqe.user_data(user_data);
+            return (sqe.user_data(user_data), None);
         }
     };
-    let sqe = if fixed.file.is_some() {
-        sqe.flags(squeue::Flags::FIXED_FILE)
+    let file_flag = if fixed.file.is_some() {
+        squeue::Flags::FIXED_FILE
     } else {
-        sqe
+        squeue::Flags::empty()
     };
-    sqe.user_data(user_data)
+    if !then_sync {
+        return (sqe.flags(file_flag).user_data(user_data), None);
+    }
+    let sync = with_fd!(Fsync,)
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .flags(file_flag)
+        .user_data(user_data);
+    let write = sqe
+        .flags(file_flag | squeue::Flags::IO_LINK)
+        .user_data(user_data | LINKED_WRITE);
+    (write, Some(sync))
+}
+
+/// The length of a write whose fdatasync is linked after it, if `io` is one.
+fn linked_len(io: &Io<'_>) -> Option<u32> {
+    match io {
+        Io::Write {
+            buf,
+            then_sync: true,
+            ..
+        } => Some(u32::try_from(buf.len()).unwrap_or(u32::MAX)),
+        _ => None,
+    }
 }
 
 /// The NOP that wakes a waiting thread; it carries FIXED_FILE so restricted rings accept it.
@@ -214,6 +249,32 @@ struct Tally {
     in_flight: usize,
     /// Pushed into the ring and not yet submitted.
     unsubmitted: usize,
+    /// Writes with an fdatasync linked after them, until both completions are in.
+    links: Vec<Link>,
+}
+
+/// A linked write and fdatasync in flight: the pair completes as one request.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    slot: u32,
+    len: u32,
+    write: Option<i32>,
+    sync: Option<i32>,
+}
+
+impl Link {
+    /// The pair's one result: the write's when it failed or was short (its sync was then
+    /// cancelled), the sync's errno when the sync failed, else the bytes written.
+    fn result(&self) -> Option<i64> {
+        let (write, sync) = (self.write?, self.sync?);
+        Some(if write < 0 || write as u32 != self.len {
+            i64::from(write)
+        } else if sync < 0 {
+            i64::from(sync)
+        } else {
+            i64::from(write)
+        })
+    }
 }
 
 impl Tally {
@@ -222,6 +283,7 @@ impl Tally {
             immediate: Vec::with_capacity(depth),
             in_flight: 0,
             unsubmitted: 0,
+            links: Vec::with_capacity(depth),
         }
     }
 
@@ -262,9 +324,33 @@ impl Tally {
         true
     }
 
-    fn pushed(&mut self) {
+    /// Counts a pushed request: one entry, or a linked write (of `link` bytes) and sync.
+    fn pushed(&mut self, slot: u32, link: Option<u32>) {
         self.in_flight += 1;
         self.unsubmitted += 1;
+        if let Some(len) = link {
+            self.links.push(Link {
+                slot,
+                len,
+                write: None,
+                sync: None,
+            });
+        }
+    }
+
+    /// Takes one CQE of a linked pair; returns the pair's result once both are in.
+    fn linked(&mut self, user_data: u64, result: i32) -> Option<Reaped> {
+        let slot = user_data as u32;
+        let index = self.links.iter().position(|l| l.slot == slot)?;
+        let link = &mut self.links[index];
+        if user_data & LINKED_WRITE != 0 {
+            link.write = Some(result);
+        } else {
+            link.sync = Some(result);
+        }
+        let result = link.result()?;
+        self.links.swap_remove(index);
+        Some(Reaped { slot, result })
     }
 
     /// Moves the immediate results, then the completions `cqes` yields (wake-ups skipped), into
@@ -284,12 +370,24 @@ impl Tally {
         }
         if n < out.len() {
             for cqe in cqes {
-                if cqe.user_data() == WAKE {
+                let user_data = cqe.user_data();
+                if user_data == WAKE {
                     continue;
                 }
-                out[n] = Reaped {
-                    slot: cqe.user_data() as u32,
-                    result: i64::from(cqe.result()),
+                let linked = user_data & LINKED_WRITE != 0
+                    || (!self.links.is_empty()
+                        && self.links.iter().any(|l| l.slot == user_data as u32));
+                out[n] = if linked {
+                    match self.linked(user_data, cqe.result()) {
+                        Some(pair) => pair,
+                        // The other half of the pair is still to come.
+                        None => continue,
+                    }
+                } else {
+                    Reaped {
+                        slot: user_data as u32,
+                        result: i64::from(cqe.result()),
+                    }
                 };
                 n += 1;
                 if n == out.len() {
@@ -334,6 +432,16 @@ impl SharedKernel {
         }
     }
 
+    /// Pushes `entries` together, or none of them when they do not all fit.
+    fn push_entries(&mut self, entries: &[squeue::Entry]) -> bool {
+        // SAFETY: as in `push_entry`.
+        let mut sq = unsafe { self.shared.ring.ring.submission_shared() };
+        // SAFETY: as in `push_entry`.
+        let pushed = unsafe { sq.push_multiple(entries) }.is_ok();
+        sq.sync();
+        pushed
+    }
+
     fn push_entry(&mut self, sqe: &squeue::Entry) -> bool {
         // SAFETY: the submission queue is only touched by this kernel, which the driver uses
         // under its lock, so this is the only live handle to it. The entry's buffer and file
@@ -357,12 +465,21 @@ impl Kernel for SharedKernel {
             file: (index > 0 && self.shared.ring.fixed_files).then(|| index - 1),
             pool: self.shared.ring.fixed_pool,
         };
-        let sqe = encode(io, fixed, u64::from(slot));
-        if !self.push_entry(&sqe) {
+        let link = linked_len(&io);
+        let (sqe, sync) = encode(io, fixed, u64::from(slot));
+        let pushed = match sync {
+            None => self.push_entry(&sqe),
+            Some(sync) => self.push_entries(&[sqe, sync]),
+        };
+        if !pushed {
             return false;
         }
-        self.tally.pushed();
+        self.tally.pushed(slot, link);
         true
+    }
+
+    fn links_sync(&self) -> bool {
+        self.shared.ring.links
     }
 
     fn submit(&mut self) -> Result<()> {
@@ -641,16 +758,26 @@ impl Kernel for QueueKernel {
             &io,
             Io::Read { pool: Some(p), .. } | Io::Write { pool: Some(p), .. } if Some(*p) == fixed.pool
         );
-        let sqe = encode(io, fixed, u64::from(slot));
+        let link = linked_len(&io);
+        let (sqe, sync) = encode(io, fixed, u64::from(slot));
         let mut sq = self.ring.ring.submission();
-        // SAFETY: the entry's buffer and file belong to a request its slot holds until the
-        // CQE is reaped.
-        if unsafe { sq.push(&sqe) }.is_err() {
+        let pushed = match sync {
+            // SAFETY: the entries' buffer and file belong to a request its slot holds until
+            // the CQEs are reaped.
+            None => unsafe { sq.push(&sqe) },
+            // SAFETY: as above.
+            Some(sync) => unsafe { sq.push_multiple(&[sqe, sync]) },
+        };
+        if pushed.is_err() {
             return false;
         }
-        self.tally.pushed();
+        self.tally.pushed(slot, link);
         self.fixed_submissions += u64::from(uses_pool);
         true
+    }
+
+    fn links_sync(&self) -> bool {
+        self.ring.links
     }
 
     fn submit(&mut self) -> Result<()> {
@@ -685,5 +812,66 @@ impl Kernel for QueueKernel {
 
     fn in_flight(&self) -> usize {
         self.tally.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds the two CQEs of a linked write and fdatasync, in either order, and returns what
+    /// the pair reports.
+    fn pair(write: i32, sync: i32, sync_first: bool) -> (Option<Reaped>, Option<Reaped>) {
+        let mut tally = Tally::new(4);
+        tally.pushed(3, Some(4096));
+        let (write_ud, sync_ud) = (3 | LINKED_WRITE, 3);
+        if sync_first {
+            (tally.linked(sync_ud, sync), tally.linked(write_ud, write))
+        } else {
+            (tally.linked(write_ud, write), tally.linked(sync_ud, sync))
+        }
+    }
+
+    #[test]
+    fn a_linked_write_and_sync_complete_as_one_request_with_one_result() {
+        let ecanceled = -libc::ECANCELED;
+        let cases = [
+            (4096, 0, 4096, "both done: the bytes written"),
+            (
+                4096,
+                -libc::EIO,
+                -i64::from(libc::EIO),
+                "the sync failed: its errno",
+            ),
+            (
+                1024,
+                ecanceled,
+                1024,
+                "a short write: its count, the sync was cancelled",
+            ),
+            (
+                -libc::ENOSPC,
+                ecanceled,
+                -i64::from(libc::ENOSPC),
+                "the write failed",
+            ),
+        ];
+        for (write, sync, expected, what) in cases {
+            for sync_first in [false, true] {
+                let (first, second) = pair(write, sync, sync_first);
+                assert_eq!(first, None, "{what}: nothing before both halves are in");
+                assert_eq!(
+                    second,
+                    Some(Reaped {
+                        slot: 3,
+                        result: expected
+                    }),
+                    "{what}"
+                );
+            }
+        }
+        let mut tally = Tally::new(4);
+        tally.pushed(1, None);
+        assert_eq!(tally.linked(1, 0), None, "a plain request is no pair");
     }
 }

@@ -27,6 +27,10 @@ pub(crate) struct Ring {
     pub(crate) disabled: bool,
     /// The file-management opcodes this ring runs; the others run on the submitting thread.
     pub(crate) ops: Opcodes,
+    /// True when a write's fdatasync can be linked after it (`IOSQE_IO_LINK`): not on a
+    /// polled ring (no fsync there) nor a restricted one (it allows no SQE flag but
+    /// FIXED_FILE).
+    pub(crate) links: bool,
     pool: Option<PagePool>,
 }
 
@@ -174,6 +178,7 @@ impl Ring {
             fixed_files,
             disabled,
             ops,
+            links: !config.iopoll && !config.restricted,
             pool: pool.cloned(),
         };
         Ok((ring, why_unregistered))

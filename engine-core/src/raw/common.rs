@@ -121,6 +121,19 @@ impl Common {
         self.config.testing.fault_hook.as_deref()
     }
 
+    /// True when a fault hook sees every submission (`testing` feature): a write and its
+    /// sync are then submitted apart, so the hook decides each of the two syscalls.
+    pub fn hooks_faults(&self) -> bool {
+        #[cfg(feature = "testing")]
+        {
+            self.fault_hook().is_some()
+        }
+        #[cfg(not(feature = "testing"))]
+        {
+            false
+        }
+    }
+
     /// The seeded bookkeeping bug, with the `testing` feature.
     #[cfg(feature = "testing")]
     pub(crate) fn mutation(&self) -> Option<crate::testing::Mutation> {

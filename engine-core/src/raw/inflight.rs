@@ -53,6 +53,9 @@ pub enum Io<'a> {
         /// `RWF_*` flags for the kernel (`RWF_DSYNC`, `RWF_ATOMIC`): `pwritev2`'s flags,
         /// io_uring's `rw_flags`, AIO's `aio_rw_flags`.
         rw_flags: i32,
+        /// Run an `fdatasync` after the write, ordered after it (only for kernels whose
+        /// [`crate::raw::Kernel::links_sync`] is true).
+        then_sync: bool,
     },
     /// `fdatasync`.
     SyncData {
@@ -168,6 +171,8 @@ pub struct InFlight {
     /// A write with [`WriteFlags::SYNC_DATA_AFTER`] whose data is written: its `fdatasync`
     /// is the submission now, and `done` is the count the completion reports.
     syncing: bool,
+    /// This submission is a write with its fdatasync linked after it, run by the kernel.
+    linked: bool,
     started: Instant,
 }
 
@@ -477,6 +482,7 @@ impl InFlight {
             torn: None,
             span,
             syncing: false,
+            linked: false,
             started: Instant::now(),
             request,
         })
@@ -547,9 +553,25 @@ impl InFlight {
         Next::Submit
     }
 
-    /// What the kernel is asked to do for this submission.
+    /// What the kernel is asked to do for this submission, for a kernel that does not link a
+    /// sync after a write.
     pub fn io(&mut self) -> Io<'_> {
+        self.io_for(false)
+    }
+
+    /// What the kernel is asked to do for this submission; with `links` (the kernel's
+    /// [`crate::raw::Kernel::links_sync`]), the last write of a
+    /// [`WriteFlags::SYNC_DATA_AFTER`] request carries its sync along.
+    pub fn io_for(&mut self, links: bool) -> Io<'_> {
         let (start, end) = (self.start, self.start + self.len);
+        self.linked = links
+            && !self.syncing
+            && self
+                .request
+                .write_flags()
+                .contains(WriteFlags::SYNC_DATA_AFTER)
+            && (end >= self.total || !self.request.is_exact());
+        let then_sync = self.linked;
         let offset = self.offset();
         if self.syncing {
             return Io::SyncData {
@@ -579,6 +601,7 @@ impl InFlight {
                     buf: &buf.as_slice()[start..end],
                     pool,
                     rw_flags: flags.rw_flags(),
+                    then_sync,
                 }
             }
             Request::SyncData { file, .. } => Io::SyncData { file },
@@ -646,6 +669,12 @@ impl InFlight {
         }
         if self.syncing {
             // The fdatasync after the write succeeded: the write's count is the result.
+            let done = self.done;
+            return Err(self.finish(common, Ok(done)));
+        }
+        if self.linked && n == self.len {
+            // The whole write, and the fdatasync linked after it, are done.
+            self.done = self.start + n;
             let done = self.done;
             return Err(self.finish(common, Ok(done)));
         }
@@ -732,13 +761,16 @@ impl InFlight {
         let file = self.request.file();
         // A write that promised durability (O_DSYNC, WriteFlags::DSYNC, or a sync after it)
         // poisons the file when it fails, as a failed sync does.
+        let flags = self.request.write_flags();
         let durable_write = op == Op::Write
             && (file.options().is_dsync()
-                || self.syncing
-                || self.request.write_flags().contains(WriteFlags::DSYNC));
+                || flags.contains(WriteFlags::DSYNC)
+                || flags.contains(WriteFlags::SYNC_DATA_AFTER));
         let result = match raw {
             Ok(n) => match file.poisoned() {
-                Some(errno) if op.is_sync() || self.syncing => Err(poisoned(file, op, errno)),
+                Some(errno) if op.is_sync() || self.syncing || self.linked => {
+                    Err(poisoned(file, op, errno))
+                }
                 _ => Ok(n),
             },
             Err(errno) => {

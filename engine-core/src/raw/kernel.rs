@@ -78,6 +78,17 @@ pub trait Kernel: Send + 'static {
     /// Requests pushed and not yet reaped.
     fn in_flight(&self) -> usize;
 
+    /// True when the kernel runs an [`Io::Write`]'s `then_sync` itself: an `fdatasync`
+    /// ordered after the write (io_uring's `IOSQE_IO_LINK`; a worker's two syscalls in a row),
+    /// so a [`crate::WriteFlags::SYNC_DATA_AFTER`] write is one submission. It must then
+    /// report one result for the pair: the write's when it failed or was short (the sync did
+    /// not run), the sync's errno when the sync failed, and otherwise the write's byte count.
+    /// Kernels that return false (the default) never see `then_sync` set; the lifecycle
+    /// submits the sync itself once the write has completed.
+    fn links_sync(&self) -> bool {
+        false
+    }
+
     /// For a kernel that completes requests on threads of its own (a worker pool): keeps
     /// `notify`, to call after each completion it makes ready, and returns true. The async
     /// driver then runs no reaper thread of its own: `notify` reaps on the calling thread

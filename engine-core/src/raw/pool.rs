@@ -44,6 +44,8 @@ struct Syscall {
     mode: i32,
     /// A write's `RWF_*` flags.
     rw_flags: i32,
+    /// An `fdatasync` after a write that transferred everything ([`Kernel::links_sync`]).
+    then_sync: bool,
 }
 
 // SAFETY: the pointer addresses a buffer owned by a request slot for as long as the syscall
@@ -64,12 +66,14 @@ impl Syscall {
                 offset,
                 buf,
                 rw_flags,
+                then_sync,
                 ..
             } => Syscall {
                 ptr: buf.as_ptr().cast_mut(),
                 len: buf.len(),
                 offset: *offset,
                 rw_flags: *rw_flags,
+                then_sync: *then_sync,
                 ..Syscall::bare(Op::Write, fd)
             },
             Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd),
@@ -104,6 +108,7 @@ impl Syscall {
             offset: 0,
             mode: 0,
             rw_flags: 0,
+            then_sync: false,
         }
     }
 
@@ -156,14 +161,22 @@ impl Syscall {
             // SAFETY: takes no pointers.
             _ => unsafe { libc::fsync(self.fd) as isize },
         };
-        if rc < 0 {
-            let errno = std::io::Error::last_os_error()
+        let last_errno = || {
+            std::io::Error::last_os_error()
                 .raw_os_error()
-                .unwrap_or(libc::EIO);
-            -i64::from(errno)
-        } else {
-            rc as i64
+                .unwrap_or(libc::EIO)
+        };
+        if rc < 0 {
+            return -i64::from(last_errno());
         }
+        if self.then_sync && rc as usize == self.len {
+            // The write is whole: its linked fdatasync, on the same thread, right after it.
+            // SAFETY: takes no pointers.
+            if unsafe { libc::fdatasync(self.fd) } < 0 {
+                return -i64::from(last_errno());
+            }
+        }
+        rc as i64
     }
 }
 
@@ -594,6 +607,10 @@ impl ThreadKernel {
 }
 
 impl Kernel for ThreadKernel {
+    fn links_sync(&self) -> bool {
+        true
+    }
+
     fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
         let Some(_) = &self.pool else {
             self.run_now(slot, io);

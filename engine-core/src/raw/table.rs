@@ -311,7 +311,8 @@ impl SlotTable {
                         }
                         Err(inflight) => inflight,
                     };
-                    if kernel.push(slot, inflight.io()) {
+                    let links = kernel.links_sync() && !common.hooks_faults();
+                    if kernel.push(slot, inflight.io_for(links)) {
                         self.staged.pop_front();
                         self.slots[slot as usize].state = State::InKernel(inflight);
                         self.in_kernel += 1;
