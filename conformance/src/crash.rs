@@ -52,6 +52,8 @@ struct WriteRecord {
     /// True for an untorn write ([`engine_core::WriteFlags::ATOMIC`]): a crash keeps all of
     /// it or none of it.
     atomic: bool,
+    /// An untorn write's range as it was before it (what a crash that drops it leaves).
+    pre: Vec<u8>,
 }
 
 impl WriteRecord {
@@ -130,13 +132,32 @@ impl Ledger {
     }
 
     /// Records a completed write; acknowledges it at once on an O_DSYNC file.
-    fn write_done(&mut self, path: &Path, offset: u64, data: &[u8], dsync: bool, atomic: bool) {
+    /// Records a completed write; `pre`, for an untorn write, is its range before it.
+    fn write_done(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        data: &[u8],
+        dsync: bool,
+        pre: Option<Vec<u8>>,
+    ) {
         let kind = ChangeKind {
             dsync,
-            atomic,
+            atomic: pre.is_some(),
             ..ChangeKind::default()
         };
         self.change_done(path, offset, data.to_vec(), kind);
+        if let Some(pre) = pre {
+            let done_at = self.clock;
+            if let Some(record) = self
+                .state(path)
+                .writes
+                .last_mut()
+                .filter(|w| w.done_at == done_at)
+            {
+                record.pre = pre;
+            }
+        }
     }
 
     /// Records a completed change of the contents: a write (or zeroing) of `data` at
@@ -153,6 +174,7 @@ impl Ledger {
             data,
             cut,
             atomic,
+            pre: Vec::new(),
         };
         if dsync && !cut {
             record.apply(&mut state.durable);
@@ -178,6 +200,21 @@ impl Ledger {
         state.writes.push(record);
     }
 
+    /// Acknowledges the write that completed at `done_at` (a write with its own sync).
+    fn acknowledge_write(&mut self, path: &Path, done_at: u64) {
+        let sector = self.sector;
+        let state = self.state(path);
+        if let Some(write) = state
+            .writes
+            .iter()
+            .rev()
+            .find(|w| w.done_at == done_at)
+            .cloned()
+        {
+            acknowledge(state, &write, sector);
+        }
+    }
+
     /// A successful sync submitted at `submitted_at`: acknowledges what completed before,
     /// and takes the file's present contents as durable.
     fn sync_done(&mut self, path: &Path, submitted_at: u64) {
@@ -189,7 +226,8 @@ impl Ledger {
             .filter(|w| w.done_at <= submitted_at && w.done_at > state.crashed_at)
             .cloned()
             .collect();
-        for w in &covered {
+        for w in covered.iter().filter(|w| !w.cut) {
+            // A cut acknowledges no bytes: the ones it removed are checked against it.
             acknowledge(state, w, sector);
         }
         state.durable = std::fs::read(path).unwrap_or_default();
@@ -242,6 +280,7 @@ impl Ledger {
                                     data: chunk.to_vec(),
                                     cut: false,
                                     atomic: w.atomic,
+                                    pre: Vec::new(),
                                 })
                                 .collect();
                             pieces
@@ -417,8 +456,9 @@ impl CrashLedger {
     }
 }
 
-/// Atomic writes found torn in `content`: among the sectors of one that no later change
-/// touched, some hold its bytes and others do not.
+/// Atomic writes found torn in `content`: among the sectors of one that it changed and no
+/// other write touched (a crash may apply an older unsynced one after it), some hold its
+/// bytes and others hold what was there before.
 fn torn_atomic_writes(path: &Path, state: &FileState, content: &[u8], sector: usize) -> Vec<Loss> {
     let mut torn = Vec::new();
     for write in state.writes.iter().filter(|w| w.atomic) {
@@ -426,17 +466,19 @@ fn torn_atomic_writes(path: &Path, state: &FileState, content: &[u8], sector: us
         for (i, expected) in write.data.chunks(sector).enumerate() {
             let lo = write.offset + i * sector;
             let hi = lo + expected.len();
-            let overwritten = state
+            let before = write.pre.get(i * sector..i * sector + expected.len());
+            let touched = state
                 .writes
                 .iter()
-                .any(|later| later.done_at > write.done_at && (lo..hi).any(|b| later.covers(b)));
-            if overwritten {
+                .any(|other| other.done_at != write.done_at && (lo..hi).any(|b| other.covers(b)));
+            if touched || before.is_none_or(|before| before == expected) {
                 continue;
             }
-            if content.get(lo..hi) == Some(expected) {
-                kept = kept.or(Some(lo / sector));
-            } else {
-                lost = lost.or(Some(lo / sector));
+            match content.get(lo..hi) {
+                Some(now) if now == expected => kept = kept.or(Some(lo / sector)),
+                now if now == before => lost = lost.or(Some(lo / sector)),
+                // Neither: not this write's question (another check reports lost data).
+                _ => {}
             }
         }
         if let (Some(_), Some(sector)) = (kept, lost) {
@@ -476,9 +518,28 @@ fn facts(ledger: &Mutex<Ledger>, request: &Request) -> RequestFacts {
         dsync: file.options().is_dsync() || flags.contains(WriteFlags::DSYNC),
         sync_after: flags.contains(WriteFlags::SYNC_DATA_AFTER),
         atomic: flags.contains(WriteFlags::ATOMIC),
+        pre: flags
+            .contains(WriteFlags::ATOMIC)
+            .then(|| read_range(file.path(), request.offset().unwrap_or(0), request.len())),
         change,
         submitted_at: ledger.clock,
     }
+}
+
+/// `len` bytes of the file at `path` from `offset`, zeros past its end.
+fn read_range(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    if let Ok(file) = std::fs::File::open(path) {
+        let mut done = 0;
+        while done < len {
+            match std::os::unix::fs::FileExt::read_at(&file, &mut out[done..], offset + done as u64)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+    }
+    out
 }
 
 /// What a space-management request does to the contents, for the ledger.
@@ -513,12 +574,15 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
                 let data = &buf[..written.min(buf.len())];
                 if !data.is_empty() || completion.result.is_ok() {
                     let (path, offset) = (&request.path, request.offset);
-                    ledger.write_done(path, offset, data, request.dsync, request.atomic);
+                    let pre = request.pre.clone().filter(|_| request.atomic);
+                    ledger.write_done(path, offset, data, request.dsync, pre);
                     if request.sync_after && completion.result.is_ok() {
-                        // Its fdatasync ran after it completed: it covers every write
-                        // completed by now.
-                        let now = ledger.clock;
-                        ledger.sync_done(path, now);
+                        // Its fdatasync ran after it completed: it covers the write itself
+                        // and what completed before the request was submitted (writes that
+                        // completed meanwhile may have finished after the sync began).
+                        let written = ledger.clock;
+                        ledger.sync_done(path, request.submitted_at);
+                        ledger.acknowledge_write(path, written);
                     }
                 }
             }
@@ -563,6 +627,8 @@ struct RequestFacts {
     sync_after: bool,
     /// `WriteFlags::ATOMIC`: never torn.
     atomic: bool,
+    /// An atomic write's range as the file held it at submission.
+    pre: Option<Vec<u8>>,
     /// What a space-management request does to the contents.
     change: Option<Change>,
     /// The completion clock when the request was submitted: a sync covers writes completed
@@ -862,7 +928,9 @@ mod tests {
             tear_atomic,
         };
         let new = crate::pattern(8 * SECTOR_DEFAULT, 2);
-        ledger.write_done(&path, 4 * SECTOR_DEFAULT as u64, &new, false, true);
+        let old = crate::pattern(16 * SECTOR_DEFAULT, 1);
+        let pre = old[4 * SECTOR_DEFAULT..12 * SECTOR_DEFAULT].to_vec();
+        ledger.write_done(&path, 4 * SECTOR_DEFAULT as u64, &new, false, Some(pre));
         ledger.crash(
             CrashPolicy::TornSectors,
             seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),

@@ -85,7 +85,9 @@ pub trait Backend: Send + Sync {
     /// probed, `O_DIRECT` is switched to match `options`, and the engine owns it from then
     /// on (it closes when the last handle goes). `options` says how it will be used (`read`,
     /// `write`, `direct`, `dsync`, `align_min`); `create`, `create_new`, `truncate` and
-    /// `mode` act at open and are refused.
+    /// `mode` act at open and are refused. `O_DIRECT` is switched with `fcntl(F_SETFL)`, which
+    /// acts on the open file description: duplicates of the descriptor held elsewhere see the
+    /// change too.
     ///
     /// # Errors
     ///

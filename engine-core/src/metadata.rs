@@ -56,30 +56,84 @@ pub(crate) const METADATA_MASK: u32 = libc::STATX_TYPE
 /// `BLKGETSIZE64` from `linux/fs.h`: `_IOR(0x12, 114, size_t)`; libc does not define it.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
+/// The `statx` record of a metadata request while the kernel may write it: a raw heap
+/// allocation (never a `Box`, whose uniqueness the kernel's writes would break), freed on
+/// drop, leaked by a request the kernel may still hold. Its `Debug` reads nothing.
+pub struct StatxBuf(std::ptr::NonNull<libc::statx>);
+
+// SAFETY: the record is plain data owned by this handle; the kernel writes it only while the
+// request that owns the handle is in its slot, which no other thread touches then.
+unsafe impl Send for StatxBuf {}
+// SAFETY: as above; shared access only reads plain data.
+unsafe impl Sync for StatxBuf {}
+
+impl StatxBuf {
+    /// A zeroed record.
+    pub(crate) fn new() -> StatxBuf {
+        // SAFETY: `statx` is plain old data; all-zero is a valid value.
+        let record: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+        StatxBuf(std::ptr::NonNull::from(Box::leak(record)))
+    }
+
+    /// Where the kernel writes the record.
+    pub fn as_mut_ptr(&self) -> *mut libc::statx {
+        self.0.as_ptr()
+    }
+
+    /// Gives the record up without freeing it: for a request the kernel may still hold when
+    /// its completion can no longer be reaped.
+    pub(crate) fn leak(&mut self) {
+        let leaked = std::mem::replace(self, StatxBuf::new());
+        std::mem::forget(leaked);
+    }
+
+    fn get(&self) -> &libc::statx {
+        // SAFETY: the allocation lives as long as `self`; callers read it only once the
+        // kernel is done with it (a completed request's `Metadata`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for StatxBuf {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` in `new` and is freed only here.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for StatxBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The kernel may be writing the record: print where it is, never what it holds.
+        f.debug_tuple("StatxBuf").field(&self.0).finish()
+    }
+}
+
 /// A file's length, allocated blocks, kind and times, as `statx` reported them through the
 /// engine ([`crate::BackendExt::metadata`]). For a block device, the length is the device's
-/// size (`BLKGETSIZE64`), not the 0 `statx` reports.
-///
-/// The record is boxed: a completion carrying it stays small.
-#[derive(Clone)]
-pub struct Metadata(Box<libc::statx>);
+/// size (`BLKGETSIZE64`), not the 0 `statx` reports. It holds the completed request's record:
+/// a completion carrying it stays small.
+pub struct Metadata(StatxBuf);
+
+impl Clone for Metadata {
+    fn clone(&self) -> Metadata {
+        let copy = StatxBuf::new();
+        // SAFETY: both records are valid, distinct allocations; statx is plain data.
+        unsafe { copy.as_mut_ptr().write(*self.0.get()) };
+        Metadata(copy)
+    }
+}
 
 impl Metadata {
-    /// An empty record for the kernel to fill.
-    pub(crate) fn empty() -> Metadata {
-        // SAFETY: `statx` is plain old data; all-zero is a valid value.
-        Metadata(Box::new(unsafe { std::mem::zeroed() }))
+    /// A completed request's record as its answer.
+    pub(crate) fn from_record(record: StatxBuf) -> Metadata {
+        Metadata(record)
     }
 
-    /// The record the kernel fills (`statx`'s buffer).
-    pub(crate) fn statx_mut(&mut self) -> &mut libc::statx {
-        &mut self.0
-    }
-
-    /// Completes the record after the kernel filled it: a block device's size comes from
+    /// Completes a record the kernel has finished with: a block device's size comes from
     /// `BLKGETSIZE64`. Returns the errno when that fails.
-    pub(crate) fn finish(&mut self, fd: BorrowedFd<'_>) -> Result<(), i32> {
-        if !self.is_block_device() {
+    pub(crate) fn complete_record(record: &StatxBuf, fd: BorrowedFd<'_>) -> Result<(), i32> {
+        let stat = record.get();
+        if u32::from(stat.stx_mode) & libc::S_IFMT != libc::S_IFBLK {
             return Ok(());
         }
         let mut size: u64 = 0;
@@ -90,14 +144,19 @@ impl Metadata {
                 .raw_os_error()
                 .unwrap_or(libc::EIO));
         }
-        self.0.stx_size = size;
-        self.0.stx_mask |= libc::STATX_SIZE;
+        let raw = record.as_mut_ptr();
+        // SAFETY: the kernel is done with the record, and its request, which owns it, is
+        // being settled on this thread alone.
+        unsafe {
+            (*raw).stx_size = size;
+            (*raw).stx_mask |= libc::STATX_SIZE;
+        }
         Ok(())
     }
 
     /// The length in bytes: a regular file's size, or a block device's capacity.
     pub fn len(&self) -> u64 {
-        self.0.stx_size
+        self.0.get().stx_size
     }
 
     /// True when [`Metadata::len`] is 0.
@@ -108,16 +167,16 @@ impl Metadata {
     /// Allocated space, in 512-byte units (`st_blocks`): shrinks after a punched hole, grows
     /// after preallocation.
     pub fn blocks(&self) -> u64 {
-        self.0.stx_blocks
+        self.0.get().stx_blocks
     }
 
     /// The preferred I/O size of the filesystem (`st_blksize`).
     pub fn block_size(&self) -> u32 {
-        self.0.stx_blksize
+        self.0.get().stx_blksize
     }
 
     fn file_type(&self) -> u32 {
-        u32::from(self.0.stx_mode) & libc::S_IFMT
+        u32::from(self.0.get().stx_mode) & libc::S_IFMT
     }
 
     /// True for a regular file.
@@ -136,7 +195,7 @@ impl Metadata {
     }
 
     fn time(&self, bit: u32, t: libc::statx_timestamp) -> Option<SystemTime> {
-        if self.0.stx_mask & bit == 0 {
+        if self.0.get().stx_mask & bit == 0 {
             return None;
         }
         let nanos = Duration::from_nanos(u64::from(t.tv_nsec));
@@ -151,22 +210,22 @@ impl Metadata {
 
     /// The last data modification, when the filesystem reports it.
     pub fn modified(&self) -> Option<SystemTime> {
-        self.time(libc::STATX_MTIME, self.0.stx_mtime)
+        self.time(libc::STATX_MTIME, self.0.get().stx_mtime)
     }
 
     /// The last access, when the filesystem reports it.
     pub fn accessed(&self) -> Option<SystemTime> {
-        self.time(libc::STATX_ATIME, self.0.stx_atime)
+        self.time(libc::STATX_ATIME, self.0.get().stx_atime)
     }
 
     /// The last status change (inode), when the filesystem reports it.
     pub fn changed(&self) -> Option<SystemTime> {
-        self.time(libc::STATX_CTIME, self.0.stx_ctime)
+        self.time(libc::STATX_CTIME, self.0.get().stx_ctime)
     }
 
     /// The creation, when the filesystem reports it (ext4 and XFS do; tmpfs since 5.x).
     pub fn created(&self) -> Option<SystemTime> {
-        self.time(libc::STATX_BTIME, self.0.stx_btime)
+        self.time(libc::STATX_BTIME, self.0.get().stx_btime)
     }
 }
 
@@ -209,9 +268,12 @@ mod tests {
     fn a_statx_record_decodes_length_kind_and_times() {
         let mut file = tempfile::tempfile().expect("tempfile");
         std::io::Write::write_all(&mut file, &[7u8; 5000]).expect("write");
-        let mut meta = Metadata::empty();
-        assert_eq!(statx_into(file.as_raw_fd(), meta.statx_mut()), 0);
-        meta.finish(file.as_fd()).expect("a file needs no ioctl");
+        let record = StatxBuf::new();
+        // SAFETY: the record is valid and unshared for the call.
+        let filled = statx_into(file.as_raw_fd(), unsafe { &mut *record.as_mut_ptr() });
+        assert_eq!(filled, 0);
+        Metadata::complete_record(&record, file.as_fd()).expect("a file needs no ioctl");
+        let meta = Metadata::from_record(record);
         assert_eq!(meta.len(), 5000);
         assert!(meta.is_file() && !meta.is_dir() && !meta.is_block_device());
         assert!(meta.blocks() >= 8, "5000 bytes take at least 8 sectors");
@@ -220,8 +282,12 @@ mod tests {
             meta.modified().ok_or("mtime"),
             std_meta.modified().map_err(|_| "mtime")
         );
+        let copy = meta.clone();
+        assert_eq!((copy.len(), copy.blocks()), (meta.len(), meta.blocks()));
+        let record = StatxBuf::new();
         assert_eq!(
-            statx_into(-1, meta.statx_mut()),
+            // SAFETY: the record is valid and unshared for the call.
+            statx_into(-1, unsafe { &mut *record.as_mut_ptr() }),
             -i64::from(libc::EBADF),
             "a bad descriptor is an errno, not a panic"
         );

@@ -6,7 +6,7 @@
 use crate::buf::AlignedBuf;
 use crate::error::{Op, Result};
 use crate::file::File;
-use crate::metadata::{AllocateMode, Metadata};
+use crate::metadata::{AllocateMode, Metadata, StatxBuf};
 
 /// One operation on a file, owning its buffer, with caller-chosen user data that comes back
 /// unchanged in the [`Completion`].
@@ -124,7 +124,7 @@ pub enum Request {
         /// The file.
         file: File,
         /// The record the kernel fills (make the request with [`Request::metadata`]).
-        metadata: Metadata,
+        record: StatxBuf,
         /// Returned in the completion.
         user_data: u64,
     },
@@ -250,7 +250,7 @@ impl Request {
         let file = file.clone();
         Request::Metadata {
             file,
-            metadata: Metadata::empty(),
+            record: StatxBuf::new(),
             user_data,
         }
     }
@@ -372,7 +372,8 @@ impl Request {
         self.len() == 0
     }
 
-    /// Completes the request with `result` without running it, handing the buffer back.
+    /// Completes the request with `result`, handing the buffer back (and, for a metadata
+    /// request that succeeded, its answer: only call it so once the kernel is done).
     pub fn into_completion(self, result: Result<usize>) -> Completion {
         let op = self.op();
         let user_data = self.user_data();
@@ -382,7 +383,9 @@ impl Request {
             | Request::Write { buf, .. }
             | Request::WriteAll { buf, .. } => (Some(buf), None),
             // Only a successful statx filled the record.
-            Request::Metadata { metadata, .. } if result.is_ok() => (None, Some(metadata)),
+            Request::Metadata { record, .. } if result.is_ok() => {
+                (None, Some(Metadata::from_record(record)))
+            }
             _ => (None, None),
         };
         Completion {
@@ -403,6 +406,11 @@ impl Request {
 /// - [`WriteFlags::SYNC_DATA_AFTER`]: an `fdatasync` runs after the write has completed and
 ///   before the request completes, so the completion means written and synced. A failed sync
 ///   poisons the file.
+/// - Poisoning: a sync, and the sync of a `SYNC_DATA_AFTER` write, report that earlier
+///   writes were lost ([`crate::ErrorKind::Poisoned`] after a failed sync), so a
+///   `SYNC_DATA_AFTER` write on a poisoned file is refused. A `DSYNC` write promises only its
+///   own data, so it runs on a poisoned file; a failure of either kind poisons the file unless
+///   the kernel refused the write before it dirtied anything (`EINVAL`, `EOPNOTSUPP`, ...).
 /// - [`WriteFlags::ATOMIC`]: the write is untorn (`RWF_ATOMIC`, Linux 6.11+): after a crash
 ///   the range holds all of it or none of it. It needs an `O_DIRECT` file whose
 ///   [`crate::Geometry`] has atomic-write limits, a power-of-two length within them and an

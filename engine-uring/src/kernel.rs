@@ -168,7 +168,6 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> (squeue::Entry, Option<sq
         Io::SetLen { len, .. } => with_fd!(Ftruncate, len).build(),
         Io::Metadata { statx, .. } => {
             // statx names its file by a plain descriptor and a path, never a registered slot.
-            let statx: *mut libc::statx = statx;
             let sqe = opcode::Statx::new(types::Fd(raw_fd), c"".as_ptr(), statx.cast())
                 .flags(libc::AT_EMPTY_PATH)
                 .mask(Io::METADATA_MASK)
@@ -377,7 +376,13 @@ impl Tally {
                 let linked = user_data & LINKED_WRITE != 0
                     || (!self.links.is_empty()
                         && self.links.iter().any(|l| l.slot == user_data as u32));
-                out[n] = if linked {
+                let slot = user_data as u32;
+                let known = self.links.iter().any(|l| l.slot == slot);
+                debug_assert!(
+                    !linked || known,
+                    "a linked CQE of slot {slot} without its pair"
+                );
+                out[n] = if linked && known {
                     match self.linked(user_data, cqe.result()) {
                         Some(pair) => pair,
                         // The other half of the pair is still to come.

@@ -89,8 +89,9 @@ pub enum Io<'a> {
     Metadata {
         /// The file.
         file: &'a File,
-        /// The record to fill; it stays in the request's slot until the result is settled.
-        statx: &'a mut libc::statx,
+        /// The record to fill: valid, and owned by the request's slot, until the result is
+        /// settled.
+        statx: *mut libc::statx,
     },
 }
 
@@ -619,9 +620,9 @@ impl InFlight {
                 mode: *mode,
             },
             Request::SetLen { file, len, .. } => Io::SetLen { file, len: *len },
-            Request::Metadata { file, metadata, .. } => Io::Metadata {
+            Request::Metadata { file, record, .. } => Io::Metadata {
                 file,
-                statx: metadata.statx_mut(),
+                statx: record.as_mut_ptr(),
             },
         }
     }
@@ -685,9 +686,10 @@ impl InFlight {
             self.done = n;
             return Err(self.finish(common, Err(libc::EIO)));
         }
-        if let Request::Metadata { file, metadata, .. } = &mut self.request {
+        if let Request::Metadata { file, record, .. } = &self.request {
             // A block device's size is not in statx: its ioctl completes the record.
-            let finished = metadata.finish(std::os::fd::AsFd::as_fd(file));
+            let fd = std::os::fd::AsFd::as_fd(file);
+            let finished = crate::metadata::Metadata::complete_record(record, fd);
             return Err(self.finish(common, finished.map(|()| 0)));
         }
         if self.total == 0 && self.request.buf().is_none() {
@@ -774,7 +776,21 @@ impl InFlight {
                 _ => Ok(n),
             },
             Err(errno) => {
-                if op.is_sync() || durable_write {
+                // A write refused before it dirtied anything (a bad argument, a flag the file
+                // does not take) lost no data and poisons nothing; a failed sync always does.
+                let refused = matches!(
+                    errno,
+                    libc::EINVAL
+                        | libc::EOPNOTSUPP
+                        | libc::EBADF
+                        | libc::EFBIG
+                        | libc::EOVERFLOW
+                        | libc::EROFS
+                        | libc::EPERM
+                        | libc::EACCES
+                );
+                let sync_failed = op.is_sync() || self.syncing;
+                if sync_failed || (durable_write && !refused) {
                     file.poison(errno);
                 }
                 let mut error = Error::from_errno(errno, op).with_file(file.file_ref());
@@ -823,6 +839,10 @@ impl InFlight {
     pub fn leak_buffer(&mut self) {
         if let Some(buf) = self.request.buf_mut() {
             std::mem::forget(std::mem::replace(buf, AlignedBuf::empty(1)));
+        }
+        // A statx record the kernel may still write goes the same way.
+        if let Request::Metadata { record, .. } = &mut self.request {
+            record.leak();
         }
     }
 }

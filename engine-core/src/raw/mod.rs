@@ -40,6 +40,7 @@ mod table;
 
 pub use crate::counting::CountingAllocator;
 pub use crate::file::{FileDropped, FileRaw, WeakFile};
+pub use crate::metadata::StatxBuf;
 pub use crate::metrics::Metrics;
 pub use common::{
     force_thread_sync, next_engine_id, open_std, simulated_setup_errno, submission_entries, Common,

@@ -92,7 +92,7 @@ impl Syscall {
                 ..Syscall::bare(Op::SetLen, fd)
             },
             Io::Metadata { statx, .. } => Syscall {
-                ptr: std::ptr::from_mut::<libc::statx>(statx).cast(),
+                ptr: statx.cast(),
                 ..Syscall::bare(Op::Metadata, fd)
             },
         }
