@@ -377,6 +377,15 @@ fn block_device_management(engine: &Engine, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Read, write, create, O_DIRECT.
+fn direct_create() -> OpenOptions {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true)
+}
+
 fn aligned(data: &[u8]) -> Result<AlignedBuf, String> {
     AlignedBuf::from_slice(data, 4096).map_err(|e| e.to_string())
 }
@@ -421,12 +430,9 @@ fn filesystem(
 fn xfs_atomic_writes(engine: &Engine, dir: &Path) -> Result<(), String> {
     let (_dev, mount, mnt) = filesystem(dir, "xfs", &["-q", "-f", "-m", "reflink=1"], 320 << 20)?;
     let path = mnt.join("atomic");
-    let options = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .direct(true);
-    let file = engine.open(&path, &options).map_err(|e| e.to_string())?;
+    let file = engine
+        .open(&path, &direct_create())
+        .map_err(|e| e.to_string())?;
     let g = *file.geometry();
     if g.atomic_write_unit_max == 0 {
         return Err(format!(
@@ -523,12 +529,9 @@ fn xfs_atomic_writes(engine: &Engine, dir: &Path) -> Result<(), String> {
 fn ext4_refuses_atomic_writes(engine: &Engine, dir: &Path) -> Result<(), String> {
     let (_dev, mount, mnt) = filesystem(dir, "ext4", &["-q", "-F"], 32 << 20)?;
     let path = mnt.join("atomic");
-    let options = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .direct(true);
-    let file = engine.open(&path, &options).map_err(|e| e.to_string())?;
+    let file = engine
+        .open(&path, &direct_create())
+        .map_err(|e| e.to_string())?;
     let g = *file.geometry();
     if g.atomic_write_unit_max != 0 {
         println!("  ext4 here reports atomic-write limits ({g}); the refusal is not exercised");

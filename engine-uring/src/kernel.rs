@@ -373,16 +373,14 @@ impl Tally {
                 if user_data == WAKE {
                     continue;
                 }
-                let linked = user_data & LINKED_WRITE != 0
-                    || (!self.links.is_empty()
-                        && self.links.iter().any(|l| l.slot == user_data as u32));
                 let slot = user_data as u32;
-                let known = self.links.iter().any(|l| l.slot == slot);
+                // A pair's CQE: the tagged write, or a sync whose slot has a pair pending.
+                let known = !self.links.is_empty() && self.links.iter().any(|l| l.slot == slot);
                 debug_assert!(
-                    !linked || known,
+                    user_data & LINKED_WRITE == 0 || known,
                     "a linked CQE of slot {slot} without its pair"
                 );
-                out[n] = if linked && known {
+                out[n] = if known {
                     match self.linked(user_data, cqe.result()) {
                         Some(pair) => pair,
                         // The other half of the pair is still to come.

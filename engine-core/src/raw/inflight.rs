@@ -1,7 +1,7 @@
 //! One request's life, from admission to its completion, written once for every backend:
 //! validation before anything is claimed ([`validate`]), admission ([`InFlight::admit`]), the
 //! fault-hook gate before each submission ([`InFlight::next`]), what the kernel is asked to do
-//! ([`InFlight::io`]) and the settle path that turns each kernel result into a resubmission
+//! ([`InFlight::io_for`]) and the settle path that turns each kernel result into a resubmission
 //! (EINTR/EAGAIN, the rest of an exact transfer) or the completion (errno mapping, poisoning,
 //! buffer length, metrics).
 
@@ -136,7 +136,7 @@ impl Io<'_> {
 /// What to do with a request about to be submitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Hand [`InFlight::io`] to the kernel.
+    /// Hand [`InFlight::io_for`] to the kernel.
     Submit,
     /// Do not: settle it at once with this result (bytes, or a negated errno), as if the kernel
     /// had returned it. The fault hook decides this.
@@ -552,12 +552,6 @@ impl InFlight {
         #[cfg(not(feature = "testing"))]
         let _ = common;
         Next::Submit
-    }
-
-    /// What the kernel is asked to do for this submission, for a kernel that does not link a
-    /// sync after a write.
-    pub fn io(&mut self) -> Io<'_> {
-        self.io_for(false)
     }
 
     /// What the kernel is asked to do for this submission; with `links` (the kernel's
