@@ -113,6 +113,12 @@ where
         a_closed_file_is_let_go_of_by_its_queues,
         strict_mode_claims_nothing_for_a_future_dropped_while_waiting,
         a_full_submission_queue_loses_no_request,
+        vectored_writes_and_reads_round_trip,
+        vectored_direct_io_round_trips_through_the_queue,
+        vectored_requests_beyond_iov_max_are_split,
+        vectored_read_across_eof_fills_in_order_and_reports_the_count,
+        short_vectored_transfers_resume_exactly,
+        every_vectored_buffer_is_checked_for_alignment,
     ]
 }
 
@@ -2406,3 +2412,211 @@ pub fn a_full_submission_queue_loses_no_request<E: Backend>(h: &Harness<E>) -> C
 
 /// The depth of engines in the suite, re-exported for cases that reason about it.
 pub const SUITE_DEPTH: usize = DEPTH;
+
+// ---------------------------------------------------------------------------------------------
+// Vectored reads and writes
+
+/// `bufs` of the given lengths, filled in order from `data`.
+fn vectored(data: &[u8], lens: &[usize], align: usize) -> Vec<AlignedBuf> {
+    let mut at = 0;
+    lens.iter()
+        .map(|&len| {
+            at += len;
+            buf(&data[at - len..at], align)
+        })
+        .collect()
+}
+
+fn concat(bufs: &[AlignedBuf]) -> Vec<u8> {
+    bufs.iter().flat_map(|b| b.iter().copied()).collect()
+}
+
+/// A vectored write lands its buffers side by side, in order, at the offset, and a vectored
+/// read split differently reads them back; each is one operation in the metrics, with its
+/// whole byte count.
+pub fn vectored_writes_and_reads_round_trip<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, &[9; 1000], &rw());
+    let data = pattern(100 + 4096 + 7, 60);
+    let (result, back) =
+        block_on(engine.write_vectored_at(&file, 1000, vectored(&data, &[100, 4096, 7], 8)));
+    result.expect("vectored write");
+    assert_eq!(concat(&back), data, "the buffers come back as they went");
+    let on_disk = h.contents(&file);
+    assert_eq!(
+        &on_disk[..1000],
+        &[9; 1000][..],
+        "before the offset: untouched"
+    );
+    assert_eq!(
+        &on_disk[1000..],
+        &data[..],
+        "the buffers in order from the offset"
+    );
+    let empty = vec![
+        AlignedBuf::zeroed(3000, 8).expect("buf"),
+        AlignedBuf::zeroed(0, 8).expect("buf"),
+        AlignedBuf::zeroed(1203, 8).expect("buf"),
+    ];
+    let (result, back) = block_on(engine.read_vectored_at(&file, 1000, empty));
+    result.expect("vectored read");
+    let lens: Vec<usize> = back.iter().map(AlignedBuf::len).collect();
+    assert_eq!(lens, [3000, 0, 1203]);
+    assert_eq!(concat(&back), data, "read back, split differently");
+    let m = engine.metrics();
+    assert_eq!(
+        (m.write.ops, m.write.bytes),
+        (1, data.len() as u64),
+        "one write"
+    );
+    assert_eq!(
+        (m.read.ops, m.read.bytes),
+        (1, data.len() as u64),
+        "one read"
+    );
+    Ok(())
+}
+
+/// Vectored requests on an O_DIRECT file, through the queue API, with a sync linked after the
+/// write: the completion carries the buffers in `bufs` (and no `buf`), and means written and
+/// synced.
+pub fn vectored_direct_io_round_trips_through_the_queue<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = direct_file(h, &engine, b"", 4096)?;
+    let data = pattern(3 * 4096, 61);
+    let mut queue = engine.queue().expect("queue");
+    let mut out = Vec::new();
+    let write = Request::write_vectored(&file, 4096, vectored(&data, &[8192, 4096], 4096), 1)
+        .with_flags(WriteFlags::SYNC_DATA_AFTER);
+    queue.push(write).expect("room");
+    queue.wait(1, &mut out).expect("wait");
+    let zeroed = |len| AlignedBuf::zeroed(len, 4096).expect("buf");
+    let read = Request::read_vectored(&file, 4096, vec![zeroed(4096), zeroed(8192)], 2);
+    queue.push(read).expect("room");
+    queue.wait(1, &mut out).expect("wait");
+    assert_eq!(out.len(), 2);
+    let (written, read) = (&out[0], &out[1]);
+    assert_eq!(
+        written.result.as_ref().ok(),
+        Some(&data.len()),
+        "{written:?}"
+    );
+    assert!(written.buf.is_none() && written.bufs.len() == 2);
+    assert_eq!(read.result.as_ref().ok(), Some(&data.len()), "{read:?}");
+    assert_eq!(concat(&read.bufs), data, "read back");
+    assert_eq!(&h.contents(&file)[4096..], &data[..], "on disk");
+    let m = engine.metrics();
+    assert_eq!((m.write.ops, m.read.ops, m.write.errors), (1, 1, 0));
+    Ok(())
+}
+
+/// A request of more buffers than one `preadv` takes (IOV_MAX, 1024) is split inside the
+/// engine, not refused by the kernel with EINVAL, and the data lands in order.
+pub fn vectored_requests_beyond_iov_max_are_split<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = h.file(&engine, b"", &rw());
+    let count = Request::IOV_MAX + 476;
+    let data = pattern(count * 16, 62);
+    let (result, _) = block_on(engine.write_vectored_at(&file, 0, vectored(&data, &[16; 1500], 8)));
+    result.expect("1500 buffers written");
+    assert_eq!(h.contents(&file), data, "in order");
+    // Read back into 3000 buffers of 8 bytes: three submissions.
+    let empty = (0..2 * count)
+        .map(|_| AlignedBuf::zeroed(8, 8).expect("buf"))
+        .collect();
+    let (result, back) = block_on(engine.read_vectored_at(&file, 0, empty));
+    result.expect("3000 buffers read");
+    assert_eq!(back.len(), 2 * count);
+    assert_eq!(concat(&back), data, "read back in order");
+    Ok(())
+}
+
+/// A vectored read across end of file is `UnexpectedEof` with the count, and each buffer's
+/// length is what it received: full buffers, then the partial one, then empty ones.
+pub fn vectored_read_across_eof_fills_in_order_and_reports_the_count<E: Backend>(
+    h: &Harness<E>,
+) -> CaseResult {
+    let engine = h.engine();
+    let (file, data) = eof_file(h, &engine);
+    let empty = (0..4)
+        .map(|_| AlignedBuf::zeroed(4096, 8).expect("buf"))
+        .collect();
+    let (result, back) = block_on(engine.read_vectored_at(&file, 0, empty));
+    let error = result.expect_err("the file is 10 000 bytes");
+    assert_eq!(error.kind(), ErrorKind::UnexpectedEof, "{error}");
+    assert_eq!(error.transferred(), Some(FILE_LEN as u64), "{error}");
+    let lens: Vec<usize> = back.iter().map(AlignedBuf::len).collect();
+    assert_eq!(lens, [4096, 4096, FILE_LEN - 8192, 0]);
+    assert_eq!(concat(&back), data, "the bytes up to end of file");
+    Ok(())
+}
+
+/// Short vectored reads and writes are resumed at exactly the byte where they stopped, even
+/// inside a buffer, until every buffer is done.
+pub fn short_vectored_transfers_resume_exactly<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let hook =
+        Hook::new(|c| matches!(c.op, Op::Read | Op::Write).then_some(FaultAction::Short(1000)));
+    let engine = h.engine_with_hook(Arc::clone(&hook));
+    requires_hook(&engine)?;
+    let file = h.file(&engine, b"", &rw());
+    let data = pattern(3500, 63);
+    let (result, _) =
+        block_on(engine.write_vectored_at(&file, 0, vectored(&data, &[1500, 500, 1500], 8)));
+    result.expect("written whole");
+    assert_eq!(h.contents(&file), data, "all bytes on disk, in order");
+    let empty = [700, 2000, 800]
+        .iter()
+        .map(|&len| AlignedBuf::zeroed(len, 8).expect("buf"))
+        .collect();
+    let (result, back) = block_on(engine.read_vectored_at(&file, 0, empty));
+    result.expect("read whole");
+    assert_eq!(concat(&back), data, "read back whole");
+    for op in [Op::Write, Op::Read] {
+        let offsets: Vec<u64> = hook
+            .calls()
+            .iter()
+            .filter(|c| c.op == op)
+            .map(|c| c.offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            [0, 1000, 2000, 3000],
+            "{op:?} resumed at each remainder"
+        );
+    }
+    Ok(())
+}
+
+/// Under O_DIRECT every buffer of a vectored request is checked on its own, before
+/// submission: a misaligned address or length in any one of them is `Misaligned`, naming it,
+/// though the total is aligned.
+pub fn every_vectored_buffer_is_checked_for_alignment<E: Backend>(h: &Harness<E>) -> CaseResult {
+    let engine = h.engine();
+    let file = direct_file(h, &engine, &[0; 8192], 4096)?;
+    let aligned = || AlignedBuf::zeroed(4096, 4096).expect("buf");
+    let shifted = misaligned_buf(4096, 4096, 512);
+    let (result, back) = block_on(engine.read_vectored_at(&file, 0, vec![aligned(), shifted]));
+    let error = result.expect_err("the second buffer's address");
+    assert_eq!(
+        error.misalignment().map(|m| m.target),
+        Some(AlignTarget::Memory),
+        "{error}"
+    );
+    assert!(error.to_string().contains("buffer 1 of 2"), "{error}");
+    assert_eq!(back.len(), 2, "the buffers come back");
+    let halves = vec![
+        buf(&[1; 2048], 4096),
+        buf(&[2; 2048], 4096),
+        buf(&[3; 4096], 4096),
+    ];
+    let (result, _) = block_on(engine.write_vectored_at(&file, 0, halves));
+    let error = result.expect_err("2048-byte buffers on a 4096 file");
+    assert_eq!(
+        error.misalignment().map(|m| (m.target, m.actual)),
+        Some((AlignTarget::Length, 2048)),
+        "{error}"
+    );
+    assert_eq!(h.contents(&file), [0; 8192], "nothing was written");
+    assert_eq!(engine.metrics().write.errors, 1);
+    Ok(())
+}

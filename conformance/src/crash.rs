@@ -570,8 +570,15 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
     let mut ledger = lock(ledger);
     match request.op {
         Op::Write => {
-            if let Some(buf) = &completion.buf {
-                let data = &buf[..written.min(buf.len())];
+            // A single buffer, or a vectored write's buffers in order.
+            let all: Vec<u8> = completion
+                .buf
+                .iter()
+                .chain(&completion.bufs)
+                .flat_map(|buf| buf.as_slice().iter().copied())
+                .collect();
+            {
+                let data = &all[..written.min(all.len())];
                 if !data.is_empty() || completion.result.is_ok() {
                     let (path, offset) = (&request.path, request.offset);
                     let pre = request.pre.clone().filter(|_| request.atomic);

@@ -60,16 +60,36 @@ impl MemKernel {
             }
             Io::Write {
                 file, offset, buf, ..
-            } => {
-                let start = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
-                let end = start.checked_add(buf.len()).ok_or(libc::EFBIG)?;
-                if end > data.len() {
-                    data.resize(end, 0);
+            } => write(&mut data, file, offset, buf),
+            // The kernel refuses more than IOV_MAX entries; so does the model, so a lifecycle
+            // that forgot to split would fail here too.
+            Io::ReadVectored { bufs, .. } if bufs.len() > Request::IOV_MAX => Err(libc::EINVAL),
+            Io::WriteVectored { bufs, .. } if bufs.len() > Request::IOV_MAX => Err(libc::EINVAL),
+            Io::ReadVectored { offset, bufs, .. } => {
+                let mut at = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+                let mut total = 0;
+                for part in bufs.iter_mut() {
+                    let available = data.len().saturating_sub(at).min(part.len());
+                    if available == 0 {
+                        break;
+                    }
+                    part[..available].copy_from_slice(&data[at..at + available]);
+                    (at, total) = (at + available, total + available);
+                    if available < part.len() {
+                        break;
+                    }
                 }
-                data[start..end].copy_from_slice(buf);
-                std::os::unix::fs::FileExt::write_all_at(file.std(), buf, offset)
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                Ok(buf.len())
+                Ok(total)
+            }
+            Io::WriteVectored {
+                file, offset, bufs, ..
+            } => {
+                // Part by part: each is aligned for an O_DIRECT file, a copy of all might not be.
+                let mut at = offset;
+                for part in bufs {
+                    at += write(&mut data, file, at, part)? as u64;
+                }
+                Ok((at - offset) as usize)
             }
             // Durability is not modelled: a sync of the in-memory image always succeeds.
             Io::SyncData { .. } | Io::SyncAll { .. } => Ok(0),
@@ -113,6 +133,24 @@ impl MemKernel {
             }
         }
     }
+}
+
+/// Writes `buf` at `offset` into the image, and mirrors it to the file.
+fn write(
+    data: &mut Vec<u8>,
+    file: &File,
+    offset: u64,
+    buf: &[u8],
+) -> std::result::Result<usize, i32> {
+    let start = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+    let end = start.checked_add(buf.len()).ok_or(libc::EFBIG)?;
+    if end > data.len() {
+        data.resize(end, 0);
+    }
+    data[start..end].copy_from_slice(buf);
+    std::os::unix::fs::FileExt::write_all_at(file.std(), buf, offset)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    Ok(buf.len())
 }
 
 impl Kernel for MemKernel {

@@ -451,6 +451,7 @@ impl<E: Backend + 'static> MutantQueue<E> {
                     op: completion.op,
                     result: Ok(0),
                     buf: None,
+                    bufs: Vec::new(),
                     metadata: None,
                 });
                 count += 1;

@@ -25,7 +25,9 @@ pub struct Step {
     /// What.
     pub op: Op,
     /// Through `read_exact_at`/`write_all_at` (true) or one `read_at`/`write_at`; for an
-    /// allocation, a punched hole (true) or a `KeepSize` reservation.
+    /// allocation, a punched hole (true) or a `KeepSize` reservation. An exact step of more
+    /// than one sector whose seed is a multiple of 3 goes through
+    /// `read_vectored_at`/`write_vectored_at`, one buffer per sector.
     pub exact: bool,
     /// Offset, sector-aligned.
     pub offset: u64,
@@ -102,8 +104,24 @@ fn check<E: Backend>(
     let file = model.file.clone();
     let data = crate::pattern(step.len, step.seed);
     // Ok(bytes transferred, bytes read) or the error.
+    let vectored = step.exact && step.len > SECTOR && step.seed % 3 == 0;
+    let sectors = |fill: &[u8]| -> Result<Vec<AlignedBuf>> {
+        fill.chunks(SECTOR)
+            .map(|chunk| AlignedBuf::from_slice(chunk, SECTOR))
+            .collect()
+    };
     let outcome: std::result::Result<(usize, Vec<u8>), engine_core::Error> = block_on(async {
         match (step.op, step.exact) {
+            (Op::Read, true) if vectored => {
+                let bufs = sectors(&vec![0; step.len])?;
+                let (r, bufs) = engine.read_vectored_at(&file, step.offset, bufs).await;
+                r.map(|()| (step.len, bufs.iter().flat_map(|b| b.to_vec()).collect()))
+            }
+            (Op::Write, true) if vectored => {
+                let bufs = sectors(&data)?;
+                let (r, _) = engine.write_vectored_at(&file, step.offset, bufs).await;
+                r.map(|()| (step.len, Vec::new()))
+            }
             (Op::Read, true) => {
                 let (r, buf) = engine
                     .read_exact_at(&file, step.offset, AlignedBuf::zeroed(step.len, SECTOR)?)

@@ -12,6 +12,10 @@ pub(crate) const IOCB_CMD_PWRITE: u16 = 1;
 pub(crate) const IOCB_CMD_FSYNC: u16 = 2;
 /// `IOCB_CMD_FDSYNC` (Linux 4.18).
 pub(crate) const IOCB_CMD_FDSYNC: u16 = 3;
+/// `IOCB_CMD_PREADV`: `aio_buf` is an iovec array of `aio_nbytes` entries.
+pub(crate) const IOCB_CMD_PREADV: u16 = 7;
+/// `IOCB_CMD_PWRITEV`, as `IOCB_CMD_PREADV`.
+pub(crate) const IOCB_CMD_PWRITEV: u16 = 8;
 /// `IOCB_FLAG_RESFD`: signal the eventfd in `aio_resfd` on completion.
 pub(crate) const IOCB_FLAG_RESFD: u32 = 1;
 

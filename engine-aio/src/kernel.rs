@@ -14,7 +14,7 @@ use engine_core::{EngineConfig, Error, Op, Result};
 
 use crate::abi::{
     io_getevents, io_submit, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_FSYNC, IOCB_CMD_PREAD,
-    IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
+    IOCB_CMD_PREADV, IOCB_CMD_PWRITE, IOCB_CMD_PWRITEV, IOCB_FLAG_RESFD,
 };
 use crate::context::Context;
 
@@ -69,14 +69,23 @@ fn iocb(io: &mut Io<'_>, slot: u32, resfd: Option<&EventFd>) -> Option<Iocb> {
             (IOCB_CMD_PREAD, buf.as_mut_ptr() as u64, buf.len(), *offset)
         }
         Io::Write { offset, buf, .. } => (IOCB_CMD_PWRITE, buf.as_ptr() as u64, buf.len(), *offset),
+        // A vectored command's buffer is the iovec array, and its length the entry count.
+        Io::ReadVectored { offset, bufs, .. } => {
+            let iov = bufs.as_mut_ptr() as u64;
+            (IOCB_CMD_PREADV, iov, bufs.len(), *offset)
+        }
+        Io::WriteVectored { offset, bufs, .. } => {
+            (IOCB_CMD_PWRITEV, bufs.as_ptr() as u64, bufs.len(), *offset)
+        }
         Io::SyncData { .. } => (IOCB_CMD_FDSYNC, 0, 0, 0),
         Io::SyncAll { .. } => (IOCB_CMD_FSYNC, 0, 0, 0),
         Io::Allocate { .. } | Io::SetLen { .. } | Io::Metadata { .. } => return None,
     };
     let file = io.file();
-    let dsync = opcode == IOCB_CMD_PWRITE && file.options().is_dsync();
+    let write = matches!(opcode, IOCB_CMD_PWRITE | IOCB_CMD_PWRITEV);
+    let dsync = write && file.options().is_dsync();
     let rw_flags = match &*io {
-        Io::Write { rw_flags, .. } => *rw_flags,
+        Io::Write { rw_flags, .. } | Io::WriteVectored { rw_flags, .. } => *rw_flags,
         _ => 0,
     };
     Some(Iocb {

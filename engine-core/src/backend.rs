@@ -259,6 +259,75 @@ pub trait BackendExt: Backend {
         self.write_all_at_with(file, offset, buf, WriteFlags::ATOMIC)
     }
 
+    /// Fills every buffer of `bufs`, in order, from `offset` (`preadv`): one read over their
+    /// concatenation, resumed after short reads inside the engine and split into submissions
+    /// of at most [`Request::IOV_MAX`] buffers. The buffers come back in order.
+    ///
+    /// Under `O_DIRECT` each buffer's address and length must be aligned on its own, as the
+    /// kernel checks each `iovec`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::UnexpectedEof`] when end of file comes first, with the bytes read
+    /// in [`crate::Error::transferred`] and each buffer's length set to what it received;
+    /// [`crate::ErrorKind::Misaligned`] naming the first misaligned buffer; the OS error
+    /// otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn demo<E: engine_core::Backend>(engine: &E, file: &engine_core::File) -> engine_core::Result<()> {
+    /// use engine_core::{AlignedBuf, BackendExt};
+    ///
+    /// engine_core::block_on(async {
+    ///     // A record's 512-byte header and its 4 KiB body, side by side at offset 0.
+    ///     let header = AlignedBuf::from_slice(&[1; 512], 512)?;
+    ///     let body = AlignedBuf::from_slice(&[2; 4096], 512)?;
+    ///     let (written, _) = engine.write_vectored_at(file, 0, vec![header, body]).await;
+    ///     written?;
+    ///     let bufs = vec![AlignedBuf::zeroed(512, 512)?, AlignedBuf::zeroed(4096, 512)?];
+    ///     let (read, bufs) = engine.read_vectored_at(file, 0, bufs).await;
+    ///     read?;
+    ///     assert_eq!((bufs[0][0], bufs[1][4095]), (1, 2));
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    fn read_vectored_at(
+        &self,
+        file: &File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+    ) -> impl Future<Output = (Result<()>, Vec<AlignedBuf>)> + Send + '_ {
+        let request = Request::read_vectored(file, offset, bufs, 0);
+        async move {
+            let completion = self.submit(request).await;
+            (completion.result.map(drop), completion.bufs)
+        }
+    }
+
+    /// Writes every buffer of `bufs`, in order, from `offset` (`pwritev2`), resuming short
+    /// writes inside the engine and splitting as [`BackendExt::read_vectored_at`] does. For
+    /// per-write flags, submit [`Request::write_vectored`] with [`Request::with_flags`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::WriteZero`] when a write makes no progress;
+    /// [`crate::ErrorKind::Misaligned`] as for reads; the OS error otherwise
+    /// ([`crate::Error::transferred`] gives the bytes written before it).
+    fn write_vectored_at(
+        &self,
+        file: &File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+    ) -> impl Future<Output = (Result<()>, Vec<AlignedBuf>)> + Send + '_ {
+        let request = Request::write_vectored(file, offset, bufs, 0);
+        async move {
+            let completion = self.submit(request).await;
+            (completion.result.map(drop), completion.bufs)
+        }
+    }
+
     /// `fallocate` of `[offset, offset + len)` in `mode`: preallocates, punches a hole or
     /// zeroes a range (see [`AllocateMode`] for what each does and where each works). Like a
     /// write, its effect is durable after a sync ([`BackendExt::sync_all`] when it changes

@@ -8,7 +8,7 @@ use crate::error::{Op, Result};
 use crate::file::File;
 use crate::metadata::{AllocateMode, Metadata, StatxBuf};
 
-/// One operation on a file, owning its buffer, with caller-chosen user data that comes back
+/// One operation on a file, owning its buffers, with caller-chosen user data that comes back
 /// unchanged in the [`Completion`].
 ///
 /// The exact variants ([`Request::ReadExact`], [`Request::WriteAll`]) are resumed inside the
@@ -82,6 +82,36 @@ pub enum Request {
         /// Returned in the completion.
         user_data: u64,
     },
+    /// Fills every buffer of `bufs` in order from `offset` (`preadv`), as one read over their
+    /// concatenation, resuming short reads: exact, like [`Request::ReadExact`]. A request of
+    /// more than [`Request::IOV_MAX`] buffers is split into submissions of at most that many. End of
+    /// file first is [`crate::ErrorKind::UnexpectedEof`], with the bytes read in
+    /// [`crate::Error::transferred`] and each buffer's length set to what it received. The
+    /// buffers come back in [`Completion::bufs`].
+    ReadVectored {
+        /// The file.
+        file: File,
+        /// Byte offset in the file of the first buffer's first byte.
+        offset: u64,
+        /// Where the data goes, in order; their lengths are how much to read.
+        bufs: Vec<AlignedBuf>,
+        /// Returned in the completion.
+        user_data: u64,
+    },
+    /// Writes every buffer of `bufs` in order from `offset` (`pwritev2`), resuming short
+    /// writes: exact, like [`Request::WriteAll`], split as [`Request::ReadVectored`] is.
+    WriteVectored {
+        /// The file.
+        file: File,
+        /// Byte offset in the file of the first buffer's first byte.
+        offset: u64,
+        /// The data, in order.
+        bufs: Vec<AlignedBuf>,
+        /// Per-write durability and atomicity ([`Request::with_flags`]).
+        flags: WriteFlags,
+        /// Returned in the completion.
+        user_data: u64,
+    },
     /// `fdatasync`: makes every write that completed before it was submitted durable.
     SyncData {
         /// The file.
@@ -131,6 +161,11 @@ pub enum Request {
 }
 
 impl Request {
+    /// The most buffers one vectored submission takes (the kernel's `UIO_MAXIOV`, which
+    /// `preadv`, io_uring and AIO all enforce); a vectored request of more is split into
+    /// submissions of at most this many.
+    pub const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+
     /// A read of up to `buf.len()` bytes at `offset`.
     pub fn read(file: &File, offset: u64, buf: AlignedBuf, user_data: u64) -> Request {
         let file = file.clone();
@@ -177,6 +212,53 @@ impl Request {
         }
     }
 
+    /// A read filling every buffer of `bufs` in order from `offset`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn demo(file: &engine_core::File) -> engine_core::Result<()> {
+    /// use engine_core::{AlignedBuf, Op, Request};
+    ///
+    /// // A 512-byte header and a 4 KiB body, read from offset 0 in one request.
+    /// let bufs = vec![AlignedBuf::zeroed(512, 512)?, AlignedBuf::zeroed(4096, 512)?];
+    /// let request = Request::read_vectored(file, 0, bufs, 9);
+    /// assert_eq!((request.op(), request.len()), (Op::Read, 4608));
+    /// assert!(request.is_exact());
+    /// # Ok(()) }
+    /// ```
+    pub fn read_vectored(
+        file: &File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+        user_data: u64,
+    ) -> Request {
+        let file = file.clone();
+        Request::ReadVectored {
+            file,
+            offset,
+            bufs,
+            user_data,
+        }
+    }
+
+    /// A write of every buffer of `bufs` in order from `offset`.
+    pub fn write_vectored(
+        file: &File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+        user_data: u64,
+    ) -> Request {
+        let file = file.clone();
+        Request::WriteVectored {
+            file,
+            offset,
+            bufs,
+            flags: WriteFlags::NONE,
+            user_data,
+        }
+    }
+
     /// `fdatasync`.
     pub fn sync_data(file: &File, user_data: u64) -> Request {
         let file = file.clone();
@@ -203,7 +285,10 @@ impl Request {
     /// # Ok(()) }
     /// ```
     pub fn with_flags(mut self, new: WriteFlags) -> Request {
-        if let Request::Write { flags, .. } | Request::WriteAll { flags, .. } = &mut self {
+        if let Request::Write { flags, .. }
+        | Request::WriteAll { flags, .. }
+        | Request::WriteVectored { flags, .. } = &mut self
+        {
             *flags = new;
         }
         self
@@ -212,7 +297,9 @@ impl Request {
     /// A write's flags; [`WriteFlags::NONE`] for other requests.
     pub fn write_flags(&self) -> WriteFlags {
         match self {
-            Request::Write { flags, .. } | Request::WriteAll { flags, .. } => *flags,
+            Request::Write { flags, .. }
+            | Request::WriteAll { flags, .. }
+            | Request::WriteVectored { flags, .. } => *flags,
             _ => WriteFlags::NONE,
         }
     }
@@ -255,11 +342,15 @@ impl Request {
         }
     }
 
-    /// The operation: [`Op::Read`] for both reads, [`Op::Write`] for both writes.
+    /// The operation: [`Op::Read`] for every read, [`Op::Write`] for every write.
     pub fn op(&self) -> Op {
         match self {
-            Request::Read { .. } | Request::ReadExact { .. } => Op::Read,
-            Request::Write { .. } | Request::WriteAll { .. } => Op::Write,
+            Request::Read { .. } | Request::ReadExact { .. } | Request::ReadVectored { .. } => {
+                Op::Read
+            }
+            Request::Write { .. } | Request::WriteAll { .. } | Request::WriteVectored { .. } => {
+                Op::Write
+            }
             Request::SyncData { .. } => Op::SyncData,
             Request::SyncAll { .. } => Op::SyncAll,
             Request::Allocate { .. } => Op::Allocate,
@@ -281,7 +372,13 @@ impl Request {
 
     /// True for the variants resumed after short transfers.
     pub fn is_exact(&self) -> bool {
-        matches!(self, Request::ReadExact { .. } | Request::WriteAll { .. })
+        matches!(
+            self,
+            Request::ReadExact { .. }
+                | Request::WriteAll { .. }
+                | Request::ReadVectored { .. }
+                | Request::WriteVectored { .. }
+        )
     }
 
     /// The file.
@@ -291,6 +388,8 @@ impl Request {
             | Request::ReadExact { file, .. }
             | Request::Write { file, .. }
             | Request::WriteAll { file, .. }
+            | Request::ReadVectored { file, .. }
+            | Request::WriteVectored { file, .. }
             | Request::SyncData { file, .. }
             | Request::SyncAll { file, .. }
             | Request::Allocate { file, .. }
@@ -306,6 +405,8 @@ impl Request {
             | Request::ReadExact { user_data, .. }
             | Request::Write { user_data, .. }
             | Request::WriteAll { user_data, .. }
+            | Request::ReadVectored { user_data, .. }
+            | Request::WriteVectored { user_data, .. }
             | Request::SyncData { user_data, .. }
             | Request::SyncAll { user_data, .. }
             | Request::Allocate { user_data, .. }
@@ -321,6 +422,8 @@ impl Request {
             | Request::ReadExact { user_data, .. }
             | Request::Write { user_data, .. }
             | Request::WriteAll { user_data, .. }
+            | Request::ReadVectored { user_data, .. }
+            | Request::WriteVectored { user_data, .. }
             | Request::SyncData { user_data, .. }
             | Request::SyncAll { user_data, .. }
             | Request::Allocate { user_data, .. }
@@ -335,12 +438,15 @@ impl Request {
             Request::Read { offset, .. }
             | Request::ReadExact { offset, .. }
             | Request::Write { offset, .. }
-            | Request::WriteAll { offset, .. } => Some(*offset),
+            | Request::WriteAll { offset, .. }
+            | Request::ReadVectored { offset, .. }
+            | Request::WriteVectored { offset, .. } => Some(*offset),
             _ => None,
         }
     }
 
-    /// The buffer of a read or write; `None` for the other operations.
+    /// The buffer of a single-buffer read or write; `None` for the other operations (a
+    /// vectored request's are in [`Request::bufs`]).
     pub fn buf(&self) -> Option<&AlignedBuf> {
         match self {
             Request::Read { buf, .. }
@@ -351,7 +457,8 @@ impl Request {
         }
     }
 
-    /// The buffer of a read or write, writable; `None` for the other operations.
+    /// The buffer of a single-buffer read or write, writable; `None` for the other
+    /// operations.
     pub fn buf_mut(&mut self) -> Option<&mut AlignedBuf> {
         match self {
             Request::Read { buf, .. }
@@ -362,9 +469,41 @@ impl Request {
         }
     }
 
-    /// The number of bytes the request asks to transfer (0 for operations without a buffer).
+    /// Every buffer of a read or write, in order: one for the single-buffer variants, all of
+    /// a vectored request's; none for the other operations.
+    pub fn bufs(&self) -> &[AlignedBuf] {
+        match self {
+            Request::ReadVectored { bufs, .. } | Request::WriteVectored { bufs, .. } => bufs,
+            _ => self.buf().map_or(&[], std::slice::from_ref),
+        }
+    }
+
+    /// Every buffer of a read or write, in order, writable.
+    pub fn bufs_mut(&mut self) -> &mut [AlignedBuf] {
+        match self {
+            Request::ReadVectored { bufs, .. } | Request::WriteVectored { bufs, .. } => bufs,
+            _ => self.buf_mut().map_or(&mut [], std::slice::from_mut),
+        }
+    }
+
+    /// True for the requests over several buffers ([`Request::ReadVectored`],
+    /// [`Request::WriteVectored`]).
+    pub fn is_vectored(&self) -> bool {
+        matches!(
+            self,
+            Request::ReadVectored { .. } | Request::WriteVectored { .. }
+        )
+    }
+
+    /// The number of bytes the request asks to transfer: the sum of its buffers' lengths (0
+    /// for operations without a buffer).
     pub fn len(&self) -> usize {
-        self.buf().map_or(0, AlignedBuf::len)
+        match self {
+            Request::ReadVectored { bufs, .. } | Request::WriteVectored { bufs, .. } => {
+                bufs.iter().map(AlignedBuf::len).sum()
+            }
+            _ => self.buf().map_or(0, AlignedBuf::len),
+        }
     }
 
     /// True when the request transfers nothing.
@@ -377,22 +516,26 @@ impl Request {
     pub fn into_completion(self, result: Result<usize>) -> Completion {
         let op = self.op();
         let user_data = self.user_data();
-        let (buf, metadata) = match self {
+        let (buf, bufs, metadata) = match self {
             Request::Read { buf, .. }
             | Request::ReadExact { buf, .. }
             | Request::Write { buf, .. }
-            | Request::WriteAll { buf, .. } => (Some(buf), None),
+            | Request::WriteAll { buf, .. } => (Some(buf), Vec::new(), None),
+            Request::ReadVectored { bufs, .. } | Request::WriteVectored { bufs, .. } => {
+                (None, bufs, None)
+            }
             // Only a successful statx filled the record.
             Request::Metadata { record, .. } if result.is_ok() => {
-                (None, Some(Metadata::from_record(record)))
+                (None, Vec::new(), Some(Metadata::from_record(record)))
             }
-            _ => (None, None),
+            _ => (None, Vec::new(), None),
         };
         Completion {
             user_data,
             op,
             result,
             buf,
+            bufs,
             metadata,
         }
     }
@@ -469,9 +612,12 @@ pub struct Completion {
     pub op: Op,
     /// Bytes transferred (for exact requests, the whole buffer), or the error.
     pub result: Result<usize>,
-    /// The request's buffer: always there for reads and writes, `None` for the other
-    /// operations. After a read its length is the number of bytes read.
+    /// The request's buffer: always there for single-buffer reads and writes, `None` for the
+    /// other operations. After a read its length is the number of bytes read.
     pub buf: Option<AlignedBuf>,
+    /// A vectored request's buffers, in order; empty for the other operations. After a read
+    /// each one's length is the number of bytes it received.
+    pub bufs: Vec<AlignedBuf>,
     /// A successful [`Request::Metadata`]'s answer; `None` otherwise.
     pub metadata: Option<Metadata>,
 }

@@ -106,13 +106,7 @@ const LINKED_WRITE: u64 = 1 << 32;
 /// after it (`IOSQE_IO_LINK`: it runs only once the whole write succeeded).
 fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> (squeue::Entry, Option<squeue::Entry>) {
     let raw_fd = io.file().raw_fd();
-    let then_sync = matches!(
-        io,
-        Io::Write {
-            then_sync: true,
-            ..
-        }
-    );
+    let then_sync = io.then_sync();
     macro_rules! with_fd {
         ($op:ident, $($arg:expr),*) => {
             match fixed.file {
@@ -157,6 +151,25 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> (squeue::Entry, Option<sq
                     .build()
             }
         }
+        Io::ReadVectored { offset, bufs, .. } => {
+            // At most Request::IOV_MAX entries: the shared lifecycle splits longer requests.
+            let len = u32::try_from(bufs.len()).unwrap_or(u32::MAX);
+            with_fd!(Readv, bufs.as_mut_ptr().cast::<libc::iovec>(), len)
+                .offset(offset)
+                .build()
+        }
+        Io::WriteVectored {
+            offset,
+            bufs,
+            rw_flags,
+            ..
+        } => {
+            let len = u32::try_from(bufs.len()).unwrap_or(u32::MAX);
+            with_fd!(Writev, bufs.as_ptr().cast::<libc::iovec>(), len)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build()
+        }
         Io::SyncData { .. } => with_fd!(Fsync,).flags(types::FsyncFlags::DATASYNC).build(),
         Io::SyncAll { .. } => with_fd!(Fsync,).build(),
         Io::Allocate {
@@ -196,14 +209,9 @@ fn encode(io: Io<'_>, fixed: Fixed, user_data: u64) -> (squeue::Entry, Option<sq
 
 /// The length of a write whose fdatasync is linked after it, if `io` is one.
 fn linked_len(io: &Io<'_>) -> Option<u32> {
-    match io {
-        Io::Write {
-            buf,
-            then_sync: true,
-            ..
-        } => Some(u32::try_from(buf.len()).unwrap_or(u32::MAX)),
-        _ => None,
-    }
+    // The shared lifecycle caps a submission at the file's io_bytes_max, below u32::MAX.
+    io.then_sync()
+        .then(|| u32::try_from(io.len()).unwrap_or(u32::MAX))
 }
 
 /// The NOP that wakes a waiting thread; it carries FIXED_FILE so restricted rings accept it.
@@ -298,7 +306,10 @@ impl Tally {
         io: &mut Io<'_>,
     ) -> bool {
         let in_ring = match io {
-            Io::Read { .. } | Io::Write { .. } => true,
+            Io::Read { .. }
+            | Io::Write { .. }
+            | Io::ReadVectored { .. }
+            | Io::WriteVectored { .. } => true,
             Io::SyncData { .. } | Io::SyncAll { .. } => {
                 if iopoll {
                     self.immediate.push(Reaped {

@@ -287,6 +287,8 @@ fn restrict(ring: &IoUring) -> io::Result<()> {
         register::Restriction::sqe_op(opcode::Write::CODE),
         register::Restriction::sqe_op(opcode::ReadFixed::CODE),
         register::Restriction::sqe_op(opcode::WriteFixed::CODE),
+        register::Restriction::sqe_op(opcode::Readv::CODE),
+        register::Restriction::sqe_op(opcode::Writev::CODE),
         register::Restriction::sqe_op(opcode::Fsync::CODE),
         register::Restriction::sqe_op(opcode::Fallocate::CODE),
         register::Restriction::sqe_op(opcode::Ftruncate::CODE),

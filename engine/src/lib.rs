@@ -419,6 +419,26 @@ impl Engine {
         BackendExt::write_atomic_at(self, file, offset, buf)
     }
 
+    /// Fills every buffer in order from `offset`. See [`BackendExt::read_vectored_at`].
+    pub fn read_vectored_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+    ) -> impl Future<Output = (Result<()>, Vec<AlignedBuf>)> + Send + 'a {
+        BackendExt::read_vectored_at(self, file, offset, bufs)
+    }
+
+    /// Writes every buffer in order from `offset`. See [`BackendExt::write_vectored_at`].
+    pub fn write_vectored_at<'a>(
+        &'a self,
+        file: &'a File,
+        offset: u64,
+        bufs: Vec<AlignedBuf>,
+    ) -> impl Future<Output = (Result<()>, Vec<AlignedBuf>)> + Send + 'a {
+        BackendExt::write_vectored_at(self, file, offset, bufs)
+    }
+
     /// `fallocate`: preallocates, punches a hole or zeroes a range. See
     /// [`BackendExt::allocate`].
     pub fn allocate<'a>(

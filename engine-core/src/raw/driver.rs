@@ -842,7 +842,7 @@ mod tests {
     impl Kernel for FakeKernel {
         fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
             let len = match io {
-                Io::Read { buf, .. } => buf.len() as i64,
+                Io::Read { .. } => io.len() as i64,
                 _ => 0,
             };
             lock(&self.device.0).pushed.push((slot, len));

@@ -5,6 +5,7 @@
 //! (EINTR/EAGAIN, the rest of an exact transfer) or the completion (errno mapping, poisoning,
 //! buffer length, metrics).
 
+use std::io::{IoSlice, IoSliceMut};
 use std::time::Instant;
 
 use crate::buf::AlignedBuf;
@@ -57,6 +58,32 @@ pub enum Io<'a> {
         /// [`crate::raw::Kernel::links_sync`] is true).
         then_sync: bool,
     },
+    /// Read into `bufs`, in order, from `offset` (`preadv`): the parts of a vectored
+    /// request's buffers this submission fills, at most [`Request::IOV_MAX`] of them.
+    /// `IoSliceMut` is ABI-compatible with `iovec`, so `bufs.as_mut_ptr().cast::<libc::iovec>()`
+    /// is the array a kernel takes; it stays valid, like the buffers, until the result is
+    /// settled.
+    ReadVectored {
+        /// The file.
+        file: &'a File,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Where the data goes.
+        bufs: &'a mut [IoSliceMut<'a>],
+    },
+    /// Write `bufs`, in order, from `offset` (`pwritev2`), as [`Io::ReadVectored`].
+    WriteVectored {
+        /// The file.
+        file: &'a File,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The data.
+        bufs: &'a [IoSlice<'a>],
+        /// As [`Io::Write`]'s.
+        rw_flags: i32,
+        /// As [`Io::Write`]'s.
+        then_sync: bool,
+    },
     /// `fdatasync`.
     SyncData {
         /// The file.
@@ -102,8 +129,8 @@ impl Io<'_> {
     /// The operation.
     pub fn op(&self) -> Op {
         match self {
-            Io::Read { .. } => Op::Read,
-            Io::Write { .. } => Op::Write,
+            Io::Read { .. } | Io::ReadVectored { .. } => Op::Read,
+            Io::Write { .. } | Io::WriteVectored { .. } => Op::Write,
             Io::SyncData { .. } => Op::SyncData,
             Io::SyncAll { .. } => Op::SyncAll,
             Io::Allocate { .. } => Op::Allocate,
@@ -117,12 +144,44 @@ impl Io<'_> {
         match self {
             Io::Read { file, .. }
             | Io::Write { file, .. }
+            | Io::ReadVectored { file, .. }
+            | Io::WriteVectored { file, .. }
             | Io::SyncData { file }
             | Io::SyncAll { file }
             | Io::Allocate { file, .. }
             | Io::SetLen { file, .. }
             | Io::Metadata { file, .. } => file,
         }
+    }
+
+    /// The bytes a read or write asks to move (0 for the other operations).
+    pub fn len(&self) -> usize {
+        match self {
+            Io::Read { buf, .. } => buf.len(),
+            Io::Write { buf, .. } => buf.len(),
+            Io::ReadVectored { bufs, .. } => bufs.iter().map(|b| b.len()).sum(),
+            Io::WriteVectored { bufs, .. } => bufs.iter().map(|b| b.len()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// True when the operation moves no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True for a write whose `fdatasync` the kernel is to run after it (`then_sync`).
+    pub fn then_sync(&self) -> bool {
+        matches!(
+            self,
+            Io::Write {
+                then_sync: true,
+                ..
+            } | Io::WriteVectored {
+                then_sync: true,
+                ..
+            }
+        )
     }
 
     /// Runs the operation as a blocking syscall on the calling thread and returns the bytes
@@ -174,7 +233,81 @@ pub struct InFlight {
     syncing: bool,
     /// This submission is a write with its fdatasync linked after it, run by the kernel.
     linked: bool,
+    /// A vectored request's `iovec` array for this submission (empty otherwise).
+    iov: IoVecs,
     started: Instant,
+}
+
+/// The `iovec` array of one vectored submission: the parts of the request's buffers it
+/// covers, at most [`Request::IOV_MAX`]. Its heap allocation does not move with the
+/// [`InFlight`], and it is rebuilt only for the next submission, after the kernel returned
+/// the last one, so a kernel may read it until the result is reaped.
+#[derive(Default)]
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers address the buffers of the request that owns this array, which move
+// between threads with it; the array is only read or written through `&mut InFlight`.
+unsafe impl Send for IoVecs {}
+
+impl std::fmt::Debug for IoVecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoVecs({})", self.0.len())
+    }
+}
+
+/// Walks the parts of `bufs` that bytes `[start, start + len)` of their concatenation cover,
+/// in order, empty buffers skipped, and at most [`Request::IOV_MAX`] of them: calls `part`
+/// with each buffer and the range within it. Returns the bytes covered, less than `len` only
+/// when the entries ran out.
+fn walk_parts<B: std::ops::Deref<Target = AlignedBuf>>(
+    bufs: impl IntoIterator<Item = B>,
+    start: usize,
+    len: usize,
+    mut part: impl FnMut(B, std::ops::Range<usize>),
+) -> usize {
+    let end = start + len;
+    let (mut at, mut parts, mut covered) = (0, 0, 0);
+    for buf in bufs {
+        let (from, to) = (at, at + buf.len());
+        at = to;
+        if to <= start || from == to {
+            continue;
+        }
+        if from >= end || parts == Request::IOV_MAX {
+            break;
+        }
+        let range = start.max(from) - from..end.min(to) - from;
+        (parts, covered) = (parts + 1, covered + range.len());
+        part(buf, range);
+    }
+    covered
+}
+
+impl IoVecs {
+    /// Points the array at bytes `[start, start + len)` of the concatenation of `bufs` (at
+    /// most [`Request::IOV_MAX`] parts: see [`walk_parts`]).
+    fn window(&mut self, bufs: &mut [AlignedBuf], start: usize, len: usize) -> usize {
+        self.0.clear();
+        walk_parts(bufs.iter_mut(), start, len, |buf, range| {
+            let part = &mut buf.as_mut_slice()[range];
+            self.0.push(libc::iovec {
+                iov_base: part.as_mut_ptr().cast(),
+                iov_len: part.len(),
+            });
+        })
+    }
+
+    fn slices_mut(&mut self) -> &mut [IoSliceMut<'_>] {
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix (std guarantees it). Each
+        // entry addresses a distinct part of one of the request's buffers, which the caller
+        // borrows mutably, through `&mut InFlight`, for as long as the slices live.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len()) }
+    }
+
+    fn slices(&self) -> &[IoSlice<'_>] {
+        // SAFETY: as `slices_mut`, shared: `IoSlice` is ABI-compatible with `iovec`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len()) }
+    }
 }
 
 /// Validates a request for engine `engine_id` before anything is claimed (contract points 1
@@ -238,9 +371,10 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
     }
     if flags.contains(WriteFlags::ATOMIC) {
         let offset = request.offset().unwrap_or(0);
-        validate_atomic(file, offset, len as u64).map_err(with_range)?;
+        let segments = request.bufs().iter().filter(|b| !b.is_empty()).count();
+        validate_atomic(file, offset, len as u64, segments).map_err(with_range)?;
     }
-    let (Some(offset), Some(buf)) = (request.offset(), request.buf()) else {
+    let Some(offset) = request.offset() else {
         // A sync (only the poison can refuse it), or metadata.
         return match file.poisoned() {
             Some(errno) if op.is_sync() => Err(poisoned(file, op, errno)),
@@ -262,21 +396,32 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
         } else {
             geometry.offset_align
         };
-        let checks = [
-            (AlignTarget::Memory, geometry.mem_align, buf.as_ptr() as u64),
-            (AlignTarget::Offset, offset_align, offset),
-            (AlignTarget::Length, geometry.offset_align, len as u64),
-        ];
-        for (target, required, actual) in checks {
-            if actual % u64::from(required.max(1)) != 0 {
-                let misalignment = Misalignment {
-                    target,
-                    required: u64::from(required),
-                    actual,
-                };
-                return Err(with_range(
-                    Error::misaligned(op, misalignment).with_file(file.file_ref()),
-                ));
+        let misaligned = |target, required: u32, actual: u64| {
+            let misalignment = Misalignment {
+                target,
+                required: u64::from(required),
+                actual,
+            };
+            with_range(Error::misaligned(op, misalignment).with_file(file.file_ref()))
+        };
+        if offset % u64::from(offset_align.max(1)) != 0 {
+            return Err(misaligned(AlignTarget::Offset, offset_align, offset));
+        }
+        // Every buffer's memory and length: the kernel checks each iovec on its own.
+        let bufs = request.bufs();
+        for (i, buf) in bufs.iter().enumerate() {
+            let checks = [
+                (AlignTarget::Memory, geometry.mem_align, buf.as_ptr() as u64),
+                (AlignTarget::Length, geometry.offset_align, buf.len() as u64),
+            ];
+            for (target, required, actual) in checks {
+                if actual % u64::from(required.max(1)) != 0 {
+                    let error = misaligned(target, required, actual);
+                    return Err(match request.is_vectored() {
+                        true => error.with_message(format!("buffer {i} of {}", bufs.len())),
+                        false => error,
+                    });
+                }
             }
         }
     }
@@ -331,8 +476,9 @@ fn validate_allocate(file: &File, offset: u64, len: u64, mode: AllocateMode) -> 
 }
 
 /// An untorn write's rules (`RWF_ATOMIC`): an O_DIRECT file with atomic-write limits, a
-/// power-of-two length within them, an offset aligned to the length.
-fn validate_atomic(file: &File, offset: u64, len: u64) -> Result<()> {
+/// power-of-two length within them, an offset aligned to the length, and no more buffers
+/// than the file's segment limit.
+fn validate_atomic(file: &File, offset: u64, len: u64, segments: usize) -> Result<()> {
     let op = Op::Write;
     let g = file.geometry();
     let limits = format!(
@@ -379,6 +525,15 @@ fn validate_atomic(file: &File, offset: u64, len: u64) -> Result<()> {
             .with_errno(libc::EINVAL)
             .with_message(format!(
                 "a {len}-byte atomic write is longer than the file takes ({limits})"
+            )));
+    }
+    if segments as u64 > u64::from(g.atomic_write_segments_max.max(1)) {
+        return Err(file
+            .error(ErrorKind::Unsupported, op)
+            .with_errno(libc::EINVAL)
+            .with_message(format!(
+                "an atomic write of {segments} buffers is more than the file takes in one \
+                 ({limits}); copy them into one buffer"
             )));
     }
     if offset % len != 0 {
@@ -471,11 +626,11 @@ impl InFlight {
             None => 0,
         };
         let (len_max, resume_align) = limits(request.file(), request.op());
-        Ok(InFlight {
+        let mut inflight = InFlight {
             total,
             done: 0,
             start: 0,
-            len: total.min(len_max),
+            len: 0,
             len_max,
             resume_align,
             attempt: 0,
@@ -484,9 +639,22 @@ impl InFlight {
             span,
             syncing: false,
             linked: false,
+            iov: IoVecs::default(),
             started: Instant::now(),
             request,
-        })
+        };
+        inflight.len = inflight.submission_len();
+        Ok(inflight)
+    }
+
+    /// The length of the submission from `start`: the rest, capped at `len_max` and, for a
+    /// vectored request, at [`Request::IOV_MAX`] buffers.
+    fn submission_len(&self) -> usize {
+        let len = (self.total - self.start).min(self.len_max);
+        if !self.request.is_vectored() {
+            return len;
+        }
+        walk_parts(self.request.bufs(), self.start, len, |_, _| {})
     }
 
     /// The request.
@@ -558,6 +726,11 @@ impl InFlight {
     /// [`crate::raw::Kernel::links_sync`]), the last write of a
     /// [`WriteFlags::SYNC_DATA_AFTER`] request carries its sync along.
     pub fn io_for(&mut self, links: bool) -> Io<'_> {
+        if self.request.is_vectored() && !self.syncing {
+            let bufs = self.request.bufs_mut();
+            let covered = self.iov.window(bufs, self.start, self.len);
+            debug_assert_eq!(covered, self.len, "the length was capped at IOV_MAX parts");
+        }
         let (start, end) = (self.start, self.start + self.len);
         self.linked = links
             && !self.syncing
@@ -599,6 +772,18 @@ impl InFlight {
                     then_sync,
                 }
             }
+            Request::ReadVectored { file, .. } => Io::ReadVectored {
+                file,
+                offset,
+                bufs: self.iov.slices_mut(),
+            },
+            Request::WriteVectored { file, flags, .. } => Io::WriteVectored {
+                file,
+                offset,
+                bufs: self.iov.slices(),
+                rw_flags: flags.rw_flags(),
+                then_sync,
+            },
             Request::SyncData { file, .. } => Io::SyncData { file },
             Request::SyncAll { file, .. } => Io::SyncAll { file },
             Request::Allocate {
@@ -686,7 +871,7 @@ impl InFlight {
             let finished = crate::metadata::Metadata::complete_record(record, fd);
             return Err(self.finish(common, finished.map(|()| 0)));
         }
-        if self.total == 0 && self.request.buf().is_none() {
+        if self.total == 0 && self.request.bufs().is_empty() {
             // A sync, an allocation or a length change: nothing to count.
             return Err(self.finish(common, Ok(0)));
         }
@@ -710,7 +895,7 @@ impl InFlight {
         // of an alignment boundary (end of file) must not continue misaligned. Re-reading or
         // re-writing the bytes between that point and `done` is harmless.
         self.start = self.done / self.resume_align * self.resume_align;
-        self.len = (self.total - self.start).min(self.len_max);
+        self.len = self.submission_len();
         self.attempt = 0;
         Ok(self)
     }
@@ -806,13 +991,15 @@ impl InFlight {
     fn complete(mut self, common: &Common, result: Result<usize>) -> Completion {
         let file = self.request.file().clone();
         file.release_span(self.span);
-        let done = self.done;
         let exact = self.request.is_exact();
-        if let Some(buf) = read_buf(&mut self.request) {
-            // A read's buffer keeps what arrived: a plain read's count, or an exact read's bytes
-            // up to where it stopped. A failed plain read leaves the length as it was.
-            if result.is_ok() || exact {
-                buf.set_filled(done);
+        // A read's buffers keep what arrived, in order: a plain read's count, or an exact
+        // read's bytes up to where it stopped. A failed plain read leaves the length as it was.
+        if self.op() == Op::Read && (result.is_ok() || exact) {
+            let mut left = self.done;
+            for buf in self.request.bufs_mut() {
+                let filled = buf.len().min(left);
+                left -= filled;
+                buf.set_filled(filled);
             }
         }
         let latency = self.started.elapsed();
@@ -831,20 +1018,15 @@ impl InFlight {
     /// hold when its completion can no longer be reaped (a dead reaper, a queue dropped with
     /// work in flight). Leaking is the only safe choice; the memory is lost.
     pub fn leak_buffer(&mut self) {
-        if let Some(buf) = self.request.buf_mut() {
+        for buf in self.request.bufs_mut() {
             std::mem::forget(std::mem::replace(buf, AlignedBuf::empty(1)));
         }
+        // So does the iovec array a kernel may still read.
+        std::mem::forget(std::mem::take(&mut self.iov.0));
         // A statx record the kernel may still write goes the same way.
         if let Request::Metadata { record, .. } = &mut self.request {
             record.leak();
         }
-    }
-}
-
-fn read_buf(request: &mut Request) -> Option<&mut AlignedBuf> {
-    match request {
-        Request::Read { buf, .. } | Request::ReadExact { buf, .. } => Some(buf),
-        _ => None,
     }
 }
 
@@ -996,6 +1178,76 @@ mod tests {
         assert_eq!(error.transferred(), Some(5000));
         assert_eq!(completion.buf.map(|b| b.len()), Some(5000));
         assert_eq!(completion.user_data, 3);
+    }
+
+    #[test]
+    fn vectored_requests_split_at_iov_max_resume_exactly_and_fill_buffers_in_order() {
+        const MAX: usize = Request::IOV_MAX;
+        let c = common();
+        let f = file(&c, rw(), geometry(512));
+        // MAX + 5 buffers of 512 bytes, and an empty one (index 3) that takes no entry.
+        let bufs = (0..MAX + 6)
+            .map(|i| buf(if i == 3 { 0 } else { 512 }, 512))
+            .collect();
+        let mut inflight =
+            InFlight::admit(&c, Request::read_vectored(&f, 4096, bufs, 5)).expect("admitted");
+        assert_eq!(inflight.len(), MAX * 512, "capped at IOV_MAX entries");
+        match inflight.io_for(false) {
+            Io::ReadVectored { offset, bufs, .. } => {
+                assert_eq!((offset, bufs.len()), (4096, MAX));
+                assert!(bufs.iter().all(|b| b.len() == 512));
+            }
+            other => panic!("expected a vectored read, got {other:?}"),
+        }
+        let inflight = inflight_ok(inflight.settle(&c, (MAX * 512) as i64));
+        assert_eq!(
+            (inflight.offset(), inflight.len()),
+            (4096 + (MAX * 512) as u64, 5 * 512),
+            "the rest, from the next buffer"
+        );
+        // A short read that stops 100 bytes into a buffer resumes inside it.
+        let mut inflight = inflight_ok(inflight.settle(&c, 3 * 512 + 100));
+        match inflight.io_for(false) {
+            Io::ReadVectored { bufs, .. } => {
+                let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+                assert_eq!(lens, [412, 512], "the rest of that buffer, then the last");
+            }
+            other => panic!("expected a vectored read, got {other:?}"),
+        }
+        let completion = inflight.settle(&c, 0).expect_err("end of file");
+        let error = completion.result.expect_err("short");
+        assert_eq!(error.kind(), ErrorKind::UnexpectedEof);
+        let done = MAX * 512 + 3 * 512 + 100;
+        assert_eq!(error.transferred(), Some(done as u64));
+        assert!(completion.buf.is_none());
+        let lens: Vec<usize> = completion.bufs.iter().map(AlignedBuf::len).collect();
+        assert_eq!(lens.len(), MAX + 6, "every buffer back, in order");
+        assert_eq!(lens.iter().sum::<usize>(), done);
+        assert_eq!(lens[3], 0);
+        assert_eq!(
+            &lens[MAX + 3..],
+            [512, 100, 0],
+            "filled in order up to the end"
+        );
+    }
+
+    #[test]
+    fn every_buffer_of_a_vectored_request_is_checked_for_alignment() {
+        let c = common();
+        let f = file(&c, rw().direct(true), geometry(4096));
+        let id = c.engine_id();
+        let ok = vec![buf(4096, 4096), buf(8192, 4096)];
+        assert!(validate(id, &Request::write_vectored(&f, 0, ok, 0)).is_ok());
+        let mut short = buf(8192, 4096);
+        short.truncate(4096 + 512);
+        let bad = vec![buf(4096, 4096), short, buf(4096, 4096)];
+        let e = validate(id, &Request::write_vectored(&f, 0, bad, 0)).expect_err("length");
+        assert_eq!(
+            e.misalignment().map(|m| (m.target, m.actual)),
+            Some((AlignTarget::Length, 4608)),
+            "the buffer's own length, though the total is aligned: {e}"
+        );
+        assert!(e.to_string().contains("buffer 1 of 3"), "{e}");
     }
 
     fn inflight_ok(step: std::result::Result<InFlight, Completion>) -> InFlight {

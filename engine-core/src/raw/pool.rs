@@ -34,10 +34,13 @@ const FILE_NO_NOWAIT: u32 = 1 << 0;
 struct Syscall {
     op: Op,
     fd: RawFd,
-    /// The buffer (a read's or write's), or the statx record (metadata).
+    /// The buffer (a read's or write's), the `iovec` array (a vectored one's), or the statx
+    /// record (metadata).
     ptr: *mut u8,
     /// The transfer's length, or the range's (allocate).
     len: usize,
+    /// The entries at `ptr` of a vectored read or write; 0 for the other operations.
+    iovcnt: usize,
     /// The file offset, or the new length (set_len).
     offset: u64,
     /// `fallocate`'s mode bits.
@@ -76,6 +79,28 @@ impl Syscall {
                 then_sync: *then_sync,
                 ..Syscall::bare(Op::Write, fd)
             },
+            Io::ReadVectored { offset, bufs, .. } => Syscall {
+                len: bufs.iter().map(|b| b.len()).sum(),
+                ptr: bufs.as_mut_ptr().cast(),
+                iovcnt: bufs.len(),
+                offset: *offset,
+                ..Syscall::bare(Op::Read, fd)
+            },
+            Io::WriteVectored {
+                offset,
+                bufs,
+                rw_flags,
+                then_sync,
+                ..
+            } => Syscall {
+                len: bufs.iter().map(|b| b.len()).sum(),
+                ptr: bufs.as_ptr().cast_mut().cast(),
+                iovcnt: bufs.len(),
+                offset: *offset,
+                rw_flags: *rw_flags,
+                then_sync: *then_sync,
+                ..Syscall::bare(Op::Write, fd)
+            },
             Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd),
             Io::SyncAll { .. } => Syscall::bare(Op::SyncAll, fd),
             Io::Allocate {
@@ -105,6 +130,7 @@ impl Syscall {
             fd,
             ptr: std::ptr::null_mut(),
             len: 0,
+            iovcnt: 0,
             offset: 0,
             mode: 0,
             rw_flags: 0,
@@ -112,38 +138,44 @@ impl Syscall {
         }
     }
 
-    /// Runs the syscall (`pread`/`pwrite`, or `preadv2`/`pwritev2` when there are `flags`;
-    /// `fdatasync`, `fsync`, `fallocate`, `ftruncate`, `statx`); returns the bytes transferred
-    /// or `-errno`.
+    /// Runs the syscall (`pread`/`pwrite`, or `preadv2`/`pwritev2` when there are `flags` or
+    /// several buffers; `fdatasync`, `fsync`, `fallocate`, `ftruncate`, `statx`); returns the
+    /// bytes transferred or `-errno`.
     ///
     /// # Safety
     ///
     /// For a read or write, `ptr` must be valid for `len` bytes (writable for a read) for the
-    /// whole call, and for metadata valid for one writable `statx`: the request slot owning
-    /// the memory must not have been completed yet.
+    /// whole call, or, for a vectored one, be an array of `iovcnt` such `iovec`s; for metadata
+    /// valid for one writable `statx`: the request slot owning the memory must not have been
+    /// completed yet.
     unsafe fn run(&self, flags: i32) -> i64 {
         let flags = flags | self.rw_flags;
-        let iov = libc::iovec {
+        let one = libc::iovec {
             iov_base: self.ptr.cast(),
             iov_len: self.len,
+        };
+        let (iov, iovcnt) = match self.iovcnt {
+            0 => (&raw const one, 1),
+            // At most Request::IOV_MAX entries: the lifecycle splits longer requests.
+            n => (self.ptr.cast_const().cast(), n as libc::c_int),
         };
         let offset = self.offset as libc::off_t;
         let rc = match self.op {
             // Without flags, plain pread/pwrite: the kernel then has no iovec to import.
             // SAFETY: `len` bytes at `ptr`, valid for the call (the caller's contract); the
             // descriptor belongs to a file the request holds open.
-            Op::Read if flags == 0 => unsafe {
+            Op::Read if flags == 0 && self.iovcnt == 0 => unsafe {
                 libc::pread(self.fd, self.ptr.cast(), self.len, offset)
             },
             // SAFETY: as above, read-only.
-            Op::Write if flags == 0 => unsafe {
+            Op::Write if flags == 0 && self.iovcnt == 0 => unsafe {
                 libc::pwrite(self.fd, self.ptr.cast_const().cast(), self.len, offset)
             },
-            // SAFETY: one iovec over `len` bytes at `ptr`, valid for the call (the caller's
-            // contract); the descriptor belongs to a file the request holds open.
-            Op::Read => unsafe { libc::preadv2(self.fd, &iov, 1, offset, flags) },
+            // SAFETY: `iovcnt` iovecs at `iov`, each over memory valid for the call (the
+            // caller's contract); the descriptor belongs to a file the request holds open.
+            Op::Read => unsafe { libc::preadv2(self.fd, iov, iovcnt, offset, flags) },
             // SAFETY: as above, read-only.
-            Op::Write => unsafe { libc::pwritev2(self.fd, &iov, 1, offset, flags) },
+            Op::Write => unsafe { libc::pwritev2(self.fd, iov, iovcnt, offset, flags) },
             // SAFETY: takes no pointers.
             Op::SyncData => unsafe { libc::fdatasync(self.fd) as isize },
             // SAFETY: takes no pointers; the lifecycle bounds offset and length below 2^63.
@@ -571,7 +603,7 @@ impl ThreadKernel {
     /// `RWF_NOWAIT` does not stop it waiting for the device, so the calling thread would run
     /// every read to completion, one at a time.
     fn try_nowait(&mut self, slot: u32, io: &mut Io<'_>) -> bool {
-        let Io::Read { file, .. } = io else {
+        let (Io::Read { file, .. } | Io::ReadVectored { file, .. }) = io else {
             return false;
         };
         if file.options().is_direct()
