@@ -572,25 +572,21 @@ fn record(ledger: &Mutex<Ledger>, request: &RequestFacts, completion: &Completio
         Op::Write => {
             // A single buffer, or a vectored write's buffers in order.
             let all: Vec<u8> = completion
-                .buf
-                .iter()
-                .chain(&completion.bufs)
+                .buffers()
                 .flat_map(|buf| buf.as_slice().iter().copied())
                 .collect();
-            {
-                let data = &all[..written.min(all.len())];
-                if !data.is_empty() || completion.result.is_ok() {
-                    let (path, offset) = (&request.path, request.offset);
-                    let pre = request.pre.clone().filter(|_| request.atomic);
-                    ledger.write_done(path, offset, data, request.dsync, pre);
-                    if request.sync_after && completion.result.is_ok() {
-                        // Its fdatasync ran after it completed: it covers the write itself
-                        // and what completed before the request was submitted (writes that
-                        // completed meanwhile may have finished after the sync began).
-                        let written = ledger.clock;
-                        ledger.sync_done(path, request.submitted_at);
-                        ledger.acknowledge_write(path, written);
-                    }
+            let data = &all[..written.min(all.len())];
+            if !data.is_empty() || completion.result.is_ok() {
+                let (path, offset) = (&request.path, request.offset);
+                let pre = request.pre.clone().filter(|_| request.atomic);
+                ledger.write_done(path, offset, data, request.dsync, pre);
+                if request.sync_after && completion.result.is_ok() {
+                    // Its fdatasync ran after it completed: it covers the write itself and
+                    // what completed before the request was submitted (writes that completed
+                    // meanwhile may have finished after the sync began).
+                    let written = ledger.clock;
+                    ledger.sync_done(path, request.submitted_at);
+                    ledger.acknowledge_write(path, written);
                 }
             }
         }

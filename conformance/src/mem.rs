@@ -85,9 +85,15 @@ impl MemKernel {
                 file, offset, bufs, ..
             } => {
                 // Part by part: each is aligned for an O_DIRECT file, a copy of all might not be.
+                // A part that fails after others were written makes the count short, as
+                // the kernel reports it.
                 let mut at = offset;
                 for part in bufs {
-                    at += write(&mut data, file, at, part)? as u64;
+                    match write(&mut data, file, at, part) {
+                        Ok(n) => at += n as u64,
+                        Err(errno) if at == offset => return Err(errno),
+                        Err(_) => break,
+                    }
                 }
                 Ok((at - offset) as usize)
             }

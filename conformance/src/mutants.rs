@@ -200,6 +200,10 @@ impl<E: Backend + 'static> Mutant<E> {
 
     /// Whether the bug takes this request over instead of passing it to the inner engine.
     fn intercepts(&self, request: &Request) -> bool {
+        if request.is_vectored() {
+            // Each bug is written over one buffer; a vectored request passes through as it is.
+            return false;
+        }
         let write = request.op() == Op::Write;
         let file = request.file();
         match self.bug {

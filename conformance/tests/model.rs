@@ -182,12 +182,7 @@ impl<E: engine_core::Backend> Side<E> {
             .into_iter()
             .map(|c| match c.result {
                 Ok(n) => {
-                    let bytes: Vec<u8> = c
-                        .buf
-                        .iter()
-                        .chain(&c.bufs)
-                        .flat_map(|b| b.to_vec())
-                        .collect();
+                    let bytes: Vec<u8> = c.buffers().flat_map(|b| b.to_vec()).collect();
                     Seen::Done(n, digest(&bytes))
                 }
                 Err(e) => Seen::Failed(e.kind()),

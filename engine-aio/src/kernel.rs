@@ -125,7 +125,7 @@ pub struct AioKernel {
     thread_syncs: bool,
     /// A queue's kernel (its fallback runs on the queue's thread): a sync pushed while
     /// nothing else is in flight runs there at once (see [`AioKernel::push`]).
-    inline_idle_syncs: bool,
+    queue_idle_syncs: bool,
     /// Accepted by `io_submit` and not reaped.
     in_kernel: usize,
 }
@@ -149,7 +149,7 @@ impl AioKernel {
         let wanted = u32::try_from(depth).unwrap_or(u32::MAX);
         let entries = engine_core::raw::submission_entries(config, wanted) as usize;
         let ctx = Context::new(entries, config)?;
-        let inline_idle_syncs = pool.is_none();
+        let queue_idle_syncs = pool.is_none();
         let fallback = ThreadKernel::new(pool, depth, false);
         if let Some(eventfd) = &eventfd {
             // A fallback result wakes the thread waiting on the eventfd like an AIO one.
@@ -169,7 +169,7 @@ impl AioKernel {
             immediate: VecDeque::with_capacity(depth),
             fallback,
             thread_syncs,
-            inline_idle_syncs,
+            queue_idle_syncs,
             in_kernel: 0,
         })
     }
@@ -222,6 +222,11 @@ impl AioKernel {
 }
 
 impl Kernel for AioKernel {
+    fn inline_idle_syncs(&self) -> bool {
+        // As a queue's idle sync (see `push`), for the async API's `block_on` threads.
+        true
+    }
+
     fn push(&mut self, slot: u32, mut io: Io<'_>) -> bool {
         let is_sync = matches!(io, Io::SyncData { .. } | Io::SyncAll { .. });
         // The kernel runs an AIO fsync on a kworker, a wake-up there and another back. A
@@ -229,7 +234,7 @@ impl Kernel for AioKernel {
         // queue's own thread instead, as fio's libaio engine runs every sync: the thread has
         // nothing to do meanwhile. With requests in flight the sync stays asynchronous, so it
         // never holds up their completions.
-        let idle_sync = is_sync && self.inline_idle_syncs && self.in_flight() == 0;
+        let idle_sync = is_sync && self.queue_idle_syncs && self.in_flight() == 0;
         if (is_sync && (self.thread_syncs || idle_sync))
             || io.file().backend_flags() & FILE_AIO_REFUSED != 0
         {

@@ -11,9 +11,9 @@ use crate::metadata::{AllocateMode, Metadata, StatxBuf};
 /// One operation on a file, owning its buffers, with caller-chosen user data that comes back
 /// unchanged in the [`Completion`].
 ///
-/// The exact variants ([`Request::ReadExact`], [`Request::WriteAll`]) are resumed inside the
-/// engine after short transfers until the whole buffer is done, so one request is one
-/// completion either way.
+/// The exact variants ([`Request::ReadExact`], [`Request::WriteAll`] and the vectored
+/// [`Request::ReadVectored`], [`Request::WriteVectored`]) are resumed inside the engine after
+/// short transfers until every buffer is done, so one request is one completion either way.
 ///
 /// # Examples
 ///
@@ -620,4 +620,12 @@ pub struct Completion {
     pub bufs: Vec<AlignedBuf>,
     /// A successful [`Request::Metadata`]'s answer; `None` otherwise.
     pub metadata: Option<Metadata>,
+}
+
+impl Completion {
+    /// Every buffer that came back, in order: a single-buffer request's, or a vectored
+    /// request's; none for the other operations.
+    pub fn buffers(&self) -> impl Iterator<Item = &AlignedBuf> {
+        self.buf.iter().chain(&self.bufs)
+    }
 }

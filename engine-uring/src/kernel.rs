@@ -458,8 +458,9 @@ impl SharedKernel {
 
     fn push_entry(&mut self, sqe: &squeue::Entry) -> bool {
         // SAFETY: the submission queue is only touched by this kernel, which the driver uses
-        // under its lock, so this is the only live handle to it. The entry's buffer and file
-        // belong to a request its slot holds until the CQE is reaped.
+        // under its lock, so this is the only live handle to it. The entry's buffers (and a
+        // vectored entry's iovec array) and file belong to a request its slot holds until the
+        // CQE is reaped.
         let mut sq = unsafe { self.shared.ring.ring.submission_shared() };
         // SAFETY: as above.
         let pushed = unsafe { sq.push(sqe) }.is_ok();
@@ -776,8 +777,8 @@ impl Kernel for QueueKernel {
         let (sqe, sync) = encode(io, fixed, u64::from(slot));
         let mut sq = self.ring.ring.submission();
         let pushed = match sync {
-            // SAFETY: the entries' buffer and file belong to a request its slot holds until
-            // the CQEs are reaped.
+            // SAFETY: the entries' buffers (and a vectored entry's iovec array) and file belong
+            // to a request its slot holds until the CQEs are reaped.
             None => unsafe { sq.push(&sqe) },
             // SAFETY: as above.
             Some(sync) => unsafe { sq.push_multiple(&[sqe, sync]) },

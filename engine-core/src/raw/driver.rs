@@ -124,6 +124,9 @@ pub struct Driver<K: Kernel, W: Wait> {
     reaper: Mutex<Option<JoinHandle<()>>>,
     /// The kernel completes requests on its own threads and reaps through `notify`.
     self_completing: bool,
+    /// [`Kernel::inline_idle_syncs`]: an attended sync with nothing in flight runs on the
+    /// polling thread.
+    inline_idle_syncs: bool,
     /// Requests were pushed and their submission left to a parking `block_on` thread
     /// ([`Submission::AtPark`]). Written under the lock; read without it only to skip taking
     /// the lock when nothing is deferred.
@@ -162,6 +165,7 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
         let driver = Arc::new_cyclic(|weak: &Weak<Driver<K, W>>| {
             let mut kernel = kernel;
             let weak = weak.clone();
+            let inline_idle_syncs = kernel.inline_idle_syncs();
             let self_completing = kernel.notify_with(Arc::new(move || {
                 if let Some(driver) = weak.upgrade() {
                     driver.on_notify();
@@ -182,6 +186,7 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
                 idle: Condvar::new(),
                 reaper: Mutex::new(None),
                 self_completing,
+                inline_idle_syncs,
                 deferred: AtomicBool::new(false),
                 park_wait_ns: AtomicU64::new(0),
                 unattended: AtomicUsize::new(0),
@@ -625,6 +630,16 @@ impl<K: Kernel, W: Wait> Submit<'_, K, W> {
         })
     }
 
+    /// True when the polling thread is a `block_on` that attends this engine and nothing is in
+    /// flight in it: a request run here holds up nobody, and the thread would only wait.
+    fn attended_and_idle(&self) -> bool {
+        if !matches!(self.attended(), Attendance::Attended { .. }) {
+            return false;
+        }
+        let core = lock(&self.driver.core);
+        core.dead.is_none() && core.table.in_use() == 0 && core.kernel.in_flight() == 0
+    }
+
     /// Admits the request into the reserved `slot` (or refuses it, freeing the slot) and runs
     /// it as far as it goes now.
     fn start(
@@ -706,6 +721,10 @@ impl<K: Kernel, W: Wait> Future for Submit<'_, K, W> {
             if let Err(error) = validate(driver.common.engine_id(), &request) {
                 this.state = State::Done;
                 return Poll::Ready(reject(&driver.common, request, error));
+            }
+            if request.op().is_sync() && driver.inline_idle_syncs && this.attended_and_idle() {
+                this.state = State::Done;
+                return Poll::Ready(InFlight::run_here(&driver.common, request));
             }
             this.state = State::WaitingForSlot(Some(request), None);
         }
@@ -837,9 +856,14 @@ mod tests {
     /// own (a device), as its [`Device::latency`] says.
     struct FakeKernel {
         device: Shared,
+        /// What [`Kernel::inline_idle_syncs`] answers.
+        inline_syncs: bool,
     }
 
     impl Kernel for FakeKernel {
+        fn inline_idle_syncs(&self) -> bool {
+            self.inline_syncs
+        }
         fn push(&mut self, slot: u32, io: Io<'_>) -> bool {
             let len = match io {
                 Io::Read { .. } => io.len() as i64,
@@ -944,6 +968,13 @@ mod tests {
     const AT_SUBMIT: Option<Duration> = None;
 
     fn start(latency: Option<Duration>) -> (Arc<FakeDriver>, Shared, File) {
+        start_with(latency, false)
+    }
+
+    fn start_with(
+        latency: Option<Duration>,
+        inline_syncs: bool,
+    ) -> (Arc<FakeDriver>, Shared, File) {
         let device = Arc::new((
             Mutex::new(Device {
                 latency,
@@ -958,6 +989,7 @@ mod tests {
         let file = common.file(std, path, options, Geometry::FALLBACK, 0, None);
         let kernel = FakeKernel {
             device: Arc::clone(&device),
+            inline_syncs,
         };
         let driver = Driver::start(common, kernel, FakeWait(Arc::clone(&device)), "fake-reaper")
             .expect("driver");
@@ -1134,5 +1166,63 @@ mod tests {
         };
         assert_eq!(completed, 8, "every read completed");
         driver.shutdown();
+    }
+
+    /// Polls `future` the way an executor other than `block_on` does, until it is ready.
+    fn poll_unattended<F: Future>(future: F) -> F::Output {
+        struct Nothing;
+        impl std::task::Wake for Nothing {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = Waker::from(Arc::new(Nothing));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    #[test]
+    fn an_attended_sync_with_nothing_in_flight_runs_on_the_polling_thread() {
+        let (driver, device, file) = start_with(SLOW, true);
+        let submitted = || lock(&device.0).submitted;
+        let (d, f) = (Arc::clone(&driver), file.clone());
+        let idle = within("idle sync", move || {
+            block_on(d.submit(Request::sync_data(&f, 1)))
+        });
+        assert!(idle.result.is_ok(), "{:?}", idle.result);
+        assert_eq!(submitted(), 0, "the block_on thread ran it itself");
+        assert_eq!(
+            driver.common().metrics().snapshot().sync_data.ops,
+            1,
+            "counted"
+        );
+        // Beside a read in flight it goes to the kernel, as it must not hold the read up.
+        let (d, f) = (Arc::clone(&driver), file.clone());
+        let both = within("sync beside a read", move || {
+            block_on(join_all(vec![
+                d.submit(read(&f, 2)),
+                d.submit(Request::sync_data(&f, 3)),
+            ]))
+        });
+        assert!(both.iter().all(|c| c.result.is_ok()), "{both:?}");
+        assert_eq!(submitted(), 2, "the read and the sync");
+        // Polled by another executor, whose thread must not block: to the kernel.
+        let (d, f) = (Arc::clone(&driver), file.clone());
+        let elsewhere = within("unattended sync", move || {
+            poll_unattended(d.submit(Request::sync_all(&f, 4)))
+        });
+        assert!(elsewhere.result.is_ok(), "{:?}", elsewhere.result);
+        assert_eq!(submitted(), 3);
+        // A kernel that does not ask for it gets every sync.
+        let (driver, device, file) = start_with(SLOW, false);
+        let plain = within("plain sync", move || {
+            block_on(driver.submit(Request::sync_data(&file, 5)))
+        });
+        assert!(plain.result.is_ok());
+        assert_eq!(lock(&device.0).submitted, 1);
     }
 }

@@ -208,11 +208,12 @@ pub enum Next {
 #[derive(Debug)]
 pub struct InFlight {
     request: Request,
-    /// Bytes asked for (the buffer's length at admission); 0 for syncs.
+    /// Bytes asked for (the buffers' lengths at admission); 0 for syncs.
     total: usize,
-    /// Bytes transferred so far, from the start of the buffer.
+    /// Bytes transferred so far, from the start of the (first) buffer.
     done: usize,
-    /// This submission: where in the buffer it starts, and how long it is.
+    /// This submission: where in the buffer (a vectored request's concatenation) it starts,
+    /// and how long it is.
     start: usize,
     len: usize,
     /// The largest length one submission may have: the file's `io_bytes_max`, rounded down to
@@ -315,7 +316,8 @@ impl IoVecs {
 ///
 /// Checks, in order: the handle belongs to this engine and is open; the file's access mode
 /// allows the operation; a sync on a poisoned file; offset overflow; under O_DIRECT (or the
-/// file's `align_min`), the alignment of memory, offset and length.
+/// file's `align_min`), the alignment of memory, offset and length, each buffer's own for a
+/// vectored request.
 ///
 /// # Errors
 ///
@@ -404,26 +406,36 @@ pub fn validate(engine_id: u64, request: &Request) -> Result<()> {
             };
             with_range(Error::misaligned(op, misalignment).with_file(file.file_ref()))
         };
-        if offset % u64::from(offset_align.max(1)) != 0 {
-            return Err(misaligned(AlignTarget::Offset, offset_align, offset));
-        }
-        // Every buffer's memory and length: the kernel checks each iovec on its own.
+        // Every buffer's memory and length (the kernel checks each iovec on its own; a
+        // vectored request's empty buffers take no iovec), in the order memory, offset,
+        // length.
         let bufs = request.bufs();
-        for (i, buf) in bufs.iter().enumerate() {
-            let checks = [
-                (AlignTarget::Memory, geometry.mem_align, buf.as_ptr() as u64),
-                (AlignTarget::Length, geometry.offset_align, buf.len() as u64),
-            ];
-            for (target, required, actual) in checks {
-                if actual % u64::from(required.max(1)) != 0 {
-                    let error = misaligned(target, required, actual);
-                    return Err(match request.is_vectored() {
+        let vectored = request.is_vectored();
+        let check = |target, required: u32, actual: fn(&AlignedBuf) -> u64| {
+            let parts = bufs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !vectored || !b.is_empty());
+            for (i, buf) in parts {
+                if actual(buf) % u64::from(required.max(1)) != 0 {
+                    let error = misaligned(target, required, actual(buf));
+                    return Err(match vectored {
                         true => error.with_message(format!("buffer {i} of {}", bufs.len())),
                         false => error,
                     });
                 }
             }
+            Ok(())
+        };
+        check(AlignTarget::Memory, geometry.mem_align, |b| {
+            b.as_ptr() as u64
+        })?;
+        if offset % u64::from(offset_align.max(1)) != 0 {
+            return Err(misaligned(AlignTarget::Offset, offset_align, offset));
         }
+        check(AlignTarget::Length, geometry.offset_align, |b| {
+            b.len() as u64
+        })?;
     }
     Ok(())
 }
@@ -655,6 +667,28 @@ impl InFlight {
             return len;
         }
         walk_parts(self.request.bufs(), self.start, len, |_, _| {})
+    }
+
+    /// Runs a request [`validate`] passed to its completion on the calling thread, as
+    /// blocking syscalls, with everything else of the lifecycle (admission, the fault hook,
+    /// retries, poisoning, metrics): for a request nothing else is in flight beside, on a
+    /// thread that would only wait for it (see [`crate::raw::Kernel::inline_idle_syncs`]).
+    pub(crate) fn run_here(common: &Common, request: Request) -> Completion {
+        let mut inflight = match InFlight::admit_validated(common, request) {
+            Ok(inflight) => inflight,
+            Err(completion) => return completion,
+        };
+        // Each round settles one result; retries and resumed transfers are bounded there.
+        loop {
+            let result = match inflight.next(common) {
+                Next::Submit => inflight.io_for(false).run_blocking(),
+                Next::Complete(result) => result,
+            };
+            match inflight.settle(common, result) {
+                Ok(again) => inflight = again,
+                Err(completion) => return completion,
+            }
+        }
     }
 
     /// The request.
@@ -893,7 +927,9 @@ impl InFlight {
         self.done = end;
         // Resume the rest at the last aligned point: an O_DIRECT transfer that stopped short
         // of an alignment boundary (end of file) must not continue misaligned. Re-reading or
-        // re-writing the bytes between that point and `done` is harmless.
+        // re-writing the bytes between that point and `done` is harmless. Inside a vectored
+        // request's buffer the point is aligned too: the buffers before it have aligned
+        // lengths, and a device's memory alignment never exceeds its block size.
         self.start = self.done / self.resume_align * self.resume_align;
         self.len = self.submission_len();
         self.attempt = 0;
@@ -1236,7 +1272,8 @@ mod tests {
         let c = common();
         let f = file(&c, rw().direct(true), geometry(4096));
         let id = c.engine_id();
-        let ok = vec![buf(4096, 4096), buf(8192, 4096)];
+        // An empty buffer takes no iovec, so its address does not matter.
+        let ok = vec![buf(4096, 4096), buf(0, 8), buf(8192, 4096)];
         assert!(validate(id, &Request::write_vectored(&f, 0, ok, 0)).is_ok());
         let mut short = buf(8192, 4096);
         short.truncate(4096 + 512);

@@ -45,8 +45,9 @@ pub trait Kernel: Send + 'static {
     /// backend that runs `io` at once (a non-blocking read on the caller's thread) reports the
     /// result through [`Kernel::reap`] like any other.
     ///
-    /// The buffer `io` points into stays owned by the request's slot until `slot`'s result has
-    /// been reaped; the kernel may use the memory for exactly that long.
+    /// The buffers `io` points into (and a vectored submission's `iovec` array) stay owned by
+    /// the request's slot until `slot`'s result has been reaped; the kernel may use the
+    /// memory for exactly that long.
     fn push(&mut self, slot: u32, io: Io<'_>) -> bool;
 
     /// Hands what was pushed to the kernel. A request the kernel refuses outright comes back
@@ -78,7 +79,8 @@ pub trait Kernel: Send + 'static {
     /// Requests pushed and not yet reaped.
     fn in_flight(&self) -> usize;
 
-    /// True when the kernel runs an [`Io::Write`]'s `then_sync` itself: an `fdatasync`
+    /// True when the kernel runs the `then_sync` of an [`Io::Write`] or [`Io::WriteVectored`]
+    /// itself: an `fdatasync`
     /// ordered after the write (io_uring's `IOSQE_IO_LINK`; a worker's two syscalls in a row),
     /// so a [`crate::WriteFlags::SYNC_DATA_AFTER`] write is one submission. It must then
     /// report one result for the pair: the write's when it failed or was short (the sync did
@@ -86,6 +88,17 @@ pub trait Kernel: Send + 'static {
     /// Kernels that return false (the default) never see `then_sync` set; the lifecycle
     /// submits the sync itself once the write has completed.
     fn links_sync(&self) -> bool {
+        false
+    }
+
+    /// True when a sync made while nothing is in flight is better run as a blocking
+    /// `fdatasync`/`fsync` on the thread that would wait for it: Linux AIO runs its fsync on a
+    /// kernel worker, one more wake-up per sync than the syscall itself, which is how fio's
+    /// libaio engine runs every sync. The async driver then runs such a sync on the
+    /// [`crate::block_on`] thread that attends it, outside its lock (never on another
+    /// executor's thread, whose poll must not block); a queue's kernel decides at
+    /// [`Kernel::push`] on its own. The default is false.
+    fn inline_idle_syncs(&self) -> bool {
         false
     }
 

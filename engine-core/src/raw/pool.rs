@@ -57,7 +57,7 @@ unsafe impl Send for Syscall {}
 
 impl Syscall {
     fn of(io: &mut Io<'_>) -> Syscall {
-        let fd = io.file().raw_fd();
+        let (fd, len) = (io.file().raw_fd(), io.len());
         match io {
             Io::Read { offset, buf, .. } => Syscall {
                 ptr: buf.as_mut_ptr(),
@@ -80,7 +80,7 @@ impl Syscall {
                 ..Syscall::bare(Op::Write, fd)
             },
             Io::ReadVectored { offset, bufs, .. } => Syscall {
-                len: bufs.iter().map(|b| b.len()).sum(),
+                len,
                 ptr: bufs.as_mut_ptr().cast(),
                 iovcnt: bufs.len(),
                 offset: *offset,
@@ -93,7 +93,7 @@ impl Syscall {
                 then_sync,
                 ..
             } => Syscall {
-                len: bufs.iter().map(|b| b.len()).sum(),
+                len,
                 ptr: bufs.as_ptr().cast_mut().cast(),
                 iovcnt: bufs.len(),
                 offset: *offset,
