@@ -279,8 +279,9 @@ pub(crate) fn memlock_limit() -> Option<u64> {
 const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 const IORING_REGISTER_FILES_UPDATE2: u8 = 14;
 
-/// Restricted mode: only reads, writes, fsyncs, fallocate, ftruncate and the wake-up NOP,
-/// only on registered files, and only file-table updates as registrations.
+/// Restricted mode: only reads and writes (plain, fixed and vectored), fsyncs, fallocate,
+/// ftruncate and the wake-up NOP, only on registered files, and only file-table updates as
+/// registrations.
 fn restrict(ring: &IoUring) -> io::Result<()> {
     let mut restrictions = [
         register::Restriction::sqe_op(opcode::Read::CODE),
