@@ -35,7 +35,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "ENGINE_RESTRICTED",
-        "`1` restricts io_uring rings to read, write and fsync on registered files (R_DISABLED + REGISTER_RESTRICTIONS); `0` (default) is off",
+        "`1` restricts io_uring rings to the opcodes the engine uses (read, write and their vectored and fixed forms, fsync, fallocate, ftruncate, nop) on registered files (R_DISABLED + REGISTER_RESTRICTIONS); `0` (default) is off",
     ),
 ];
 
