@@ -1268,6 +1268,24 @@ mod tests {
     }
 
     #[test]
+    fn an_atomic_vectored_write_is_held_to_the_segment_limit() {
+        let c = common();
+        let mut g = geometry(4096);
+        (g.atomic_write_unit_min, g.atomic_write_unit_max) = (4096, 65536);
+        g.atomic_write_segments_max = 1;
+        let f = file(&c, rw().direct(true), g);
+        let id = c.engine_id();
+        let atomic = |bufs| Request::write_vectored(&f, 0, bufs, 0).with_flags(WriteFlags::ATOMIC);
+        assert!(
+            validate(id, &atomic(vec![buf(8192, 4096)])).is_ok(),
+            "one segment"
+        );
+        let e = validate(id, &atomic(vec![buf(4096, 4096), buf(4096, 4096)])).expect_err("two");
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("2 buffers"), "{e}");
+    }
+
+    #[test]
     fn every_buffer_of_a_vectored_request_is_checked_for_alignment() {
         let c = common();
         let f = file(&c, rw().direct(true), geometry(4096));
