@@ -157,7 +157,7 @@ impl AlignedBuf {
         if layout.size() == 0 {
             return Ok(AlignedBuf::empty(align));
         }
-        if layout.size() >= MAP_THRESHOLD && align <= PAGE {
+        if layout.size() >= MAP_THRESHOLD {
             return AlignedBuf::mapped(layout.size(), align);
         }
         // SAFETY: the layout has a non-zero size, checked just above.
@@ -179,14 +179,25 @@ impl AlignedBuf {
         })
     }
 
-    /// A zeroed buffer of `size` bytes from an anonymous private mapping (`mmap(2)`).
+    /// A zeroed buffer of `size` bytes from an anonymous private mapping (`mmap(2)`), so its
+    /// pages cost nothing until touched. `size` is a multiple of `align` (see [`layout_for`]).
+    /// An alignment above the page size is had by mapping `align - PAGE` bytes more and
+    /// unmapping the head and tail around the aligned start.
     fn mapped(size: usize, align: usize) -> Result<AlignedBuf> {
-        // SAFETY: an anonymous private mapping of `size` bytes at an address the kernel
+        let slack = align.saturating_sub(PAGE);
+        let Some(total) = size.checked_add(slack) else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                Op::Alloc,
+                format!("mapping {size} bytes aligned to {align} overflows"),
+            ));
+        };
+        // SAFETY: an anonymous private mapping of `total` bytes at an address the kernel
         // chooses; no memory of ours is involved.
         let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                size,
+                total,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -195,9 +206,25 @@ impl AlignedBuf {
         };
         if raw == libc::MAP_FAILED {
             let e = std::io::Error::last_os_error();
-            return Err(Error::from_io(&e, Op::Alloc).with_message(format!("mapping {size} bytes")));
+            return Err(
+                Error::from_io(&e, Op::Alloc).with_message(format!("mapping {total} bytes"))
+            );
         }
-        let Some(ptr) = NonNull::new(raw.cast::<u8>()) else {
+        // The mapping starts on a page boundary, so the head is a whole number of pages below
+        // `slack`, and the tail (`slack - head`) is too.
+        let head = (raw as usize).next_multiple_of(align) - raw as usize;
+        let tail = slack - head;
+        let start = raw.cast::<u8>().wrapping_add(head);
+        if head > 0 {
+            // SAFETY: the first `head` bytes of the mapping just made, which nothing uses.
+            unsafe { libc::munmap(raw, head) };
+        }
+        if tail > 0 {
+            // SAFETY: the last `tail` bytes of the mapping just made, past the `size` bytes
+            // kept from `start`; nothing uses them.
+            unsafe { libc::munmap(start.wrapping_add(size).cast(), tail) };
+        }
+        let Some(ptr) = NonNull::new(start) else {
             return Err(Error::new(
                 ErrorKind::NoMemory,
                 Op::Alloc,
@@ -577,6 +604,21 @@ mod tests {
         assert!(buf[..4096].iter().all(|&b| b == 0));
         buf[(8 << 20) - 1] = 7;
         assert_eq!(buf[(8 << 20) - 1], 7);
+    }
+
+    #[test]
+    fn large_buffers_aligned_beyond_a_page_are_mapped_whole() {
+        for align in [64 << 10, 2 << 20] {
+            let mut buf = AlignedBuf::zeroed((4 << 20) + 1, align).expect("map");
+            assert_eq!(buf.as_ptr() as usize % align, 0, "aligned to {align}");
+            assert!(buf.capacity() > (4 << 20));
+            let capacity = buf.capacity();
+            assert!(buf.iter().all(|&b| b == 0), "zeroed");
+            // Every byte kept is mapped and writable: the trimmed head and tail are not ours.
+            buf.fill(0xA5);
+            assert!(buf.iter().all(|&b| b == 0xA5));
+            assert_eq!(capacity % align, 0);
+        }
     }
 
     #[test]
