@@ -11,11 +11,12 @@ use std::time::Duration;
 use engine_core::raw::FileRaw;
 use engine_core::testing::FaultAction;
 use engine_core::{
-    block_on, AlignTarget, AlignedBuf, AllocateMode, Backend, BackendExt, Completion, ErrorKind,
-    File, Geometry, Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request,
-    WriteFlags, IO_BYTES_MAX,
+    AlignTarget, AlignedBuf, AllocateMode, Backend, BackendExt, Completion, ErrorKind, File,
+    Geometry, Op, OpenOptions, PageAllocator, PagePool, PoolConfig, Queue, Request, WriteFlags,
+    IO_BYTES_MAX,
 };
 
+use crate::runtime::block_on;
 use crate::HookCall;
 use crate::{
     buf, misaligned_buf, pattern, read_exact, rw, write_all, Case, CaseResult, Harness, Hook, Skip,

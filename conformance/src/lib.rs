@@ -7,7 +7,11 @@
 //! [`engine_core::Capabilities`] or the machine do not allow it. The [`runner`] reports skips as
 //! `ignored` with the reason, never as passes, takes libtest's filters (`cargo test -p
 //! conformance -- eof`), and ends with one line per backend:
-//! `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
+//! `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`, or, for trials made by
+//! [`trials_in`], one per runtime and backend:
+//! `conformance: runtime=<runtime> backend=<name> passed=<n> skipped=<n> failed=<n>`. Cases
+//! await each step with [`runtime::block_on`], so the same case runs under every executor of
+//! [`runtime::Runtime`].
 
 pub mod cases;
 pub mod crash;
@@ -16,6 +20,7 @@ pub mod mem;
 pub mod mutants;
 pub mod oracle;
 pub mod runner;
+pub mod runtime;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +29,11 @@ use std::time::Duration;
 
 use engine_core::testing::{FaultAction, FaultHook};
 use engine_core::{
-    block_on, AlignedBuf, Backend, BackendExt, EngineConfig, File, IoBuf, IoBufMut, Op,
-    OpenOptions, Result,
+    AlignedBuf, Backend, BackendExt, EngineConfig, File, IoBuf, IoBufMut, Op, OpenOptions, Result,
 };
 
 use runner::{Outcome, Trial};
+use runtime::block_on;
 
 pub use mem::MemEngine;
 
@@ -345,6 +350,33 @@ pub fn trials<E: Backend + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) ->
             Trial::new(&backend, case.name, CASE_TIMEOUT, move || {
                 outcome(&harness, case.run)
             })
+        })
+        .collect()
+}
+
+/// One trial per case, each run with `runtime` entered on its thread (see
+/// [`runtime::Runtime::enter`]), summed up as `runtime=<runtime> backend=<backend>`. The
+/// trials are named `<backend>::<case>` under the bundled `block_on`, and
+/// `<runtime>/<backend>::<case>` under any other runtime.
+pub fn trials_in<E: Backend + 'static>(
+    runtime: runtime::Runtime,
+    harness: Harness<E>,
+    cases: Vec<Case<E>>,
+) -> Vec<Trial> {
+    let harness = Arc::new(harness);
+    let backend = harness.backend().to_string();
+    let group = match runtime {
+        runtime::Runtime::BlockOn => backend.clone(),
+        other => format!("{}/{backend}", other.name()),
+    };
+    cases
+        .into_iter()
+        .map(|case| {
+            let harness = Arc::clone(&harness);
+            Trial::new(&group, case.name, CASE_TIMEOUT, move || {
+                runtime.enter(|| outcome(&harness, case.run))
+            })
+            .in_runtime(runtime.name(), &backend)
         })
         .collect()
 }

@@ -3,7 +3,8 @@
 //! list and run them one at a time, plus what libtest lacks here: a case can decide at run
 //! time that it cannot run (reported as `ignored` with its reason, never as `ok`), each case
 //! runs on its own thread with a time limit (a hang fails it), and the run ends with one
-//! summary line per group (`conformance: backend=<group> passed=<n> skipped=<n> failed=<n>`).
+//! summary line per group (`conformance: backend=<group> passed=<n> skipped=<n> failed=<n>`,
+//! or `conformance: runtime=<runtime> backend=<backend> ...` for trials run under a runtime).
 //!
 //! (libtest-mimic was the first choice; its 0.8 has no way to ignore a trial at run time.)
 //!
@@ -33,6 +34,9 @@ type Body = Box<dyn FnOnce() -> Outcome + Send + 'static>;
 pub struct Trial {
     name: String,
     group: String,
+    /// What the summary line says the group is: `backend=<group>` unless
+    /// [`Trial::in_runtime`] said otherwise.
+    label: String,
     timeout: Duration,
     body: Body,
 }
@@ -48,6 +52,7 @@ impl Trial {
         Trial {
             name: format!("{group}::{case}"),
             group: group.to_string(),
+            label: format!("backend={group}"),
             timeout,
             body: Box::new(body),
         }
@@ -56,6 +61,12 @@ impl Trial {
     /// The full name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Labels the trial's group `runtime=<runtime> backend=<backend>` on the summary line.
+    pub fn in_runtime(mut self, runtime: &str, backend: &str) -> Trial {
+        self.label = format!("runtime={runtime} backend={backend}");
+        self
     }
 }
 
@@ -208,11 +219,11 @@ pub fn run(trials: Vec<Trial>) -> ! {
     let started = Instant::now();
     let outcomes = crate::quietly(|| run_all(selected, args.threads, args.quiet));
     let mut groups: BTreeMap<String, Summary> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
+    let mut order: Vec<(String, String)> = Vec::new();
     let mut failures = Vec::new();
-    for (name, group, outcome) in outcomes {
+    for (name, (group, label), outcome) in outcomes {
         if !groups.contains_key(&group) {
-            order.push(group.clone());
+            order.push((group.clone(), label));
         }
         let summary = groups.entry(group).or_default();
         match outcome {
@@ -235,8 +246,8 @@ pub fn run(trials: Vec<Trial>) -> ! {
         }
     }
     println!();
-    for group in &order {
-        println!("{}", groups[group].line(group));
+    for (group, label) in &order {
+        println!("{}", groups[group].line(label));
     }
     let sum = |f: fn(&Summary) -> usize| groups.values().map(f).sum::<usize>();
     let (passed, skipped, failed) = (sum(|s| s.passed), sum(|s| s.skipped), sum(|s| s.failed));
@@ -251,8 +262,12 @@ pub fn run(trials: Vec<Trial>) -> ! {
 }
 
 /// Runs the trials on `threads` threads, printing one line each as it ends; returns
-/// (name, group, outcome) in the order given.
-fn run_all(trials: Vec<Trial>, threads: usize, quiet: bool) -> Vec<(String, String, Outcome)> {
+/// (name, (group, label), outcome) in the order given.
+fn run_all(
+    trials: Vec<Trial>,
+    threads: usize,
+    quiet: bool,
+) -> Vec<(String, (String, String), Outcome)> {
     let report = |name: &str, outcome: &Outcome| {
         let mut out = std::io::stdout().lock();
         let _ = match (outcome, quiet) {
@@ -265,9 +280,9 @@ fn run_all(trials: Vec<Trial>, threads: usize, quiet: bool) -> Vec<(String, Stri
         };
         let _ = out.flush();
     };
-    let meta: Vec<(String, String)> = trials
+    let meta: Vec<(String, (String, String))> = trials
         .iter()
-        .map(|t| (t.name.clone(), t.group.clone()))
+        .map(|t| (t.name.clone(), (t.group.clone(), t.label.clone())))
         .collect();
     let mut outcomes: Vec<Option<Outcome>> = meta.iter().map(|_| None).collect();
     let jobs = std::sync::Mutex::new(trials.into_iter().enumerate());
@@ -301,10 +316,11 @@ fn run_all(trials: Vec<Trial>, threads: usize, quiet: bool) -> Vec<(String, Stri
 }
 
 impl Summary {
-    /// The summary line: `conformance: backend=<name> passed=<n> skipped=<n> failed=<n>`.
-    pub fn line(&self, backend: &str) -> String {
+    /// The summary line: `conformance: <label> passed=<n> skipped=<n> failed=<n>`, where the
+    /// label is `backend=<name>` or `runtime=<runtime> backend=<name>`.
+    pub fn line(&self, label: &str) -> String {
         format!(
-            "conformance: backend={backend} passed={} skipped={} failed={}",
+            "conformance: {label} passed={} skipped={} failed={}",
             self.passed, self.skipped, self.failed
         )
     }

@@ -1,35 +1,53 @@
 //! `cargo test -p conformance`: the whole case list against every backend compiled into the
 //! `engine` facade, its ring and pool variants, under injected latency and the crash
-//! simulator, and against the in-memory reference engine. Each trial is `<variant>::<case>`,
-//! so `cargo test -p conformance --test suite -- uring::read` runs just those.
+//! simulator, and against the in-memory reference engine, all under the bundled `block_on`;
+//! then every backend again under each other runtime of [`Runtime::ALL`]. Each trial is
+//! `<variant>::<case>` (or `<runtime>/<backend>::<case>`), so `cargo test -p conformance
+//! --test suite -- uring::read` runs just those, and `-- tokio-mt/` one runtime.
 
 use std::time::Duration;
 
 use conformance::crash::CrashSim;
 use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
 use conformance::runner::{self, Outcome, Trial};
-use conformance::{cases, trials, Harness, MemEngine};
+use conformance::runtime::Runtime;
+use conformance::{cases, trials_in, Harness, MemEngine};
 use engine::{Engine, EngineConfig, ErrorKind, BUILTIN_BACKENDS};
 
 type Adjust = fn(&mut EngineConfig);
 
-/// Trials that each report why `variant` cannot run here, so every case shows as ignored
-/// with the reason instead of disappearing.
-fn unavailable(variant: &str, reason: &str) -> Vec<Trial> {
+/// Trials that each report why `variant` cannot run under `runtime` here, so every case
+/// shows as ignored with the reason instead of disappearing.
+fn unavailable(runtime: Runtime, variant: &str, reason: &str) -> Vec<Trial> {
+    let group = match runtime {
+        Runtime::BlockOn => variant.to_string(),
+        other => format!("{}/{variant}", other.name()),
+    };
     cases::all::<Engine>()
         .into_iter()
         .map(|case| {
             let reason = reason.to_string();
-            Trial::new(variant, case.name, Duration::from_secs(1), move || {
+            Trial::new(&group, case.name, Duration::from_secs(1), move || {
                 Outcome::Skipped(reason)
             })
+            .in_runtime(runtime.name(), variant)
         })
         .collect()
+}
+
+/// A harness whose engines are the built-in backend `name`.
+fn backend(name: &str) -> Harness<Engine> {
+    let backend = name.to_string();
+    Harness::new(
+        name,
+        Box::new(move |config| Engine::with_backend(&backend, config)),
+    )
 }
 
 fn main() {
     let mut all: Vec<Trial> = Vec::new();
     let mut available: Vec<&str> = Vec::new();
+    let mut unavailable_reasons: Vec<(&str, String)> = Vec::new();
     for name in BUILTIN_BACKENDS {
         // Probe once: a backend that is not compiled in, or cannot run on this machine, shows
         // its reason on every case.
@@ -37,18 +55,14 @@ fn main() {
             Ok(engine) => drop(engine),
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 let reason = format!("backend {name} cannot run here: {}", e.message());
-                all.extend(unavailable(name, &reason));
+                all.extend(unavailable(Runtime::BlockOn, name, &reason));
+                unavailable_reasons.push((name, reason));
                 continue;
             }
             Err(e) => panic!("backend {name} cannot be built: {e}"),
         }
         available.push(name);
-        let backend = name.to_string();
-        let harness = Harness::new(
-            name,
-            Box::new(move |config| Engine::with_backend(&backend, config)),
-        );
-        all.extend(trials(harness, cases::all()));
+        all.extend(trials_in(Runtime::BlockOn, backend(name), cases::all()));
     }
     // Ring and pool variants of the built-in backends keep the same contract.
     let variants: [(&str, &str, Adjust); 4] = [
@@ -63,6 +77,7 @@ fn main() {
     for (variant, base, adjust) in variants {
         if !available.contains(&base) {
             all.extend(unavailable(
+                Runtime::BlockOn,
                 variant,
                 &format!("backend {base} cannot run here"),
             ));
@@ -75,7 +90,7 @@ fn main() {
                 Engine::with_backend(base, config)
             }),
         );
-        all.extend(trials(harness, cases::all()));
+        all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
     }
     // Every built-in backend again, under injected latency (faults the engine must absorb
     // without changing any result), and through the crash simulator's bookkeeping.
@@ -93,15 +108,29 @@ fn main() {
                 )
             }),
         );
-        all.extend(trials(harness, cases::all()));
+        all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
         let crash = format!("crash:{name}");
         let harness = Harness::new(
             &crash,
             Box::new(move |config| Ok(CrashSim::new(Engine::with_backend(name, config)?, 512))),
         );
-        all.extend(trials(harness, cases::all()));
+        all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
     }
     let harness = Harness::new(conformance::mem::NAME, Box::new(MemEngine::new));
-    all.extend(trials(harness, cases::all()));
+    all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
+    // Every built-in backend under every other runtime: the same futures, polled and woken the
+    // way each runtime does it.
+    for runtime in Runtime::ALL.into_iter().filter(|&r| r != Runtime::BlockOn) {
+        let probed = runtime.probe();
+        for name in BUILTIN_BACKENDS {
+            if let Some((_, reason)) = unavailable_reasons.iter().find(|(n, _)| *n == name) {
+                all.extend(unavailable(runtime, name, reason));
+            } else if let Err(reason) = &probed {
+                all.extend(unavailable(runtime, name, reason));
+            } else {
+                all.extend(trials_in(runtime, backend(name), cases::all()));
+            }
+        }
+    }
     runner::run(all);
 }
