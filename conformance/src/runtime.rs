@@ -172,69 +172,80 @@ where
     F: Future + Send,
     F::Output: Send,
 {
+    let mut output = None;
+    {
+        // Only this wrapper is generic: every runtime runs the same `dyn` step, so none of
+        // their machinery is compiled again for each of the suite's hundreds of futures.
+        let step = std::pin::pin!(async {
+            output = Some(future.await);
+        });
+        run_step(step);
+    }
+    match output {
+        Some(value) => value,
+        None => panic!("the runtime returned before the step completed"),
+    }
+}
+
+/// One step of a case, its output stored by the step itself.
+type Step<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
+
+/// Runs `step` to completion under this thread's runtime.
+fn run_step(step: Step<'_>) {
     CURRENT.with_borrow_mut(|driver| match driver {
-        None | Some(Driver::BlockOn) => engine_core::block_on(future),
-        Some(Driver::Tokio(runtime)) => run_as_task(future, |task| {
-            if let Err(e) = runtime.block_on(runtime.spawn(task)) {
-                panic!("the tokio task was cancelled: {e}");
-            }
-        }),
-        Some(Driver::Glommio(executor)) => executor.run(future),
-        Some(Driver::MonoioUring(runtime)) => runtime.block_on(future),
-        Some(Driver::MonoioLegacy(runtime)) => runtime.block_on(future),
-        Some(Driver::Smol) => run_as_task(future, |task| smol::block_on(smol::spawn(task))),
+        None | Some(Driver::BlockOn) => engine_core::block_on(step),
+        Some(Driver::Tokio(runtime)) => {
+            run_as_task(step, |task| match runtime.block_on(runtime.spawn(task)) {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Box::new(format!("the tokio task was cancelled: {e}"))),
+            })
+        }
+        Some(Driver::Glommio(executor)) => executor.run(step),
+        Some(Driver::MonoioUring(runtime)) => runtime.block_on(step),
+        Some(Driver::MonoioLegacy(runtime)) => runtime.block_on(step),
+        Some(Driver::Smol) => run_as_task(step, |task| smol::block_on(smol::spawn(task))),
     })
 }
 
-/// A task of an executor that wants `'static` tasks.
-type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// How a spawned step ended: normally, or with its panic.
+type Outcome = Result<(), Box<dyn Any + Send>>;
 
-/// Runs `future`, which may borrow from the caller, as a task of an executor that only takes
-/// `'static` tasks: `spawn_and_wait` spawns the task and returns once it has finished.
+/// A step handed to an executor that only takes `'static` tasks, with its panic caught.
+type Task = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// Runs `step`, which borrows from the caller, as a task of an executor that only takes
+/// `'static` tasks: `spawn_and_wait` spawns the task and returns its outcome once it has
+/// finished.
 ///
 /// # Panics
 ///
-/// With the future's own panic, carried out of the task. Aborts the process if
-/// `spawn_and_wait` returns or unwinds before the task has finished, as that would leave the
-/// task holding borrows that are about to end.
-fn run_as_task<F>(future: F, spawn_and_wait: impl FnOnce(Task)) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    let mut output: Option<Result<F::Output, Box<dyn Any + Send>>> = None;
-    let slot = &mut output;
-    let task = async move {
-        *slot = Some(AssertUnwindSafe(future).catch_unwind().await);
-    };
-    let task: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(task);
-    // SAFETY: the task borrows `output` and whatever `future` borrows, all of which outlive
-    // this call. The lifetime is erased only so `spawn_and_wait` can hand the task to an
-    // executor that asks for `'static`; this function does not return until the task has
-    // finished, and both tokio and smol (async-task) drop a task's future before they report
-    // it finished. If the task has not stored its output when `spawn_and_wait` ends, normally
-    // or by unwinding, `abort` ends the process before any borrow ends.
-    let task =
-        unsafe { std::mem::transmute::<Pin<Box<dyn Future<Output = ()> + Send + '_>>, Task>(task) };
+/// With the step's own panic, carried out of the task. Aborts the process if
+/// `spawn_and_wait` unwinds, as the task might then still hold the step.
+fn run_as_task(step: Step<'_>, spawn_and_wait: impl FnOnce(Task) -> Outcome) {
+    // SAFETY: the step lives in the caller's frame, with everything it borrows. The lifetime
+    // is erased only so `spawn_and_wait` can hand a task that points at it to an executor that
+    // asks for `'static`; `spawn_and_wait` returns only once the task has finished, and both
+    // tokio and smol (async-task) drop a task's future (here, the pointer to the step) before
+    // they report it finished. Were `spawn_and_wait` to unwind instead, `AbortOnDrop` ends the
+    // process before the step can go.
+    let step = unsafe { std::mem::transmute::<Step<'_>, Step<'static>>(step) };
+    let task: Task = Box::pin(AssertUnwindSafe(step).catch_unwind());
     let guard = AbortOnDrop;
-    spawn_and_wait(task);
-    let Some(output) = output else { abort() };
+    let outcome = spawn_and_wait(task);
     std::mem::forget(guard);
-    output.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
-/// Aborts the process when dropped: armed while a task holds borrows of the frame.
+/// Aborts the process when dropped: armed while a task may hold a pointer into the frame.
 struct AbortOnDrop;
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        abort();
+        eprintln!("a spawned step ended without finishing; aborting rather than free it");
+        std::process::abort();
     }
-}
-
-fn abort() -> ! {
-    eprintln!("a spawned step ended without finishing; aborting rather than free its borrows");
-    std::process::abort();
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@
 //! - A backend writes a [`Kernel`] (how a submission becomes a kernel entry; how the kernel is
 //!   submitted to, reaped and waited on) and a [`Wait`] (how a thread waits without the lock);
 //!   [`Driver`] runs the async API over them and [`QueueDriver`] the per-thread queue.
-//!   [`ThreadKernel`] is the kernel of blocking syscalls on a worker [`Pool`].
+//!   [`ThreadKernel`] is the kernel of [`Job`]s that run elsewhere: blocking syscalls on a
+//!   worker [`Pool`], or any other [`Runner`] (another runtime's executor thread).
 //! - [`Park`] is how [`crate::block_on`] lends its thread to an engine instead of waiting for a
 //!   wake-up from another thread. While the kernel answers in microseconds, a future that
 //!   `block_on` polls only pushes its request when other requests hold slots; the park
@@ -49,5 +50,5 @@ pub use driver::{lock, Driver, Submit};
 pub use inflight::{errno_is_transient, reject, validate, InFlight, Io, Next, RETRIES_MAX};
 pub use kernel::{Kernel, Notify, Reaped, Wait};
 pub use park::{note_completed_at_once, offer, Attendance, Park, ParkToken};
-pub use pool::{Done, Pool, PoolWait, ThreadKernel};
+pub use pool::{Done, Job, Pool, PoolWait, Runner, Syscall, ThreadKernel};
 pub use queue::QueueDriver;

@@ -1,6 +1,9 @@
-//! Blocking syscalls as a kernel: a bounded pool of worker threads ([`Pool`]) and the
-//! [`Kernel`] over it ([`ThreadKernel`]), shared by the sync backend and by backends that need
-//! a thread for what their kernel interface cannot do (AIO without fsync).
+//! Requests as jobs that run elsewhere: a [`Kernel`] ([`ThreadKernel`]) that turns each
+//! submission into a [`Job`] and hands it to a [`Runner`], and the runner of blocking syscalls,
+//! a bounded pool of worker threads ([`Pool`]). The sync backend is the pool; backends that
+//! need a thread for what their kernel interface cannot do (AIO without fsync) use one too; and
+//! a backend hosted on another runtime's executor (monoio) is a runner whose thread runs each
+//! job as one of that runtime's operations.
 //!
 //! Three things keep the thread hops away from requests that do not need them:
 //! - a buffered read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`; only
@@ -28,12 +31,15 @@ use crate::raw::kernel::{Kernel, Notify, Reaped, Wait};
 /// The file flag recorded when a file refused `RWF_NOWAIT` (`EOPNOTSUPP`).
 const FILE_NO_NOWAIT: u32 = 1 << 0;
 
-/// One blocking syscall: a submission's parameters, with the address of the request's
-/// buffer, which stays owned by the request's slot until the result has been reaped.
+/// One submission as a syscall's parameters, with the address of the request's buffer, which
+/// stays owned by the request's slot until the result has been reaped. A [`Runner`] reads it
+/// to decide how to run the job; [`Job::run`] runs it as a blocking syscall.
 #[derive(Clone, Copy, Debug)]
-struct Syscall {
+pub struct Syscall {
     op: Op,
     fd: RawFd,
+    /// The file's backend index ([`crate::raw::FileRaw::backend_index`]).
+    file_index: u32,
     /// The buffer (a read's or write's), the `iovec` array (a vectored one's), or the statx
     /// record (metadata).
     ptr: *mut u8,
@@ -58,12 +64,13 @@ unsafe impl Send for Syscall {}
 impl Syscall {
     fn of(io: &mut Io<'_>) -> Syscall {
         let (fd, len) = (io.file().raw_fd(), io.len());
+        let file_index = io.file().backend_index();
         match io {
             Io::Read { offset, buf, .. } => Syscall {
                 ptr: buf.as_mut_ptr(),
                 len: buf.len(),
                 offset: *offset,
-                ..Syscall::bare(Op::Read, fd)
+                ..Syscall::bare(Op::Read, fd, file_index)
             },
             Io::Write {
                 offset,
@@ -77,14 +84,14 @@ impl Syscall {
                 offset: *offset,
                 rw_flags: *rw_flags,
                 then_sync: *then_sync,
-                ..Syscall::bare(Op::Write, fd)
+                ..Syscall::bare(Op::Write, fd, file_index)
             },
             Io::ReadVectored { offset, bufs, .. } => Syscall {
                 len,
                 ptr: bufs.as_mut_ptr().cast(),
                 iovcnt: bufs.len(),
                 offset: *offset,
-                ..Syscall::bare(Op::Read, fd)
+                ..Syscall::bare(Op::Read, fd, file_index)
             },
             Io::WriteVectored {
                 offset,
@@ -99,10 +106,10 @@ impl Syscall {
                 offset: *offset,
                 rw_flags: *rw_flags,
                 then_sync: *then_sync,
-                ..Syscall::bare(Op::Write, fd)
+                ..Syscall::bare(Op::Write, fd, file_index)
             },
-            Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd),
-            Io::SyncAll { .. } => Syscall::bare(Op::SyncAll, fd),
+            Io::SyncData { .. } => Syscall::bare(Op::SyncData, fd, file_index),
+            Io::SyncAll { .. } => Syscall::bare(Op::SyncAll, fd, file_index),
             Io::Allocate {
                 offset, len, mode, ..
             } => Syscall {
@@ -110,24 +117,78 @@ impl Syscall {
                 len: usize::try_from(*len).unwrap_or(usize::MAX),
                 offset: *offset,
                 mode: mode.bits(),
-                ..Syscall::bare(Op::Allocate, fd)
+                ..Syscall::bare(Op::Allocate, fd, file_index)
             },
             Io::SetLen { len, .. } => Syscall {
                 offset: *len,
-                ..Syscall::bare(Op::SetLen, fd)
+                ..Syscall::bare(Op::SetLen, fd, file_index)
             },
             Io::Metadata { statx, .. } => Syscall {
                 ptr: statx.cast(),
-                ..Syscall::bare(Op::Metadata, fd)
+                ..Syscall::bare(Op::Metadata, fd, file_index)
             },
         }
     }
 
+    /// The operation.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The descriptor, which the request keeps open until its result has been reaped.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The file's backend index ([`crate::raw::FileRaw::backend_index`]), 0 when the
+    /// backend gave it none.
+    pub fn file_index(&self) -> u32 {
+        self.file_index
+    }
+
+    /// The transfer's length (a vectored one's total), or the range's (allocate).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a transfer of no bytes, and for operations that move none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file offset (a transfer's, an allocated range's), or the new length (set_len).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A write's `RWF_*` flags.
+    pub fn rw_flags(&self) -> i32 {
+        self.rw_flags
+    }
+
+    /// True when an `fdatasync` is to follow a write that transferred everything.
+    pub fn then_sync(&self) -> bool {
+        self.then_sync
+    }
+
+    /// True for a vectored read or write.
+    pub fn is_vectored(&self) -> bool {
+        self.iovcnt > 0
+    }
+
+    /// A plain read's or write's buffer: `len` bytes, writable for a read, owned by the
+    /// request's slot until the job's result has been delivered and reaped. `None` for
+    /// vectored transfers and the other operations.
+    pub fn buffer(&self) -> Option<*mut u8> {
+        (matches!(self.op, Op::Read | Op::Write) && self.iovcnt == 0).then_some(self.ptr)
+    }
+
     /// A syscall of `op` on `fd` with nothing else set.
-    fn bare(op: Op, fd: RawFd) -> Syscall {
+    fn bare(op: Op, fd: RawFd, file_index: u32) -> Syscall {
         Syscall {
             op,
             fd,
+            file_index,
             ptr: std::ptr::null_mut(),
             len: 0,
             iovcnt: 0,
@@ -325,15 +386,27 @@ impl Done {
     }
 }
 
-/// A job for a worker: one syscall and where its result goes.
-struct Job {
+/// One request's submission handed to a [`Runner`]: the syscall it stands for, and where its
+/// result goes. Every job ends in exactly one result: [`Job::run`] runs the syscall on the
+/// calling thread, [`Job::finish`] delivers a result the runner got some other way, and a job
+/// dropped before either fails its request with `ECANCELED`, so a runner that loses a job
+/// (its thread gone) cannot leave a request waiting forever. Drop a job only before its
+/// memory was handed to anything that might still use it.
+pub struct Job {
     slot: u32,
     call: Syscall,
     done: Arc<Done>,
+    delivered: bool,
 }
 
 impl Job {
-    fn run(self) {
+    /// The syscall this job stands for.
+    pub fn call(&self) -> &Syscall {
+        &self.call
+    }
+
+    /// Runs the syscall as a blocking call on this thread and delivers its result.
+    pub fn run(mut self) {
         let call = self.call;
         // A panic in the syscall path must not lose the result: the request then fails, and
         // its buffer comes back with its completion like any other.
@@ -343,10 +416,45 @@ impl Job {
             unsafe { call.run(0) }
         })
         .unwrap_or(-i64::from(libc::ECANCELED));
+        self.deliver(result);
+    }
+
+    /// Delivers `result`, the bytes transferred or `-errno`, as the job's outcome. From this
+    /// call on the request may complete and its buffer be reused: nothing may touch the
+    /// memory of [`Syscall::buffer`] any more.
+    pub fn finish(mut self, result: i64) {
+        self.deliver(result);
+    }
+
+    fn deliver(&mut self, result: i64) {
+        self.delivered = true;
         self.done.push(Reaped {
             slot: self.slot,
             result,
         });
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.deliver(-i64::from(libc::ECANCELED));
+        }
+    }
+}
+
+/// Where a [`ThreadKernel`]'s jobs run: a pool of worker threads ([`Pool`]), or another
+/// runtime's executor thread.
+pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes every job in `jobs` (leaving it empty) to run them, each to exactly one result
+    /// (see [`Job`]). Must not block on the jobs themselves: it is called under the async
+    /// driver's lock.
+    fn enqueue(&self, jobs: &mut Vec<Job>);
+
+    /// Runs one queued job on the calling thread, if the runner has one it can give away: a
+    /// thread that waits for results helps instead of sleeping. The default gives none.
+    fn help(&self) -> bool {
+        false
     }
 }
 
@@ -425,7 +533,7 @@ impl Pool {
         self.threads.load(Ordering::Relaxed)
     }
 
-    fn enqueue(&self, jobs: &mut Vec<Job>) {
+    fn enqueue_jobs(&self, jobs: &mut Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
@@ -465,7 +573,7 @@ impl Pool {
     }
 
     /// Runs one queued job on the calling thread, if there is one.
-    fn help(&self) -> bool {
+    fn help_once(&self) -> bool {
         let job = lock(&self.jobs).queue.pop_front();
         match job {
             Some(job) => {
@@ -540,11 +648,22 @@ impl Drop for Pool {
     }
 }
 
-/// A [`Kernel`] of blocking syscalls: run on the submitting thread (inline mode, or a read
-/// that `RWF_NOWAIT` shows would not block), or on a [`Pool`].
+impl Runner for Pool {
+    fn enqueue(&self, jobs: &mut Vec<Job>) {
+        self.enqueue_jobs(jobs);
+    }
+
+    fn help(&self) -> bool {
+        self.help_once()
+    }
+}
+
+/// A [`Kernel`] of jobs: each runs on the submitting thread (inline mode, or a read that
+/// `RWF_NOWAIT` shows would not block) or on a [`Runner`], by default a [`Pool`] of blocking
+/// syscalls.
 #[derive(Debug)]
-pub struct ThreadKernel {
-    pool: Option<Arc<Pool>>,
+pub struct ThreadKernel<R: Runner = Pool> {
+    pool: Option<Arc<R>>,
     done: Arc<Done>,
     /// Pushed and not yet handed to the pool.
     batch: Vec<Job>,
@@ -557,15 +676,18 @@ pub struct ThreadKernel {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("slot", &self.slot).finish()
+        f.debug_struct("Job")
+            .field("slot", &self.slot)
+            .field("call", &self.call)
+            .finish()
     }
 }
 
-impl ThreadKernel {
+impl<R: Runner> ThreadKernel<R> {
     /// A kernel over `pool` (or, with `None`, running every syscall on the submitting thread)
     /// for up to `depth` requests. With `nowait`, buffered reads are first tried on the
     /// submitting thread with `RWF_NOWAIT`.
-    pub fn new(pool: Option<Arc<Pool>>, depth: usize, nowait: bool) -> ThreadKernel {
+    pub fn new(pool: Option<Arc<R>>, depth: usize, nowait: bool) -> ThreadKernel<R> {
         ThreadKernel {
             pool,
             done: Done::new(depth),
@@ -577,7 +699,7 @@ impl ThreadKernel {
     }
 
     /// The [`Wait`] for this kernel in the async API: it helps the pool, or waits for results.
-    pub fn waiter(&self) -> PoolWait {
+    pub fn waiter(&self) -> PoolWait<R> {
         PoolWait {
             pool: self.pool.clone(),
             done: Arc::clone(&self.done),
@@ -638,7 +760,7 @@ impl ThreadKernel {
     }
 }
 
-impl Kernel for ThreadKernel {
+impl<R: Runner> Kernel for ThreadKernel<R> {
     fn links_sync(&self) -> bool {
         true
     }
@@ -655,6 +777,7 @@ impl Kernel for ThreadKernel {
             slot,
             call: Syscall::of(&mut io),
             done: Arc::clone(&self.done),
+            delivered: false,
         });
         self.in_flight += 1;
         true
@@ -705,14 +828,14 @@ impl Kernel for ThreadKernel {
 }
 
 /// The async API's [`Wait`] for a [`ThreadKernel`]: the waiting thread runs a queued job if
-/// there is one (no hand-off), and otherwise sleeps until a result arrives.
+/// the runner gives one away (no hand-off), and otherwise sleeps until a result arrives.
 #[derive(Debug)]
-pub struct PoolWait {
-    pool: Option<Arc<Pool>>,
+pub struct PoolWait<R: Runner = Pool> {
+    pool: Option<Arc<R>>,
     done: Arc<Done>,
 }
 
-impl Wait for PoolWait {
+impl<R: Runner> Wait for PoolWait<R> {
     fn wait(&self) -> Result<()> {
         let seen = self.done.delivered();
         if self.pool.as_ref().is_some_and(|pool| pool.help()) {
