@@ -53,7 +53,7 @@ run randread-aio "4k random read, depth 32, O_DIRECT: Linux AIO" fio:libaio,aio 
 run randread-sync "4k random read, 32 threads each with one request, O_DIRECT: sync inline" fio:psync,sync --rw randread --bs 4k --iodepth 1 --numjobs 32 --threads inline --direct 1 --size 1g --filename "$BIG"
 run randread-sync-pool "4k random read, depth 32 on one queue, O_DIRECT: sync worker pool (32 threads) against psync (32 threads)" fio:psync,sync "${RR[@]}"
 run randread-async "4k random read, depth 32, O_DIRECT: async API" fio,uring "${RR[@]}" --api async
-run randread-peers "4k random read, depth 32, O_DIRECT: against glommio, monoio and tokio's file I/O" uring,glommio,monoio,tokio-fs "${RR[@]}"
+run randread-peers "4k random read, depth 32, O_DIRECT: against glommio, monoio and tokio's file I/O used directly" uring,glommio-direct,monoio-direct,tokio-fs "${RR[@]}"
 run write-1m "1 MiB sequential write, depth 8, O_DIRECT" fio,uring,fio:libaio,aio --rw write --bs 1m --iodepth 8 --direct 1 --size 1g --filename "$BIG"
 run read-1m "1 MiB sequential read, depth 8, O_DIRECT" fio,uring,fio:libaio,aio --rw read --bs 1m --iodepth 8 --direct 1 --size 1g --filename "$BIG"
 run qd1 "4k random read, depth 1, O_DIRECT: latency" fio,uring,fio:libaio,aio,fio:psync,sync --rw randread --bs 4k --iodepth 1 --threads inline --direct 1 --size 1g --filename "$BIG"
@@ -95,6 +95,15 @@ if [ -z "$ZRAM_SKIP" ]; then
 else
     echo "skipping the zram rows: $ZRAM_SKIP" >&2
 fi
+
+# The hosted backends (on another runtime's executor thread): each one's cost against uring,
+# the kernel interface they share, at depth 32 and 1, both APIs, O_DIRECT (no RWF_NOWAIT fast
+# path: every read reaches the runtime), on zram where it is ready.
+if [ -z "$ZRAM_SKIP" ]; then HOSTED=(--direct 1 --size 1g --filename /dev/zram0); else HOSTED=(--direct 1 --size 1g --filename "$BIG"); fi
+for depth in 32 1; do
+    run "hosted-d$depth" "Hosted backends: 4k random read, depth $depth, O_DIRECT on ${HOSTED[5]}: monoio against uring" \
+        uring@queue,monoio@queue,uring@async,monoio@async --rw randread --bs 4k --iodepth "$depth" "${HOSTED[@]}"
+done
 
 # The write-ahead-log tier: 4k sequential O_DIRECT appends at depth 1, each made durable (an
 # fdatasync after every write, fio's --fdatasync=1; or RWF_DSYNC, fio's --sync=dsync), both
@@ -143,8 +152,8 @@ targets = [
     ("4k randread QD32 on one queue: sync worker pool (32 threads) vs fio psync (32 threads)", ratios("randread-sync-pool", "sync", "fio:psync"), ">= 0.95", 0.95),
     ("4k randread QD32: async API (uring) vs fio io_uring", ratios("randread-async", "uring", "fio"), ">= 0.95", 0.95),
     ("4k randread QD32: uring vs tokio's file I/O", 1 / ratios("randread-peers", "tokio-fs", "uring"), ">= 1.50", 1.5),
-    ("4k randread QD32: uring vs glommio DmaFile", 1 / ratios("randread-peers", "glommio", "uring"), ">= 1.00", 1.0),
-    ("4k randread QD32: uring vs monoio File", 1 / ratios("randread-peers", "monoio", "uring"), ">= 1.00", 1.0),
+    ("4k randread QD32: uring vs glommio DmaFile", 1 / ratios("randread-peers", "glommio-direct", "uring"), ">= 1.00", 1.0),
+    ("4k randread QD32: uring vs monoio File", 1 / ratios("randread-peers", "monoio-direct", "uring"), ">= 1.00", 1.0),
     ("1 MiB seq write QD8: uring vs fio io_uring", ratios("write-1m", "uring", "fio"), ">= 0.98", 0.98),
     ("1 MiB seq write QD8: aio vs fio libaio", ratios("write-1m", "aio", "fio:libaio"), ">= 0.98", 0.98),
     ("1 MiB seq read QD8: uring vs fio io_uring", ratios("read-1m", "uring", "fio"), ">= 0.98", 0.98),
@@ -221,6 +230,14 @@ for name, value, required, bound in fast_targets:
         continue
     verdict = "-" if bound is None else ("yes" if met(value, bound) else "no")
     lines.append(f"| {name} | {value:.3f} | {required} | {verdict} |")
+lines += ["", "## Hosted backends", "",
+ "Backends that run requests on another runtime's executor thread, against uring (the kernel interface they share) in one interleaved run: 4k random reads, O_DIRECT, so every read reaches the runtime.",
+ "", "| backend, depth, API | measured | required | met |", "| --- | ---: | ---: | --- |"]
+for depth in [32, 1]:
+    for api in ["queue", "async"]:
+        value = pair(f"hosted-d{depth}", f"monoio@{api}", f"uring@{api}")
+        if value == value:
+            lines.append(f"| monoio d{depth}: {api} API / uring {api} API | {value:.3f} | - | - |")
 lines += ["", "## Write-ahead log tier", "",
  "4k sequential O_DIRECT appends at depth 1, each made durable before the next: an fdatasync after every write (`--fdatasync 1`, fio's same flag) or a durable write (`--dsync 1`: `WriteFlags::DSYNC`, `RWF_DSYNC`; fio: `--sync=dsync`, an `O_DSYNC` open). The disk's flush dominates, and varies, so these rows take more repetitions. The sync backend is held to fio's psync as psync runs, each syscall on the job's thread (`--threads inline`); its worker pool, shown for reference, hands each syscall to a worker and back, two wake-ups that psync never makes.",
  "", "| target | measured | required | met |", "| --- | ---: | ---: | --- |"]

@@ -92,6 +92,26 @@ fn main() {
         );
         all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
     }
+    // monoio's legacy (epoll) driver, which monoio picks where io_uring is unavailable: the
+    // same contract with every file operation a blocking syscall on the executor thread.
+    #[cfg(feature = "monoio")]
+    {
+        use engine::monoio::{DriverChoice, MonoioEngine};
+        let variant = "monoio+legacy";
+        if available.contains(&"monoio") {
+            let harness = Harness::new(
+                variant,
+                Box::new(|config| MonoioEngine::with_driver(config, DriverChoice::Legacy)),
+            );
+            all.extend(trials_in(Runtime::BlockOn, harness, cases::all()));
+        } else {
+            all.extend(unavailable(
+                Runtime::BlockOn,
+                variant,
+                "backend monoio cannot run here",
+            ));
+        }
+    }
     // Every built-in backend again, under injected latency (faults the engine must absorb
     // without changing any result), and through the crash simulator's bookkeeping.
     for name in available {

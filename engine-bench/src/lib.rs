@@ -52,7 +52,7 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
 
 /// True for names this library's engines answer to (not fio or a peer).
 pub fn is_library_engine(name: &str) -> bool {
-    !name.starts_with("fio") && !["tokio-fs", "monoio", "glommio"].contains(&name)
+    !name.starts_with("fio") && !["tokio-fs", "monoio-direct", "glommio-direct"].contains(&name)
 }
 
 /// Prepares the page cache for a buffered job the way fio does: dropped for
@@ -124,7 +124,7 @@ fn run_spec(
     }
     let (measured, api_name) = if name == "tokio-fs" {
         (peers::tokio_fs(job, path, seed)?, "blocking-pool")
-    } else if name == "monoio" || name == "glommio" {
+    } else if name == "monoio-direct" || name == "glommio-direct" {
         peer(name, job, path, seed)?
     } else {
         let engine = build_engine(name, job)?;
@@ -164,7 +164,7 @@ fn peer(
     path: &Path,
     seed: u64,
 ) -> Result<(run::Measured, &'static str), String> {
-    if name == "monoio" {
+    if name == "monoio-direct" {
         Ok((peers::monoio(job, path, seed)?, "io_uring"))
     } else {
         Ok((peers::glommio(job, path, seed)?, "DmaFile"))

@@ -22,6 +22,9 @@ pub use engine_core::testing;
 /// The Linux AIO backend's crate, for its own types.
 #[cfg(feature = "aio")]
 pub use engine_aio as aio;
+/// The monoio backend's crate, for its own types.
+#[cfg(feature = "monoio")]
+pub use engine_monoio as monoio;
 /// The sync backend's crate, for its own types.
 #[cfg(feature = "sync")]
 pub use engine_sync as sync;
@@ -31,8 +34,9 @@ pub use engine_uring as uring;
 
 use engine_core::registry::{Diagnosis, Outcome, Plugin, Probe, SelectionReport};
 
-/// The built-in backends, in the order `auto` tries them.
-pub const BUILTIN_BACKENDS: [&str; 3] = ["uring", "aio", "sync"];
+/// The built-in backends, in the order `auto` tries them. `sync` runs everywhere, so `auto`
+/// reaches `monoio` only in a build without `sync`; name it to choose it.
+pub const BUILTIN_BACKENDS: [&str; 4] = ["uring", "aio", "sync", "monoio"];
 
 /// The backend behind an [`Engine`]: one variant per compiled-in backend, so the built-in
 /// path dispatches with a match and allocates nothing, plus one for registered plugins.
@@ -43,6 +47,8 @@ enum Inner {
     Aio(engine_aio::AioEngine),
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncEngine),
+    #[cfg(feature = "monoio")]
+    Monoio(engine_monoio::MonoioEngine),
     Plugin(Box<dyn DynBackend>),
 }
 
@@ -56,6 +62,8 @@ macro_rules! dispatch {
             Inner::Aio($e) => $body,
             #[cfg(feature = "sync")]
             Inner::Sync($e) => $body,
+            #[cfg(feature = "monoio")]
+            Inner::Monoio($e) => $body,
             Inner::Plugin($e) => $body,
         }
     };
@@ -87,6 +95,8 @@ enum QueueInner {
     Aio(engine_aio::AioQueue),
     #[cfg(feature = "sync")]
     Sync(engine_sync::SyncQueue),
+    #[cfg(feature = "monoio")]
+    Monoio(engine_monoio::MonoioQueue),
     Plugin(Box<dyn Queue + Send>),
 }
 
@@ -126,6 +136,10 @@ fn attempt(name: &str, config: &EngineConfig) -> Attempted {
         #[cfg(feature = "sync")]
         "sync" => probe_then(&engine_sync::SyncPlugin, config, || {
             engine_sync::SyncEngine::new(config.clone()).map(Inner::Sync)
+        }),
+        #[cfg(feature = "monoio")]
+        "monoio" => probe_then(&engine_monoio::MonoioPlugin, config, || {
+            engine_monoio::MonoioEngine::new(config.clone()).map(Inner::Monoio)
         }),
         builtin if BUILTIN_BACKENDS.contains(&builtin) => Attempted::NotCompiled(format!(
             "this build has no `{builtin}` backend (cargo feature `{builtin}`)"
@@ -314,7 +328,7 @@ impl Engine {
         drop(noted);
         let what = match self.name() {
             "uring" => "io_uring hands every request on it to kernel worker threads",
-            "sync" => "reads cannot be tried on the submitting thread first, so each goes to the worker pool",
+            "sync" | "monoio" => "reads cannot be tried on the submitting thread first, so each goes to the worker pool or executor",
             _ => "requests on it cannot be tried without blocking",
         };
         let note = format!(
@@ -494,6 +508,8 @@ impl Engine {
             Inner::Aio(e) => Backend::queue(e).map(QueueInner::Aio),
             #[cfg(feature = "sync")]
             Inner::Sync(e) => Backend::queue(e).map(QueueInner::Sync),
+            #[cfg(feature = "monoio")]
+            Inner::Monoio(e) => Backend::queue(e).map(QueueInner::Monoio),
             Inner::Plugin(e) => Backend::queue(e).map(QueueInner::Plugin),
         };
         inner.map(EngineQueue)
@@ -575,6 +591,8 @@ macro_rules! dispatch_queue {
             QueueInner::Aio($q) => $body,
             #[cfg(feature = "sync")]
             QueueInner::Sync($q) => $body,
+            #[cfg(feature = "monoio")]
+            QueueInner::Monoio($q) => $body,
             QueueInner::Plugin($q) => $body,
         }
     };
