@@ -98,14 +98,45 @@ impl Host {
         let thread = std::thread::Builder::new()
             .name("engine-monoio".into())
             .spawn(move || {
+                let uring = || {
+                    // Completions that kernel workers post (zram, a buffered miss) wait for the
+                    // executor's next kernel entry instead of interrupting it with an IPI each,
+                    // and only the executor thread touches the ring (single issuer, deferred
+                    // task work), as on the uring backend's queue rings. A kernel without some
+                    // of these flags gets the ring it can make.
+                    let setups: [fn(&mut io_uring::Builder); 3] = [
+                        |b| {
+                            b.setup_coop_taskrun()
+                                .setup_taskrun_flag()
+                                .setup_single_issuer()
+                                .setup_defer_taskrun();
+                        },
+                        |b| {
+                            b.setup_coop_taskrun().setup_taskrun_flag();
+                        },
+                        |_| {},
+                    ];
+                    let mut built = Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+                    for setup in setups {
+                        let mut flags = io_uring::IoUring::builder();
+                        setup(&mut flags);
+                        built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                            .with_entries(entries)
+                            .uring_builder(flags)
+                            .build();
+                        if built.is_ok() {
+                            break;
+                        }
+                    }
+                    built.map(monoio::FusionRuntime::Uring)
+                };
                 let runtime = match choice {
-                    DriverChoice::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                        .with_entries(entries)
-                        .build(),
-                    DriverChoice::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    DriverChoice::Auto if monoio::utils::detect_uring() => uring(),
+                    DriverChoice::Auto => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .with_entries(entries)
                         .build()
-                        .map(monoio::FusionRuntime::Uring),
+                        .map(monoio::FusionRuntime::Legacy),
+                    DriverChoice::Uring => uring(),
                     DriverChoice::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .with_entries(entries)
                         .build()
@@ -230,8 +261,9 @@ struct Local {
 async fn serve(inbox: Arc<Mutex<Inbox>>, slots: Arc<Slots>) {
     let local = Rc::new(Local::default());
     let mut batch: Vec<Job> = Vec::new();
-    // Swapped with `Local::parked` to wake the parked workers: both keep their capacity, so
-    // parking allocates nothing once they have grown.
+    // The wakers of the parked workers about to get a job, moved out of `Local::parked` so
+    // none is woken while it is borrowed; it keeps its capacity, so waking allocates nothing
+    // once it has grown.
     let mut waking: Vec<Waker> = Vec::new();
     loop {
         let shutdown = poll_fn(|cx| {
@@ -249,7 +281,15 @@ async fn serve(inbox: Arc<Mutex<Inbox>>, slots: Arc<Slots>) {
             queue.extend(batch.drain(..));
             queue.len()
         };
-        std::mem::swap(&mut *local.parked.borrow_mut(), &mut waking);
+        // One parked worker per queued job, not all of them: a worker woken for nothing polls
+        // for nothing. Busy workers take the rest as they finish; a new worker is spawned only
+        // for a job no parked worker was woken for (so workers grow to the peak concurrency
+        // once, and a steady workload spawns none).
+        {
+            let mut parked = local.parked.borrow_mut();
+            let keep = parked.len().saturating_sub(queued);
+            waking.extend(parked.drain(keep..));
+        }
         let woken = waking.len();
         for waker in waking.drain(..) {
             waker.wake();
