@@ -23,6 +23,13 @@ use crate::{
     DEPTH,
 };
 
+/// The cases that measure the filesystem's free space, which the files of any other case
+/// change: when trials run side by side, these run alone ([`crate::runner::Trial::exclusive`]).
+pub const EXCLUSIVE: [&str; 2] = [
+    "a_dropped_file_lets_go_of_its_storage",
+    "a_closed_file_is_let_go_of_by_its_queues",
+];
+
 /// Every case, in order.
 pub fn all<E: Backend + 'static>() -> Vec<Case<E>>
 where

@@ -347,9 +347,14 @@ pub fn trials<E: Backend + 'static>(harness: Harness<E>, cases: Vec<Case<E>>) ->
         .into_iter()
         .map(|case| {
             let harness = Arc::clone(&harness);
-            Trial::new(&backend, case.name, CASE_TIMEOUT, move || {
+            let trial = Trial::new(&backend, case.name, CASE_TIMEOUT, move || {
                 outcome(&harness, case.run)
-            })
+            });
+            if cases::EXCLUSIVE.contains(&case.name) {
+                trial.exclusive()
+            } else {
+                trial
+            }
         })
         .collect()
 }
@@ -373,10 +378,15 @@ pub fn trials_in<E: Backend + 'static>(
         .into_iter()
         .map(|case| {
             let harness = Arc::clone(&harness);
-            Trial::new(&group, case.name, CASE_TIMEOUT, move || {
+            let trial = Trial::new(&group, case.name, CASE_TIMEOUT, move || {
                 runtime.enter(|| outcome(&harness, case.run))
             })
-            .in_runtime(runtime.name(), &backend)
+            .in_runtime(runtime.name(), &backend);
+            if cases::EXCLUSIVE.contains(&case.name) {
+                trial.exclusive()
+            } else {
+                trial
+            }
         })
         .collect()
 }

@@ -37,6 +37,8 @@ pub struct Trial {
     /// What the summary line says the group is: `backend=<group>` unless
     /// [`Trial::in_runtime`] said otherwise.
     label: String,
+    /// Runs with no other trial beside it (see [`Trial::exclusive`]).
+    exclusive: bool,
     timeout: Duration,
     body: Body,
 }
@@ -53,6 +55,7 @@ impl Trial {
             name: format!("{group}::{case}"),
             group: group.to_string(),
             label: format!("backend={group}"),
+            exclusive: false,
             timeout,
             body: Box::new(body),
         }
@@ -61,6 +64,14 @@ impl Trial {
     /// The full name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Makes the trial run alone, with no other trial running beside it, when trials run on
+    /// several threads: for a case that measures something other cases change (the
+    /// filesystem's free space).
+    pub fn exclusive(mut self) -> Trial {
+        self.exclusive = true;
+        self
     }
 
     /// Labels the trial's group `runtime=<runtime> backend=<backend>` on the summary line.
@@ -83,12 +94,12 @@ struct Args {
     threads: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(default_threads: usize) -> Result<Args, String> {
     let mut args = Args {
         threads: std::env::var("RUST_TEST_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
+            .unwrap_or(default_threads),
         ..Args::default()
     };
     let mut it = std::env::args().skip(1);
@@ -185,10 +196,23 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-/// Runs the trials the command line selects, prints libtest's output and one summary line per
-/// group, and exits: 0 when nothing failed, 101 otherwise (2 for a bad command line).
+/// Runs the trials the command line selects, one at a time unless `--test-threads` or
+/// `RUST_TEST_THREADS` says otherwise, prints libtest's output and one summary line per group,
+/// and exits: 0 when nothing failed, 101 otherwise (2 for a bad command line).
 pub fn run(trials: Vec<Trial>) -> ! {
-    let args = match parse_args() {
+    run_on(trials, 1)
+}
+
+/// As [`run`], on as many threads as the machine has CPUs unless `--test-threads` or
+/// `RUST_TEST_THREADS` says otherwise, for trials that may run side by side (each on its own
+/// files; those that may not are [`Trial::exclusive`]).
+pub fn run_parallel(trials: Vec<Trial>) -> ! {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    run_on(trials, cpus)
+}
+
+fn run_on(trials: Vec<Trial>, default_threads: usize) -> ! {
+    let args = match parse_args(default_threads) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("error: {e}");
@@ -286,15 +310,23 @@ fn run_all(
         .collect();
     let mut outcomes: Vec<Option<Outcome>> = meta.iter().map(|_| None).collect();
     let jobs = std::sync::Mutex::new(trials.into_iter().enumerate());
+    // Trials share it; an exclusive trial holds it alone.
+    let alone = std::sync::RwLock::new(());
     let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let jobs = &jobs;
+            let (jobs, alone) = (&jobs, &alone);
             scope.spawn(move || loop {
                 let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).next();
                 let Some((index, trial)) = job else { break };
-                let outcome = run_one(trial);
+                let outcome = if trial.exclusive {
+                    let _alone = alone.write().unwrap_or_else(|p| p.into_inner());
+                    run_one(trial)
+                } else {
+                    let _shared = alone.read().unwrap_or_else(|p| p.into_inner());
+                    run_one(trial)
+                };
                 if tx.send((index, outcome)).is_err() {
                     break;
                 }
