@@ -1,5 +1,6 @@
 //! Per-engine counters: operations, bytes, errors, retries and a latency histogram per
-//! operation kind. Recording is a handful of relaxed atomic adds: no lock, no allocation.
+//! operation kind, and the copies a hosted runtime's buffer type forces. Recording is a
+//! handful of relaxed atomic adds: no lock, no allocation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +24,8 @@ struct Counters {
 #[derive(Default)]
 pub struct Metrics {
     kinds: [Counters; 7],
+    copies: AtomicU64,
+    copied_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -52,6 +55,13 @@ impl Metrics {
         c.latency[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one copy of `bytes` between a request's buffer and a buffer of a hosted
+    /// runtime's own type (glommio's `DmaBuffer`), which its file operations insist on.
+    pub fn record_copy(&self, bytes: usize) {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.copied_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let take = |c: &Counters| OpMetrics {
@@ -69,6 +79,8 @@ impl Metrics {
             allocate: take(&self.kinds[4]),
             set_len: take(&self.kinds[5]),
             metadata: take(&self.kinds[6]),
+            copies: self.copies.load(Ordering::Relaxed),
+            copied_bytes: self.copied_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -125,6 +137,12 @@ pub struct MetricsSnapshot {
     pub set_len: OpMetrics,
     /// `metadata` calls (bytes: 0).
     pub metadata: OpMetrics,
+    /// Copies between request buffers and a hosted runtime's own buffers, made because the
+    /// runtime's file operations take only buffers of its type (glommio); 0 on the backends
+    /// that read into and write from the request's buffer.
+    pub copies: u64,
+    /// Bytes those copies moved.
+    pub copied_bytes: u64,
 }
 
 impl MetricsSnapshot {

@@ -13,17 +13,12 @@
 //! has been reaped, so the executor never lets a task go before its operation ends: the
 //! runtime is dropped only after every task it spawned has delivered its result.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
 
+use engine_core::raw::hosted::{self, ExecutorThread, Inbox};
 use engine_core::raw::{lock, FileDropped, Job, Runner, Syscall};
 use engine_core::{Error, Op, Result};
 
@@ -59,23 +54,12 @@ pub enum DriverChoice {
     Legacy,
 }
 
-/// Jobs on their way to the executor thread.
-#[derive(Debug, Default)]
-struct Inbox {
-    jobs: Vec<Job>,
-    /// The executor's waker while it waits for jobs.
-    waker: Option<Waker>,
-    /// Set once: the executor takes no more jobs, finishes its tasks and exits.
-    shutdown: bool,
-}
-
 /// The executor thread and its inbox; the [`Runner`] of the engine's kernels.
 #[derive(Debug)]
 pub struct Host {
-    inbox: Arc<Mutex<Inbox>>,
+    executor: ExecutorThread,
     /// The files' descriptor slots.
     pub slots: Arc<Slots>,
-    thread: Mutex<Option<JoinHandle<()>>>,
     driver: DriverKind,
 }
 
@@ -87,7 +71,7 @@ impl Host {
     ///
     /// The OS error when the thread cannot be spawned or the runtime cannot be built.
     pub fn start(entries: u32, choice: DriverChoice) -> Result<Arc<Host>> {
-        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let inbox = Arc::new(Inbox::new());
         let slots = Arc::new(Slots::new().map_err(|e| {
             Error::from_io(&e, Op::Setup)
                 .with_message("opening /dev/null for free descriptor slots")
@@ -174,9 +158,8 @@ impl Host {
             }
         };
         Ok(Arc::new(Host {
-            inbox,
+            executor: ExecutorThread::new(inbox, thread),
             slots,
-            thread: Mutex::new(Some(thread)),
             driver,
         }))
     }
@@ -186,26 +169,10 @@ impl Host {
         self.driver
     }
 
-    /// Stops taking jobs, lets the executor finish every task it has, and joins its thread.
-    /// Jobs enqueued later run as blocking syscalls on the thread that enqueues them.
-    /// Idempotent.
+    /// Stops taking jobs, lets the executor finish every task it has, and joins its thread
+    /// (see [`ExecutorThread::shutdown`]). Idempotent.
     pub fn shutdown(&self) {
-        let waker = {
-            let mut inbox = lock(&self.inbox);
-            inbox.shutdown = true;
-            inbox.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        let thread = lock(&self.thread).take();
-        if let Some(thread) = thread {
-            // The executor cannot join itself: that happens only when the last handle of the
-            // engine goes from a completion it delivers, and then it exits on its own.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
+        self.executor.shutdown();
     }
 }
 
@@ -217,141 +184,34 @@ impl Drop for Host {
 
 impl Runner for Host {
     fn enqueue(&self, jobs: &mut Vec<Job>) {
-        if jobs.is_empty() {
-            return;
-        }
-        let mut inbox = lock(&self.inbox);
-        if inbox.shutdown {
-            // The executor is gone or going: run the jobs here, so each still completes.
-            drop(inbox);
-            for job in jobs.drain(..) {
-                job.run();
-            }
-            return;
-        }
-        inbox.jobs.append(jobs);
-        let waker = inbox.waker.take();
-        drop(inbox);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.executor.inbox().enqueue(jobs);
     }
 }
 
-/// The executor's own view of its work: jobs taken from the inbox and not yet picked up, and
-/// the worker tasks that run them. Workers live as long as the executor, and a new one is
-/// spawned only when every worker is busy, so a steady workload spawns (allocates) nothing.
-#[derive(Default)]
-struct Local {
-    queue: RefCell<VecDeque<Job>>,
-    /// Wakers of workers waiting for a job.
-    parked: RefCell<Vec<Waker>>,
-    /// Workers alive.
-    workers: Cell<usize>,
-    /// Set at shutdown: workers exit once the queue is empty.
-    shutdown: Cell<bool>,
-    /// The main future's waker while it waits for the last worker at shutdown.
-    last: Cell<Option<Waker>>,
-    /// A monoio file per descriptor slot, made on the slot's first job (see [`Slots`]).
-    files: RefCell<Vec<Option<Rc<monoio::fs::File>>>>,
-}
+/// The executor's monoio files, one per descriptor slot, made on the slot's first job (see
+/// [`Slots`]).
+type Files = Rc<RefCell<Vec<Option<Rc<monoio::fs::File>>>>>;
 
-/// The executor's main future: takes jobs from the inbox, hands them to its workers until
-/// shutdown, then waits for every worker to finish.
-async fn serve(inbox: Arc<Mutex<Inbox>>, slots: Arc<Slots>) {
-    let local = Rc::new(Local::default());
-    let mut batch: Vec<Job> = Vec::new();
-    // The wakers of the parked workers about to get a job, moved out of `Local::parked` so
-    // none is woken while it is borrowed; it keeps its capacity, so waking allocates nothing
-    // once it has grown.
-    let mut waking: Vec<Waker> = Vec::new();
-    loop {
-        let shutdown = poll_fn(|cx| {
-            let mut guard = lock(&inbox);
-            if guard.jobs.is_empty() && !guard.shutdown {
-                guard.waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            batch.append(&mut guard.jobs);
-            Poll::Ready(guard.shutdown)
-        })
+/// The executor's main future: serves the inbox until shutdown, then hands the slots'
+/// descriptors to the monoio files that own them.
+async fn serve(inbox: Arc<Inbox>, slots: Arc<Slots>) {
+    let files = Files::default();
+    let run = {
+        let (files, slots) = (Rc::clone(&files), Arc::clone(&slots));
+        move |job| run(job, Rc::clone(&files), Arc::clone(&slots))
+    };
+    inbox
+        .serve(|task| drop(monoio::spawn(task)), run, || {})
         .await;
-        let queued = {
-            let mut queue = local.queue.borrow_mut();
-            queue.extend(batch.drain(..));
-            queue.len()
-        };
-        // One parked worker per queued job, not all of them: a worker woken for nothing polls
-        // for nothing. Busy workers take the rest as they finish; a new worker is spawned only
-        // for a job no parked worker was woken for (so workers grow to the peak concurrency
-        // once, and a steady workload spawns none).
-        {
-            let mut parked = local.parked.borrow_mut();
-            let keep = parked.len().saturating_sub(queued);
-            waking.extend(parked.drain(keep..));
-        }
-        let woken = waking.len();
-        for waker in waking.drain(..) {
-            waker.wake();
-        }
-        for _ in woken..queued {
-            local.workers.set(local.workers.get() + 1);
-            drop(monoio::spawn(worker(Rc::clone(&local), Arc::clone(&slots))));
-        }
-        if shutdown {
-            break;
-        }
-    }
-    local.shutdown.set(true);
-    for waker in std::mem::take(&mut *local.parked.borrow_mut()) {
-        waker.wake();
-    }
-    // Every worker may hold addresses of request buffers until it delivers: the runtime must
-    // not drop one before then.
-    poll_fn(|cx| {
-        if local.workers.get() == 0 {
-            return Poll::Ready(());
-        }
-        local.last.set(Some(cx.waker().clone()));
-        Poll::Pending
-    })
-    .await;
     // The monoio files close their slots' descriptors; the table must not close them again.
     slots.release_wrapped();
-    local.files.borrow_mut().clear();
-}
-
-/// One worker: runs queued jobs one at a time, waiting for the next while there is none.
-async fn worker(local: Rc<Local>, slots: Arc<Slots>) {
-    loop {
-        let job = poll_fn(|cx| {
-            if let Some(job) = local.queue.borrow_mut().pop_front() {
-                return Poll::Ready(Some(job));
-            }
-            if local.shutdown.get() {
-                return Poll::Ready(None);
-            }
-            local.parked.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        match job {
-            Some(job) => run(job, &local, &slots).await,
-            None => break,
-        }
-    }
-    local.workers.set(local.workers.get() - 1);
-    if local.workers.get() == 0 {
-        if let Some(waker) = local.last.take() {
-            waker.wake();
-        }
-    }
+    files.borrow_mut().clear();
 }
 
 /// Runs one job to its result. Plain reads and writes and both syncs are monoio's own
 /// operations; vectored or flagged transfers (monoio has no `preadv2`/`pwritev2`) and the
 /// space and metadata operations run as their blocking syscall on this thread.
-async fn run(job: Job, local: &Local, slots: &Slots) {
+async fn run(job: Job, files: Files, slots: Arc<Slots>) {
     let call = *job.call();
     let native = match call.op() {
         Op::Read => call.buffer().is_some(),
@@ -360,35 +220,21 @@ async fn run(job: Job, local: &Local, slots: &Slots) {
         _ => false,
     };
     let file = match native {
-        true => file_of(call.file_index(), local, slots),
+        true => file_of(call.file_index(), &files, &slots),
         false => None,
     };
     let Some(file) = file else {
         job.run();
         return;
     };
-    // A panic in monoio's path must not unwind through the executor (monoio does not catch
-    // it), which would drop tasks whose operations are in flight. Nor can the request fail
-    // and free its buffer: the operation that panicked may still have the buffer in the
-    // kernel. Only ending the process is safe.
-    let op = std::pin::pin!(native_op(call, &file));
-    match (CatchUnwind { inner: op }).await {
-        Some(result) => job.finish(result),
-        None => {
-            eprintln!(
-                "engine-monoio: a monoio operation panicked while it may hold a request \
-                 buffer; aborting rather than let the kernel write into freed memory"
-            );
-            std::process::abort();
-        }
-    }
+    hosted::finish_or_abort(job, native_op(call, &file), "monoio").await;
 }
 
 /// The monoio file of descriptor slot `index` (a file's backend index, 1-based), made on the
 /// slot's first use; `None` for a file without a slot.
-fn file_of(index: u32, local: &Local, slots: &Slots) -> Option<Rc<monoio::fs::File>> {
+fn file_of(index: u32, files: &Files, slots: &Slots) -> Option<Rc<monoio::fs::File>> {
     let slot = usize::try_from(index.checked_sub(1)?).ok()?;
-    let mut files = local.files.borrow_mut();
+    let mut files = files.borrow_mut();
     if let Some(Some(file)) = files.get(slot) {
         return Some(Rc::clone(file));
     }
@@ -625,23 +471,5 @@ unsafe impl monoio::buf::IoBuf for RawBuf {
 
     fn bytes_init(&self) -> usize {
         self.len
-    }
-}
-
-/// Polls the inner future, turning a panic into `None`.
-struct CatchUnwind<'a, F> {
-    inner: Pin<&'a mut F>,
-}
-
-impl<F: Future> Future for CatchUnwind<'_, F> {
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(value)) => Poll::Ready(Some(value)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(None),
-        }
     }
 }

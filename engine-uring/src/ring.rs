@@ -254,24 +254,14 @@ fn register_pool(ring: &IoUring, pool: &PagePool) -> Result<(), String> {
     match unsafe { ring.submitter().register_buffers(&[iovec]) } {
         Ok(()) => Ok(()),
         Err(e) => {
-            let memlock = memlock_limit().map_or("unknown".into(), |b| format!("{b} bytes"));
+            let memlock = engine_core::registry::uring::memlock_limit()
+                .map_or("unknown".into(), |b| format!("{b} bytes"));
             Err(format!(
                 "registering the {len}-byte pool failed ({e}); RLIMIT_MEMLOCK is {memlock}: \
                  raise it (ulimit -l, LimitMEMLOCK=) or set ENGINE_REGISTER_BUFFERS=0"
             ))
         }
     }
-}
-
-/// The soft `RLIMIT_MEMLOCK`, if it can be read.
-pub(crate) fn memlock_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit through the valid pointer.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    (rc == 0).then_some(limit.rlim_cur)
 }
 
 /// `IORING_REGISTER_FILES_UPDATE` and `IORING_REGISTER_FILES_UPDATE2` from

@@ -32,6 +32,7 @@
 
 mod common;
 mod driver;
+pub mod hosted;
 mod inflight;
 mod kernel;
 pub(crate) mod park;

@@ -9,6 +9,8 @@ use crate::backend::DynBackend;
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorKind, Op, Result};
 
+pub mod uring;
+
 /// Why a backend cannot run here, and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnosis {
