@@ -101,8 +101,9 @@ fi
 # path: every read reaches the runtime), on zram where it is ready.
 if [ -z "$ZRAM_SKIP" ]; then HOSTED=(--direct 1 --size 1g --filename /dev/zram0); else HOSTED=(--direct 1 --size 1g --filename "$BIG"); fi
 for depth in 32 1; do
-    run "hosted-d$depth" "Hosted backends: 4k random read, depth $depth, O_DIRECT on ${HOSTED[5]}: monoio against uring" \
-        uring@queue,monoio@queue,uring@async,monoio@async,monoio-direct --rw randread --bs 4k --iodepth "$depth" "${HOSTED[@]}"
+    run "hosted-d$depth" "Hosted backends: 4k random read, depth $depth, O_DIRECT on ${HOSTED[5]}: monoio and glommio against uring" \
+        uring@queue,monoio@queue,glommio@queue,uring@async,monoio@async,glommio@async,monoio-direct,glommio-direct \
+        --rw randread --bs 4k --iodepth "$depth" "${HOSTED[@]}"
 done
 
 # The write-ahead-log tier: 4k sequential O_DIRECT appends at depth 1, each made durable (an
@@ -233,14 +234,15 @@ for name, value, required, bound in fast_targets:
 lines += ["", "## Hosted backends", "",
  "Backends that run requests on another runtime's executor thread, against uring (the kernel interface they share) and against the runtime's own file type used directly, in one interleaved run: 4k random reads, O_DIRECT, so every read reaches the runtime. Each request crosses to the executor thread and its completion back, which the runtime used directly never does.",
  "", "| backend, depth, API | measured | required | met |", "| --- | ---: | ---: | --- |"]
-for depth in [32, 1]:
-    for api in ["queue", "async"]:
-        value = pair(f"hosted-d{depth}", f"monoio@{api}", f"uring@{api}")
+for backend, direct in [("monoio", "monoio's File"), ("glommio", "glommio's DmaFile")]:
+    for depth in [32, 1]:
+        for api in ["queue", "async"]:
+            value = pair(f"hosted-d{depth}", f"{backend}@{api}", f"uring@{api}")
+            if value == value:
+                lines.append(f"| {backend} d{depth}: {api} API / uring {api} API | {value:.3f} | - | - |")
+        value = pair(f"hosted-d{depth}", f"{backend}@queue", f"{backend}-direct")
         if value == value:
-            lines.append(f"| monoio d{depth}: {api} API / uring {api} API | {value:.3f} | - | - |")
-    value = pair(f"hosted-d{depth}", "monoio@queue", "monoio-direct")
-    if value == value:
-        lines.append(f"| monoio d{depth}: queue API / monoio's File used directly | {value:.3f} | - | - |")
+            lines.append(f"| {backend} d{depth}: queue API / {direct} used directly | {value:.3f} | - | - |")
 lines += ["", "## Write-ahead log tier", "",
  "4k sequential O_DIRECT appends at depth 1, each made durable before the next: an fdatasync after every write (`--fdatasync 1`, fio's same flag) or a durable write (`--dsync 1`: `WriteFlags::DSYNC`, `RWF_DSYNC`; fio: `--sync=dsync`, an `O_DSYNC` open). The disk's flush dominates, and varies, so these rows take more repetitions. The sync backend is held to fio's psync as psync runs, each syscall on the job's thread (`--threads inline`); its worker pool, shown for reference, hands each syscall to a worker and back, two wake-ups that psync never makes.",
  "", "| target | measured | required | met |", "| --- | ---: | ---: | --- |"]

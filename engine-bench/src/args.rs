@@ -66,8 +66,8 @@ pub enum Format {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "engine-bench", version)]
 pub struct Args {
-    /// Engines to run, comma-separated: auto, uring, aio, sync, monoio, all (every built-in
-    /// engine), a plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example
+    /// Engines to run, comma-separated: auto, uring, aio, sync, monoio, glommio, all (every
+    /// built-in engine), a plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example
     /// fio:libaio, fio:psync), tokio-fs, and with the `peers` feature glommio-direct and
     /// monoio-direct (glommio's DmaFile and monoio's File used directly). Ratios are
     /// against the first. A library engine may name its API (`uring@async`, `sync@queue`;
@@ -430,7 +430,7 @@ impl Args {
     /// The engines to run, in order.
     pub fn engines(&self, fio_available: bool) -> Vec<String> {
         if self.engine.is_empty() {
-            let mut all: Vec<String> = ["uring", "aio", "sync", "monoio"].map(String::from).into();
+            let mut all: Vec<String> = engine::BUILTIN_BACKENDS.map(String::from).into();
             if fio_available {
                 all.push("fio".into());
             }
@@ -439,7 +439,7 @@ impl Args {
         let mut out = Vec::new();
         for name in &self.engine {
             if name == "all" {
-                out.extend(["uring", "aio", "sync", "monoio"].map(String::from));
+                out.extend(engine::BUILTIN_BACKENDS.map(String::from));
             } else {
                 out.push(name.clone());
             }

@@ -95,8 +95,14 @@ fn no_arguments_means_the_standard_set() {
         .iter()
         .all(|j| j.size == 1 << 30 && j.runtime == Duration::from_secs(3)));
     let engines = args.engines(true);
-    assert_eq!(engines, ["uring", "aio", "sync", "monoio", "fio"]);
-    assert_eq!(args.engines(false), ["uring", "aio", "sync", "monoio"]);
+    assert_eq!(
+        engines,
+        ["uring", "aio", "sync", "monoio", "glommio", "fio"]
+    );
+    assert_eq!(
+        args.engines(false),
+        ["uring", "aio", "sync", "monoio", "glommio"]
+    );
     let custom = Args::try_parse_from([
         "engine-bench",
         "--rw",

@@ -85,6 +85,11 @@ impl GlommioEngine {
                  /proc/self/fd when the engine opens or adopts the file and closed when its \
                  last handle goes"
                     .to_string(),
+                "glommio's IOPOLL ring is not used: its per-device probe takes an empty file \
+                 for a pollable device, so the first DmaFile of each device is opened \
+                 write-only first, which keeps the device on glommio's interrupt-driven ring \
+                 (as the uring backend runs unless ENGINE_IOPOLL is set)"
+                    .to_string(),
             ],
             ..Capabilities::default()
         };

@@ -55,6 +55,9 @@ struct Table {
     opening: Vec<Opening>,
     /// Indexes to close, each with whom to tell once it is closed.
     closing: Vec<(u32, mpsc::Sender<()>)>,
+    /// Set by the executor as it exits, having closed every glommio file: nothing more is
+    /// opened or closed, and nobody may wait for it.
+    exited: bool,
 }
 
 /// The executor thread and its inbox; the [`Runner`] of the engine's kernels.
@@ -156,6 +159,9 @@ impl Host {
         let (reply, answer) = mpsc::channel();
         let index = {
             let mut table = lock(&self.table);
+            if table.exited {
+                return Err(Error::shutdown(Op::Open));
+            }
             let index = match table.free.pop() {
                 Some(index) => index,
                 None => {
@@ -191,6 +197,10 @@ impl Host {
         let (done, closed) = mpsc::channel();
         {
             let mut table = lock(&self.table);
+            if table.exited {
+                // The executor closed every glommio file as it exited.
+                return;
+            }
             table.closing.push((index, done));
             table.free.push(index);
         }
@@ -275,6 +285,7 @@ async fn serve(inbox: Arc<Inbox>, table: Arc<Mutex<Table>>, common: Arc<Common>)
     // engine is shutting down), a close is made below with every other file.
     let (opening, closing) = {
         let mut table = lock(&table);
+        table.exited = true;
         (
             std::mem::take(&mut table.opening),
             std::mem::take(&mut table.closing),
@@ -285,6 +296,7 @@ async fn serve(inbox: Arc<Inbox>, table: Arc<Mutex<Table>>, common: Arc<Common>)
     for file in left {
         close(file).await;
     }
+    // Those waiting for a close return now, their file closed above.
     drop(closing);
 }
 
@@ -373,7 +385,10 @@ async fn open_file(fd: RawFd, settled: Settled) -> std::io::Result<GFile> {
     let as_io = |e: GlommioError<()>| std::io::Error::from_raw_os_error(errno_of(&e));
     if flags & libc::O_DIRECT != 0 {
         settle_poll_probe(fd, &path, &settled).await;
+        // O_DIRECT from the open itself: glommio sets it afterwards only off tmpfs, and takes
+        // a block device's node (on devtmpfs) for a tmpfs file.
         options
+            .custom_flags(libc::O_DIRECT)
             .dma_open(&path)
             .await
             .map(GFile::Direct)

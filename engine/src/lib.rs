@@ -22,6 +22,9 @@ pub use engine_core::testing;
 /// The Linux AIO backend's crate, for its own types.
 #[cfg(feature = "aio")]
 pub use engine_aio as aio;
+/// The glommio backend's crate, for its own types.
+#[cfg(feature = "glommio")]
+pub use engine_glommio as glommio;
 /// The monoio backend's crate, for its own types.
 #[cfg(feature = "monoio")]
 pub use engine_monoio as monoio;
@@ -35,8 +38,8 @@ pub use engine_uring as uring;
 use engine_core::registry::{Diagnosis, Outcome, Plugin, Probe, SelectionReport};
 
 /// The built-in backends, in the order `auto` tries them. `sync` runs everywhere, so `auto`
-/// reaches `monoio` only in a build without `sync`; name it to choose it.
-pub const BUILTIN_BACKENDS: [&str; 4] = ["uring", "aio", "sync", "monoio"];
+/// reaches `monoio` and `glommio` only in a build without `sync`; name one to choose it.
+pub const BUILTIN_BACKENDS: [&str; 5] = ["uring", "aio", "sync", "monoio", "glommio"];
 
 /// The backend behind an [`Engine`]: one variant per compiled-in backend, so the built-in
 /// path dispatches with a match and allocates nothing, plus one for registered plugins.
@@ -49,6 +52,8 @@ enum Inner {
     Sync(engine_sync::SyncEngine),
     #[cfg(feature = "monoio")]
     Monoio(engine_monoio::MonoioEngine),
+    #[cfg(feature = "glommio")]
+    Glommio(engine_glommio::GlommioEngine),
     Plugin(Box<dyn DynBackend>),
 }
 
@@ -64,6 +69,8 @@ macro_rules! dispatch {
             Inner::Sync($e) => $body,
             #[cfg(feature = "monoio")]
             Inner::Monoio($e) => $body,
+            #[cfg(feature = "glommio")]
+            Inner::Glommio($e) => $body,
             Inner::Plugin($e) => $body,
         }
     };
@@ -97,6 +104,8 @@ enum QueueInner {
     Sync(engine_sync::SyncQueue),
     #[cfg(feature = "monoio")]
     Monoio(engine_monoio::MonoioQueue),
+    #[cfg(feature = "glommio")]
+    Glommio(engine_glommio::GlommioQueue),
     Plugin(Box<dyn Queue + Send>),
 }
 
@@ -140,6 +149,10 @@ fn attempt(name: &str, config: &EngineConfig) -> Attempted {
         #[cfg(feature = "monoio")]
         "monoio" => probe_then(&engine_monoio::MonoioPlugin, config, || {
             engine_monoio::MonoioEngine::new(config.clone()).map(Inner::Monoio)
+        }),
+        #[cfg(feature = "glommio")]
+        "glommio" => probe_then(&engine_glommio::GlommioPlugin, config, || {
+            engine_glommio::GlommioEngine::new(config.clone()).map(Inner::Glommio)
         }),
         builtin if BUILTIN_BACKENDS.contains(&builtin) => Attempted::NotCompiled(format!(
             "this build has no `{builtin}` backend (cargo feature `{builtin}`)"
@@ -328,7 +341,7 @@ impl Engine {
         drop(noted);
         let what = match self.name() {
             "uring" => "io_uring hands every request on it to kernel worker threads",
-            "sync" | "monoio" => "reads cannot be tried on the submitting thread first, so each goes to the worker pool or executor",
+            "sync" | "monoio" | "glommio" => "reads cannot be tried on the submitting thread first, so each goes to the worker pool or executor",
             _ => "requests on it cannot be tried without blocking",
         };
         let note = format!(
@@ -510,6 +523,8 @@ impl Engine {
             Inner::Sync(e) => Backend::queue(e).map(QueueInner::Sync),
             #[cfg(feature = "monoio")]
             Inner::Monoio(e) => Backend::queue(e).map(QueueInner::Monoio),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(e) => Backend::queue(e).map(QueueInner::Glommio),
             Inner::Plugin(e) => Backend::queue(e).map(QueueInner::Plugin),
         };
         inner.map(EngineQueue)
@@ -593,6 +608,8 @@ macro_rules! dispatch_queue {
             QueueInner::Sync($q) => $body,
             #[cfg(feature = "monoio")]
             QueueInner::Monoio($q) => $body,
+            #[cfg(feature = "glommio")]
+            QueueInner::Glommio($q) => $body,
             QueueInner::Plugin($q) => $body,
         }
     };
