@@ -500,14 +500,31 @@ impl<K: Kernel, W: Wait> Driver<K, W> {
             }
         }
         if self.self_completing {
-            // The kernel's own threads reap; wait until they have finished everything.
-            let mut core = lock(&self.core);
-            while core.dead.is_none() && core.table.in_kernel() + core.table.staged() > 0 {
-                with_wakes(|wakes| self.progress_or_die(&mut core, wakes, Submission::Now));
-                if core.table.in_kernel() + core.table.staged() == 0 {
+            // The kernel's own threads reap; wait until they have finished everything. The
+            // wakers progress collects are woken only once the lock is let go: a `block_on`
+            // thread's waker takes it (to interrupt the kernel), and woken under it would
+            // deadlock this thread on its own lock.
+            let finished = |core: &Core<K>| {
+                core.dead.is_some() || core.table.in_kernel() + core.table.staged() == 0
+            };
+            loop {
+                let drained = with_wakes(|wakes| {
+                    let mut core = lock(&self.core);
+                    if !finished(&core) {
+                        self.progress_or_die(&mut core, wakes, Submission::Now);
+                    }
+                    finished(&core)
+                });
+                if drained {
                     break;
                 }
-                core = self.idle.wait(core).unwrap_or_else(PoisonError::into_inner);
+                let core = lock(&self.core);
+                // Checked again under the lock: a kernel thread that drains the table
+                // notifies `idle` only after taking it.
+                if finished(&core) {
+                    break;
+                }
+                drop(self.idle.wait(core).unwrap_or_else(PoisonError::into_inner));
             }
         }
     }
