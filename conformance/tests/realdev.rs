@@ -1,7 +1,8 @@
 //! The real-device tier, on every backend: a loop device with 4096-byte logical sectors
 //! (512-byte-aligned I/O is refused by validation, direct I/O on the block device works), a
 //! small ext4 image written until real ENOSPC (everything acknowledged reads back intact), a
-//! read-only mount, and tmpfs. Needs root for loop devices and mounts; otherwise each part is
+//! real writeback failure (ext4 over a loop device on a too-small tmpfs), a read-only mount,
+//! and tmpfs. Needs root for loop devices and mounts; otherwise each part is
 //! skipped with the reason printed. Every loop device and mount is removed, also on failure.
 
 use std::path::{Path, PathBuf};
@@ -234,6 +235,123 @@ fn ext4_enospc(engine: &Engine, dir: &Path) -> Result<(), String> {
     drop(ro);
     drop(ro_mount);
     drop(mount);
+    Ok(())
+}
+
+/// A real writeback failure: ext4 on a loop device whose backing file lives on a tmpfs too
+/// small for it. Buffered writes land in the page cache; the sync that writes them back fails
+/// (EIO or ENOSPC from the loop device), the kernel's own second fsync then reports success
+/// (the error was handed out once), and ours stays Poisoned, with a message that says the
+/// data must be rewritten, until the file is reopened.
+fn ext4_writeback_failure(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let backing = dir.join("small-tmpfs");
+    std::fs::create_dir_all(&backing).map_err(|e| e.to_string())?;
+    let backing_str = backing.to_str().ok_or("mount path")?.to_string();
+    run(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=12m", "tmpfs", &backing_str],
+    )?;
+    let backing_mount = Mount(backing.clone());
+    // 64 MiB of ext4 on 12 MiB of tmpfs. mkfs writes the journal and inode tables in full
+    // (no lazy init), so every metadata block has its tmpfs page and ext4 itself keeps
+    // working; the data below, 32 MiB, cannot all find one.
+    let img = image(&backing, "ext4.img", 64 << 20);
+    let dev = attach(&img, 512)?;
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            &dev.0,
+        ],
+    )?;
+    let mnt = dir.join("wb");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let mnt_str = mnt.to_str().ok_or("mount path")?.to_string();
+    run("mount", &["-o", "errors=continue", &dev.0, &mnt_str])?;
+    let mount = Mount(mnt.clone());
+    let path = mnt.join("data");
+    let rw = OpenOptions::new().read(true).write(true).create(true);
+    let file = engine.open(&path, &rw).map_err(|e| e.to_string())?;
+    const CHUNK: usize = 1 << 20;
+    for i in 0..32u64 {
+        let data = conformance::pattern(CHUNK, i);
+        let (w, _) = block_on(engine.write_all_at(
+            &file,
+            i * CHUNK as u64,
+            AlignedBuf::from_slice(&data, 4096).map_err(|e| e.to_string())?,
+        ));
+        // Buffered writes go to the page cache; one refused at once ends the writing.
+        if let Err(e) = w {
+            println!("  writeback: write {i} refused at once: {e}");
+            break;
+        }
+    }
+    let first = block_on(engine.sync_data(&file));
+    let error = match first {
+        Ok(()) => {
+            return Err("32 MiB synced to ext4 on a 12 MiB tmpfs: no writeback failure".into())
+        }
+        Err(e) => e,
+    };
+    if !matches!(error.kind(), ErrorKind::Io | ErrorKind::NoSpace) {
+        return Err(format!(
+            "the failed writeback: expected Io or NoSpace, got {error}"
+        ));
+    }
+    // The kernel hands a writeback error to each open file once: its next fsync succeeds.
+    // SAFETY: fsync on a descriptor the engine's file keeps open.
+    let kernel_again = unsafe {
+        libc::fsync(std::os::fd::AsRawFd::as_raw_fd(
+            engine_core::raw::FileRaw::std(&file),
+        ))
+    };
+    // glommio syncs through a descriptor of its own (another open file description), so the
+    // error is still due on the engine's; every other backend syncs through the engine's.
+    if kernel_again != 0 && engine.name() != "glommio" {
+        return Err(format!(
+            "the kernel's second fsync returned {kernel_again}: the filesystem did not keep \
+             working past the writeback failure, so this part proves nothing"
+        ));
+    }
+    let ours = match block_on(engine.sync_data(&file)) {
+        Err(e) if e.kind() == ErrorKind::Poisoned => e,
+        other => return Err(format!("the second sync: expected Poisoned, got {other:?}")),
+    };
+    let message = ours.to_string();
+    if !message.contains("rewrite that data from your own copy") || !message.contains("page cache")
+    {
+        return Err(format!("the Poisoned error must say what to do: {message}"));
+    }
+    match block_on(engine.sync_all(&file)) {
+        Err(e) if e.kind() == ErrorKind::Poisoned => {}
+        other => {
+            return Err(format!(
+                "sync_all on the poisoned file: expected Poisoned, got {other:?}"
+            ))
+        }
+    }
+    engine.close(&file).map_err(|e| e.to_string())?;
+    drop(file);
+    // A reopened file starts clean: it is up to its user to rewrite what was lost.
+    let reopened = engine.open(&path, &rw).map_err(|e| e.to_string())?;
+    let after = block_on(engine.sync_data(&reopened));
+    println!(
+        "  writeback: the first sync failed with {error}; the kernel's second fsync returned \
+         {kernel_again}; ours stayed Poisoned; after reopening, a sync returned {after:?}"
+    );
+    if matches!(&after, Err(e) if e.kind() == ErrorKind::Poisoned) {
+        return Err("a reopened file must not inherit the old handle's poisoning".into());
+    }
+    engine.close(&reopened).map_err(|e| e.to_string())?;
+    drop(reopened);
+    drop(mount);
+    drop(dev);
+    drop(backing_mount);
     Ok(())
 }
 
@@ -587,13 +705,17 @@ fn part(backend: &'static str, body: Part) -> Outcome {
 }
 
 fn main() {
-    let parts: [(&str, Part); 4] = [
+    let parts: [(&str, Part); 5] = [
         ("loop_device_with_4096_byte_sectors", loop_4k),
         (
             "block_device_metadata_allocate_and_adopt",
             block_device_management,
         ),
         ("ext4_to_enospc_then_read_only", ext4_enospc),
+        (
+            "ext4_writeback_failure_poisons_until_reopen",
+            ext4_writeback_failure,
+        ),
         ("tmpfs", tmpfs),
     ];
     // Untorn writes get a line of their own per backend.

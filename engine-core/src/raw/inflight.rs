@@ -583,7 +583,12 @@ fn validate_set_len(file: &File, len: u64) -> Result<()> {
 fn poisoned(file: &File, op: Op, errno: i32) -> Error {
     file.error(ErrorKind::Poisoned, op)
         .with_errno(errno)
-        .with_message("an earlier sync failed; reopen the file and recover before syncing again")
+        .with_message(
+            "an earlier sync failed, so writes since the last successful sync may be lost even \
+             though reads (from the page cache) may still show them: rewrite that data from \
+             your own copy after reopening the file; the kernel's next fsync would report \
+             success without writing it",
+        )
 }
 
 /// Completes a request that will not run (validation failed, or the engine shut down before it
