@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::mix;
 use engine_core::testing::{FaultAction, FaultHook};
 use engine_core::{
     Backend, Capabilities, Completion, EngineConfig, File, MetricsSnapshot, Op, OpenOptions,
@@ -155,13 +156,6 @@ pub struct Injector {
     seed: u64,
     plan: Plan,
     state: Mutex<State>,
-}
-
-fn mix(mut x: u64) -> u64 {
-    // splitmix64's finaliser: a well-spread hash of the seed and the identity.
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 impl Injector {

@@ -155,6 +155,13 @@ pub fn rw() -> OpenOptions {
     OpenOptions::new().read(true).write(true)
 }
 
+/// splitmix64's finaliser: a well-spread 64-bit hash, for seeded choices in the tests.
+pub fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// A deterministic byte pattern.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
