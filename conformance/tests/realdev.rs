@@ -30,7 +30,21 @@ struct Mount(PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        // io_uring lets go of a registered file (and a closed ring of all of them) a moment
+        // after the engine does, so the filesystem can still be busy: retry for a while
+        // rather than leave the mount behind.
+        for _ in 0..100 {
+            let unmounted = Command::new("umount")
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("  could not unmount {} within 2 s", self.0.display());
     }
 }
 
