@@ -101,8 +101,8 @@ impl Inbox {
 
     /// Runs on the executor thread until [`Inbox::close`]: takes jobs from the inbox and hands
     /// each to a worker task that awaits `run(job)`, then waits for every worker to finish.
-    /// `housekeeping` runs on the executor thread before each batch is handed out (and after
-    /// each [`Inbox::nudge`]).
+    /// `housekeeping` runs on the executor thread after each [`Inbox::nudge`] and at close,
+    /// before the batch that came with it is handed out.
     ///
     /// Workers live as long as the executor, and a new one is spawned (with `spawn`, which
     /// must run it on this thread's executor) only when no parked worker can take a job: a
@@ -124,18 +124,20 @@ impl Inbox {
         // nothing once it has grown.
         let mut waking: Vec<Waker> = Vec::new();
         loop {
-            let closed = poll_fn(|cx| {
+            let (closed, nudged) = poll_fn(|cx| {
                 let mut state = lock(&self.state);
                 if state.jobs.is_empty() && !state.nudged && !state.closed {
                     state.waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                state.nudged = false;
                 batch.append(&mut state.jobs);
-                Poll::Ready(state.closed)
+                Poll::Ready((state.closed, std::mem::take(&mut state.nudged)))
             })
             .await;
-            housekeeping();
+            // Only when asked for: a batch of jobs alone costs the executor nothing more.
+            if nudged || closed {
+                housekeeping();
+            }
             let queued = {
                 let mut queue = local.queue.borrow_mut();
                 queue.extend(batch.drain(..));
