@@ -19,6 +19,7 @@ pub mod faulty;
 pub mod mem;
 pub mod mutants;
 pub mod oracle;
+pub mod process;
 pub mod runner;
 pub mod runtime;
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use conformance::process;
 use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, EngineConfig, ErrorKind, BUILTIN_BACKENDS};
 use engine_core::{block_on, join_all, AlignedBuf, Completion, File, OpenOptions, Queue, Request};
@@ -19,32 +20,6 @@ const DEPTH: usize = 512;
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 1024;
 const QUEUE_THREADS: u64 = 3;
-
-/// Open descriptors and threads of this process.
-fn census() -> (usize, usize) {
-    let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |entries| entries.count());
-    (count("/proc/self/fd"), count("/proc/self/task"))
-}
-
-/// The eventfds this process holds open.
-fn eventfds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| {
-        entries
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|target| target.as_os_str() == "anon_inode:[eventfd]")
-            .count()
-    })
-}
-
-/// Descriptors a backend's runtime leaks per engine, and what they are: glommio 0.9 leaves
-/// its executor's sleep-notifier eventfd open after the executor is dropped (a bare
-/// `LocalExecutor` made and run to the end does the same). Every other backend leaks none.
-fn leaked_by_runtime(backend: &str) -> usize {
-    match backend {
-        "glommio" => 1,
-        _ => 0,
-    }
-}
 
 /// A small deterministic generator (splitmix64), so a seed names one schedule.
 fn next(state: &mut u64) -> u64 {
@@ -151,8 +126,8 @@ fn shutdown_under_load(backend: &'static str, seed: u64) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("data");
     std::fs::write(&path, vec![0u8; (BLOCKS as usize) * BLOCK]).expect("file");
-    let before = census();
-    let eventfds_before = eventfds();
+    let before = process::census();
+    let eventfds_before = process::eventfds();
     let config = EngineConfig {
         queue_depth: DEPTH,
         ..EngineConfig::default()
@@ -202,21 +177,8 @@ fn shutdown_under_load(backend: &'static str, seed: u64) -> Outcome {
             "seed {seed}: no request failed with Shutdown: the engine stopped with nothing in flight"
         ));
     }
-    // Descriptors and threads go back to where they were (kernel workers of a ring may take
-    // a moment to exit after it closes).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let allowed = leaked_by_runtime(backend);
-    let back = |now: (usize, usize)| {
-        // What a runtime is known to leak is allowed only as the eventfds it leaks.
-        let runtime = eventfds().saturating_sub(eventfds_before).min(allowed);
-        now.0 <= before.0 + runtime && now.1 <= before.1
-    };
-    let mut after = census();
-    while !back(after) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        after = census();
-    }
-    if !back(after) {
+    // Descriptors and threads go back to where they were.
+    if let Err(after) = process::back_to_baseline(backend, before, eventfds_before) {
         return Outcome::Failed(format!(
             "seed {seed}: descriptors and threads {before:?} before the engine, {after:?} after it \
              and every queue were dropped"

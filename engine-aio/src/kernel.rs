@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use engine_core::raw::{FileRaw, Io, Kernel, Pool, Reaped, ThreadKernel, Wait};
-use engine_core::{EngineConfig, Error, Op, Result};
+use engine_core::{EngineConfig, Error, ErrorKind, Op, Result};
 
 use crate::abi::{
     io_getevents, io_submit, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_FSYNC, IOCB_CMD_PREAD,
@@ -276,10 +276,19 @@ impl Kernel for AioKernel {
             };
             n += 1;
         }
+        if n > 0 && !self.pending.is_empty() {
+            // What a full context refused goes in as the events just reaped make room: the
+            // driver pushes nothing more until these complete, so nobody else would.
+            self.flush();
+        }
         n + self.fallback.reap(&mut out[n..])
     }
 
     fn wait(&mut self, min: usize) -> Result<()> {
+        if !self.pending.is_empty() {
+            // Room may have appeared since the context refused these.
+            self.flush();
+        }
         let available = self.immediate.len() + self.events_ready.len();
         let min = min.min(self.in_flight()).saturating_sub(available);
         if min == 0 {
@@ -288,6 +297,17 @@ impl Kernel for AioKernel {
         // Events already read are still counted in `in_kernel` until reaped.
         let waitable = self.in_kernel - self.events_ready.len();
         if waitable == 0 {
+            if !self.pending.is_empty() && self.fallback.in_flight() == 0 {
+                // Nothing in the context, and it takes none of these: waiting would spin.
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    Op::Wait,
+                    format!(
+                        "the AIO context refuses {} requests (EAGAIN) with nothing in it",
+                        self.pending.len()
+                    ),
+                ));
+            }
             return self.fallback.wait(min);
         }
         let want = min.min(waitable);
