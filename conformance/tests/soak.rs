@@ -778,6 +778,10 @@ fn run(backend: &'static str, plan: Plan) -> Result<Outcome, String> {
     } else if tally.dropped() == 0 {
         return Err("no future was dropped: the storm did not happen".into());
     }
+    if engine.capabilities().registered_files && process::registered_files() <= registered_before {
+        // Else the check below could not fail.
+        return Err("the open file shows in no io_uring instance's registered files".into());
+    }
     drop((file, reader));
     // A file's registration ends with its last handle (the engine's queues are gone already).
     let deadline = Instant::now() + Duration::from_secs(5);
