@@ -6,6 +6,13 @@
 //! summary line per group (`conformance: backend=<group> passed=<n> skipped=<n> failed=<n>`,
 //! or `conformance: runtime=<runtime> backend=<backend> ...` for trials run under a runtime).
 //!
+//! A trial still running after a minute gets a line a minute, as libtest prints once
+//! (`test <name> has been running for over 60 seconds`), so the watchdog every test binary
+//! runs under (`scripts/test-watchdog`, which kills a binary that prints nothing for three
+//! minutes) sees the run alive while the trial's own time limit runs. A trial that draws its
+//! inputs at random ([`Trial::seeded`]) draws them from the run's [`seed`], which its failure,
+//! hang and progress lines print with the way to run it again.
+//!
 //! (libtest-mimic was the first choice; its 0.8 has no way to ignore a trial at run time.)
 //!
 //! Understood flags: `[FILTER...]`, `--exact`, `--skip FILTER` (repeatable), `--list`,
@@ -14,8 +21,37 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// How often a trial still running is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
+/// The variable that sets the run's [`seed`].
+pub const SEED_VARIABLE: &str = "CONFORMANCE_SEED";
+
+/// The seed of this run, for trials that draw their inputs at random: `CONFORMANCE_SEED`
+/// (decimal, or hexadecimal after `0x`) where set, otherwise drawn once per process from
+/// the clock and the process id. A value that does not parse panics with the variable's
+/// name: a test run with a seed it did not ask for would mislead.
+pub fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| match std::env::var(SEED_VARIABLE) {
+        Ok(text) => {
+            let parsed = match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("{SEED_VARIABLE}={text:?} is not a u64"))
+        }
+        Err(_) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            crate::mix(now ^ u64::from(std::process::id()).rotate_left(32))
+        }
+    })
+}
 
 /// How one trial ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +75,8 @@ pub struct Trial {
     label: String,
     /// Runs with no other trial beside it (see [`Trial::exclusive`]).
     exclusive: bool,
+    /// Draws its inputs from the run's [`seed`] (see [`Trial::seeded`]).
+    seeded: bool,
     timeout: Duration,
     body: Body,
 }
@@ -56,6 +94,7 @@ impl Trial {
             group: group.to_string(),
             label: format!("backend={group}"),
             exclusive: false,
+            seeded: false,
             timeout,
             body: Box::new(body),
         }
@@ -72,6 +111,26 @@ impl Trial {
     pub fn exclusive(mut self) -> Trial {
         self.exclusive = true;
         self
+    }
+
+    /// Marks the trial as drawing its inputs from the run's [`seed`]: its failure, hang and
+    /// progress lines then name the seed and how to run the trial again with it.
+    pub fn seeded(mut self) -> Trial {
+        self.seeded = true;
+        self
+    }
+
+    /// How to run this trial again with the same inputs, where it is seeded.
+    fn rerun(&self) -> String {
+        if self.seeded {
+            let seed = seed();
+            format!(
+                " (seed {seed:#x}: rerun with {SEED_VARIABLE}={seed:#x} and the filter `{}`)",
+                self.name
+            )
+        } else {
+            String::new()
+        }
     }
 
     /// Labels the trial's group `runtime=<runtime> backend=<backend>` on the summary line.
@@ -169,6 +228,15 @@ pub struct Summary {
 /// Runs one trial body on its own thread with a time limit: a body still running after the
 /// limit fails as hung (its thread is left behind).
 fn run_one(trial: Trial) -> Outcome {
+    let rerun = trial.rerun();
+    let outcome = run_body(trial);
+    match outcome {
+        Outcome::Failed(message) if !rerun.is_empty() => Outcome::Failed(message + &rerun),
+        other => other,
+    }
+}
+
+fn run_body(trial: Trial) -> Outcome {
     let (tx, rx) = mpsc::channel();
     let body = trial.body;
     let spawned = std::thread::Builder::new()
@@ -308,6 +376,9 @@ fn run_all(
         .iter()
         .map(|t| (t.name.clone(), (t.group.clone(), t.label.clone())))
         .collect();
+    let reruns: Vec<String> = trials.iter().map(Trial::rerun).collect();
+    // The trials running, by index, and when each started.
+    let running: Mutex<BTreeMap<usize, Instant>> = Mutex::new(BTreeMap::new());
     let mut outcomes: Vec<Option<Outcome>> = meta.iter().map(|_| None).collect();
     let jobs = std::sync::Mutex::new(trials.into_iter().enumerate());
     // Trials share it; an exclusive trial holds it alone.
@@ -316,15 +387,21 @@ fn run_all(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (jobs, alone) = (&jobs, &alone);
+            let (jobs, alone, running) = (&jobs, &alone, &running);
+            let started = |index| {
+                let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                running.insert(index, Instant::now());
+            };
             scope.spawn(move || loop {
                 let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).next();
                 let Some((index, trial)) = job else { break };
                 let outcome = if trial.exclusive {
                     let _alone = alone.write().unwrap_or_else(|p| p.into_inner());
+                    started(index);
                     run_one(trial)
                 } else {
                     let _shared = alone.read().unwrap_or_else(|p| p.into_inner());
+                    started(index);
                     run_one(trial)
                 };
                 if tx.send((index, outcome)).is_err() {
@@ -333,9 +410,33 @@ fn run_all(
             });
         }
         drop(tx);
-        for (index, outcome) in rx {
-            report(&meta[index].0, &outcome);
-            outcomes[index] = Some(outcome);
+        let mut next_note = Instant::now() + PROGRESS_EVERY;
+        loop {
+            match rx.recv_timeout(next_note.saturating_duration_since(Instant::now())) {
+                Ok((index, outcome)) => {
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&index);
+                    report(&meta[index].0, &outcome);
+                    outcomes[index] = Some(outcome);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                    for (&index, since) in running.iter() {
+                        let secs = since.elapsed().as_secs();
+                        if secs >= PROGRESS_EVERY.as_secs() {
+                            println!(
+                                "test {} has been running for over {secs} seconds{}",
+                                meta[index].0, reruns[index]
+                            );
+                        }
+                    }
+                    let _ = std::io::stdout().flush();
+                    next_note += PROGRESS_EVERY;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
     });
     meta.into_iter()

@@ -2,17 +2,22 @@
 //! at once, through the async API or the queue API), syncs and reopens, run on every compiled
 //! backend and on the in-memory reference engine; every result and every byte must agree.
 //!
-//! `CONFORMANCE_MODEL_CASES` sets the number of cases (default 256). A failure prints the
-//! minimal failing sequence and proptest's seed, which reproduces it.
+//! One trial per backend (`model:<backend>::agrees_with_the_reference_model`), run by the
+//! conformance runner with a time limit. `CONFORMANCE_MODEL_CASES` sets the number of cases
+//! per backend (default 256). The cases come from the run's seed (`CONFORMANCE_SEED`), which
+//! a failure or a hang prints; a failure also prints the minimal failing sequence, and
+//! proptest keeps it in `model.proptest-regressions` to try first on later runs.
 
 use conformance::crash::{CrashPolicy, CrashSim};
 use conformance::faulty::{Fault, FaultyEngine, Injector, Plan};
+use conformance::runner::{self, Outcome, Trial};
 use conformance::MemEngine;
 use engine::{Engine, BUILTIN_BACKENDS};
 use engine_core::{
     block_on, AlignedBuf, BackendExt, Completion, EngineConfig, File, OpenOptions, Queue, Request,
 };
 use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestRunner};
 
 const BLOCKS: u16 = 48;
 const DEPTH: usize = 8;
@@ -315,17 +320,6 @@ fn check(backend: &str, steps: &[Step], direct: bool) -> Result<(), TestCaseErro
     Ok(())
 }
 
-/// The built-in backends that run here, found once.
-fn available() -> &'static [&'static str] {
-    static AVAILABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    AVAILABLE.get_or_init(|| {
-        BUILTIN_BACKENDS
-            .into_iter()
-            .filter(|b| Engine::with_backend(b, EngineConfig::default()).is_ok())
-            .collect()
-    })
-}
-
 fn cases() -> u32 {
     std::env::var("CONFORMANCE_MODEL_CASES")
         .ok()
@@ -333,18 +327,40 @@ fn cases() -> u32 {
         .unwrap_or(256)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
-
-    #[test]
-    fn every_backend_agrees_with_the_reference_model(
-        steps in prop::collection::vec(step(), 1..24),
-        direct in any::<bool>(),
-    ) {
-        let backends = available();
-        prop_assert!(!backends.is_empty(), "no backend compiled in");
-        for backend in backends {
-            check(backend, &steps, direct)?;
-        }
+/// Proptest's cases on one backend: arbitrary step sequences, on a buffered or an O_DIRECT
+/// file, each compared with the reference engine.
+fn agrees_with_the_reference_model(backend: &'static str) -> Outcome {
+    if let Err(e) = Engine::with_backend(backend, EngineConfig::default()) {
+        return Outcome::Skipped(format!("{backend} cannot run here: {e}"));
     }
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/model.proptest-regressions"
+        )))),
+        rng_seed: RngSeed::Fixed(runner::seed()),
+        ..Config::default()
+    });
+    let strategy = (prop::collection::vec(step(), 1..24), any::<bool>());
+    match runner.run(&strategy, |(steps, direct)| check(backend, &steps, direct)) {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn main() {
+    let trials = BUILTIN_BACKENDS
+        .into_iter()
+        .map(|backend| {
+            Trial::new(
+                &format!("model:{backend}"),
+                "agrees_with_the_reference_model",
+                std::time::Duration::from_secs(300),
+                move || agrees_with_the_reference_model(backend),
+            )
+            .seeded()
+        })
+        .collect();
+    runner::run_parallel(trials);
 }
