@@ -6,7 +6,12 @@
 //! handle must answer `BadFile`; a panic fails the case with its inputs, and the runner's time
 //! limit fails a hang by the trial's name.
 //!
-//! `CONFORMANCE_FUZZ_CASES` sets the proptest cases per backend (default 64).
+//! The bodies of the `cargo fuzz` targets (`fuzz/src/lib.rs`: request validation and the
+//! environment parser) are replayed here too, on the stable toolchain, over their seed
+//! corpus and random bytes, so that they cannot rot between fuzzing runs.
+//!
+//! `CONFORMANCE_FUZZ_CASES` sets the proptest cases per backend (default 64); the inputs
+//! come from the run's seed (`CONFORMANCE_SEED`, printed with any failure or hang).
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -15,7 +20,7 @@ use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, EngineConfig, ErrorKind, Settings, BUILTIN_BACKENDS, VARIABLES};
 use engine_core::{block_on, AlignedBuf, AllocateMode, File, OpenOptions, WriteFlags};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 /// One call of the public API on the case's file.
 #[derive(Clone, Debug)]
@@ -304,6 +309,7 @@ fn fuzz_backend(backend: &'static str, cases: u32) -> Outcome {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(runner::seed()),
         ..Config::default()
     });
     let strategy = (opening(), prop::collection::vec(call(), 1..12));
@@ -339,6 +345,7 @@ fn fuzz_environment(cases: u32) -> Outcome {
     let mut runner = TestRunner::new(Config {
         cases: cases * 4,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(runner::seed()),
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec((name, value), 0..6), |vars| {
@@ -357,6 +364,61 @@ fn fuzz_environment(cases: u32) -> Outcome {
     }
 }
 
+/// A `cargo fuzz` target's body.
+type Target = fn(&[u8]);
+
+/// The `cargo fuzz` targets' bodies, compiled into this test.
+#[path = "../../fuzz/src/lib.rs"]
+mod targets;
+
+/// One `cargo fuzz` target's body over the seeds in `fuzz/corpus/<target>/` and `cases`
+/// random inputs.
+fn replay(target: &str, body: fn(&[u8]), cases: u32) -> Outcome {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut seeds = Vec::new();
+    match std::fs::read_dir(&corpus) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                match std::fs::read(entry.path()) {
+                    Ok(bytes) => seeds.push(bytes),
+                    Err(e) => return Outcome::Failed(format!("{}: {e}", entry.path().display())),
+                }
+            }
+        }
+        Err(e) => return Outcome::Failed(format!("{}: {e}", corpus.display())),
+    }
+    if seeds.is_empty() {
+        return Outcome::Failed(format!("no seeds in {}", corpus.display()));
+    }
+    let run = |bytes: &[u8]| -> Result<(), TestCaseError> {
+        std::panic::catch_unwind(|| body(bytes)).map_err(|panic| {
+            TestCaseError::fail(format!(
+                "{target} panicked on {bytes:02x?}: {}",
+                runner::panic_message(&*panic)
+            ))
+        })
+    };
+    for seed in &seeds {
+        if let Err(e) = run(seed) {
+            return Outcome::Failed(e.to_string());
+        }
+    }
+    let mut runner = TestRunner::new(Config {
+        cases: cases * 64,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(runner::seed()),
+        ..Config::default()
+    });
+    match runner.run(&prop::collection::vec(any::<u8>(), 0..96), |bytes| {
+        run(&bytes)
+    }) {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
 fn main() {
     let cases: u32 = std::env::var("CONFORMANCE_FUZZ_CASES")
         .ok()
@@ -364,18 +426,36 @@ fn main() {
         .unwrap_or(64);
     let mut all = Vec::new();
     for backend in BUILTIN_BACKENDS {
-        all.push(Trial::new(
-            &format!("fuzz:{backend}"),
-            "public_api_never_panics",
-            Duration::from_secs(120),
-            move || fuzz_backend(backend, cases),
-        ));
+        all.push(
+            Trial::new(
+                &format!("fuzz:{backend}"),
+                "public_api_never_panics",
+                Duration::from_secs(120),
+                move || fuzz_backend(backend, cases),
+            )
+            .seeded(),
+        );
     }
-    all.push(Trial::new(
-        "fuzz:env",
-        "environment_parser_never_panics",
-        Duration::from_secs(60),
-        move || fuzz_environment(cases),
-    ));
+    all.push(
+        Trial::new(
+            "fuzz:env",
+            "environment_parser_never_panics",
+            Duration::from_secs(60),
+            move || fuzz_environment(cases),
+        )
+        .seeded(),
+    );
+    let targets: [(&str, Target); 2] = [
+        ("request_validation", targets::request_validation),
+        ("environment", targets::environment),
+    ];
+    for (target, body) in targets {
+        all.push(
+            Trial::new("fuzz:targets", target, Duration::from_secs(60), move || {
+                replay(target, body, cases)
+            })
+            .seeded(),
+        );
+    }
     runner::run(all);
 }
