@@ -6,7 +6,8 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use engine_core::raw::{force_thread_sync, Common, Driver, Pool, QueueDriver};
+use engine_core::raw::sandbox::{Pin, SteadyState, Syscall};
+use engine_core::raw::{force_thread_sync, Common, Driver, Kernel, Pool, QueueDriver};
 use engine_core::{
     Backend, Capabilities, Completion, EngineConfig, Error, File, MetricsSnapshot, Op, OpenOptions,
     Request, Result,
@@ -148,6 +149,42 @@ impl Backend for AioEngine {
     fn shutdown(&self) {
         self.driver.shutdown();
         self.pool.shutdown();
+    }
+
+    fn steady_state(&self) -> Result<SteadyState> {
+        let own = self.driver.with_kernel(|kernel| kernel.kernel_ids());
+        let on_own = |name, nr, why| Syscall::new(name, nr, Pin::Own(own.clone()), why);
+        let mut calls = vec![
+            on_own(
+                "io_submit",
+                libc::SYS_io_submit,
+                "submits reads, writes and (where AIO has them) syncs",
+            ),
+            on_own(
+                "io_getevents",
+                libc::SYS_io_getevents,
+                "reaps completions the mapped ring does not show, and a queue waits in it",
+            ),
+            on_own(
+                "read",
+                libc::SYS_read,
+                "the async engine's waiter sleeps reading its eventfd",
+            ),
+            on_own(
+                "write",
+                libc::SYS_write,
+                "a completion on the worker pool, or a wake-up, signals the eventfd",
+            ),
+        ];
+        // What AIO cannot do (syncs where it has no fsync, allocate, set_len, metadata, a
+        // file it refuses) runs on the worker pool or the queue's thread.
+        calls.extend(SteadyState::file_calls());
+        let mut state = SteadyState::new(crate::NAME, calls);
+        state.notes.push(
+            "make every queue before the sandbox: a queue makes its AIO context (io_setup) then"
+                .into(),
+        );
+        Ok(state)
     }
 }
 

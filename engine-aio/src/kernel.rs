@@ -333,6 +333,12 @@ impl Kernel for AioKernel {
     fn in_flight(&self) -> usize {
         self.pending.len() + self.in_kernel + self.immediate.len() + self.fallback.in_flight()
     }
+
+    fn kernel_ids(&self) -> Vec<u64> {
+        let mut ids = vec![self.ctx.id];
+        ids.extend(self.eventfd.as_ref().map(|e| u64::from(e.raw())));
+        ids
+    }
 }
 
 /// The async engine's [`Wait`]: sleeps on the eventfd every completion signals.

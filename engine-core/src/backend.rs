@@ -13,6 +13,7 @@ use crate::metadata::{AllocateMode, Metadata};
 use crate::metrics::MetricsSnapshot;
 use crate::pool::PagePool;
 use crate::queue::Queue;
+use crate::raw::sandbox::SteadyState;
 use crate::request::{Completion, Request, WriteFlags};
 
 /// What a backend can do and how, stated honestly so that callers and tests can gate on it.
@@ -137,6 +138,23 @@ pub trait Backend: Send + Sync {
     /// threads. Later requests fail with [`crate::ErrorKind::Shutdown`]. Idempotent; dropping
     /// the engine does it too.
     fn shutdown(&self);
+
+    /// The system calls the engine makes once set up ([`crate::raw::sandbox`]), with its own
+    /// descriptors (rings, AIO contexts, eventfds) filled in as they are now.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Unsupported`] for a backend that publishes no list (the default).
+    fn steady_state(&self) -> Result<SteadyState> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            crate::Op::Setup,
+            format!(
+                "the {} backend publishes no steady-state system call list",
+                self.name()
+            ),
+        ))
+    }
 }
 
 /// Conveniences over any [`Backend`], written once.
@@ -516,6 +534,12 @@ pub trait DynBackend: Send + Sync {
     fn pool(&self) -> Option<&PagePool>;
     /// See [`Backend::shutdown`].
     fn shutdown(&self);
+    /// See [`Backend::steady_state`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::steady_state`].
+    fn steady_state(&self) -> Result<SteadyState>;
 }
 
 #[async_trait::async_trait]
@@ -549,6 +573,9 @@ impl<E: Backend> DynBackend for E {
     }
     fn shutdown(&self) {
         Backend::shutdown(self)
+    }
+    fn steady_state(&self) -> Result<SteadyState> {
+        Backend::steady_state(self)
     }
 }
 
@@ -586,5 +613,8 @@ impl Backend for Box<dyn DynBackend> {
     }
     fn shutdown(&self) {
         (**self).shutdown()
+    }
+    fn steady_state(&self) -> Result<SteadyState> {
+        (**self).steady_state()
     }
 }

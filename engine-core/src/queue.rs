@@ -52,6 +52,12 @@ pub trait Queue {
     /// The kernel interface failed, or requests wait for a kernel that can take none.
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize>;
 
+    /// The queue's own kernel objects (an io_uring ring's descriptor, an AIO context), for a
+    /// sandbox that pins the calls on them ([`crate::raw::sandbox`]); empty for a queue with none.
+    fn kernel_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
     /// Pushes `request`, first reaping completions into `out` while the queue is full.
     ///
     /// # Errors
@@ -96,5 +102,8 @@ impl<Q: Queue + ?Sized> Queue for Box<Q> {
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
         (**self).wait(min, out)
+    }
+    fn kernel_ids(&self) -> Vec<u64> {
+        (**self).kernel_ids()
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use engine_core::raw::sandbox::SteadyState;
 use engine_core::raw::{Common, Driver, Pool, PoolWait, QueueDriver, ThreadKernel};
 use engine_core::{
     Backend, Capabilities, Completion, EngineConfig, Error, File, MetricsSnapshot, Op, OpenOptions,
@@ -149,6 +150,15 @@ impl Backend for SyncEngine {
         if let Some(pool) = &self.pool {
             pool.shutdown();
         }
+    }
+
+    fn steady_state(&self) -> Result<SteadyState> {
+        let mut state = SteadyState::new(crate::NAME, SteadyState::file_calls());
+        state.notes.push(match self.pool {
+            Some(_) => "the worker threads start with the engine, so none is made later".into(),
+            None => "inline: every call runs on the thread that submits it".into(),
+        });
+        Ok(state)
     }
 }
 

@@ -6,8 +6,9 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use engine_core::raw::sandbox::{Pin, SteadyState, Syscall};
 use engine_core::raw::{
-    simulated_setup_errno, submission_entries, Common, Driver, FileRaw, QueueDriver,
+    simulated_setup_errno, submission_entries, Common, Driver, FileRaw, Kernel, QueueDriver,
 };
 use engine_core::{
     Backend, Capabilities, Completion, EngineConfig, Error, ErrorKind, File, MetricsSnapshot, Op,
@@ -74,6 +75,15 @@ impl UringEngine {
         if config.iopoll {
             notes.push("IOPOLL: syncs are refused (fsync cannot be polled)".into());
         }
+        if config.restricted {
+            notes.push(
+                "restricted (hardened) ring: created disabled, limited to reads, writes, \
+                 syncs, fallocate, ftruncate and file-table updates on registered files, then \
+                 enabled"
+                    .into(),
+            );
+        }
+        notes.extend(ring.hardening.iter().cloned());
         if config.inline || config.threads > 0 {
             notes.push(
                 "ENGINE_THREADS has no effect on io_uring: the kernel runs requests, and a \
@@ -208,6 +218,53 @@ impl Backend for UringEngine {
 
     fn shutdown(&self) {
         self.driver.shutdown();
+    }
+
+    fn steady_state(&self) -> Result<SteadyState> {
+        let own = self.driver.with_kernel(|kernel| kernel.kernel_ids());
+        let ring = |name, nr, why| Syscall::new(name, nr, Pin::Own(own.clone()), why);
+        let mut calls = vec![
+            ring(
+                "io_uring_enter",
+                libc::SYS_io_uring_enter,
+                "submits, and waits for completions: every request travels through the ring",
+            ),
+            ring(
+                "io_uring_register",
+                libc::SYS_io_uring_register,
+                "a file's first use on a queue registers it in that queue's ring (a restricted \
+                 ring takes no other registration)",
+            ),
+        ];
+        // The file-management operations the ring's opcodes do not cover run on the
+        // submitting thread.
+        let ops = self.shared.ring.ops;
+        let on_thread = [
+            ("fallocate", !ops.fallocate),
+            ("ftruncate", !ops.ftruncate),
+            ("statx", !ops.statx),
+        ];
+        for call in SteadyState::file_calls() {
+            if on_thread.contains(&(call.name, true)) {
+                calls.push(call);
+            }
+        }
+        let mut state = SteadyState::new(crate::NAME, calls);
+        state.notes.push(
+            "make every queue, and run a request on each of them from its thread, before the \
+             sandbox: a queue makes and enables its ring then, and again when moved to another \
+             thread"
+                .into(),
+        );
+        if !self.common().config().restricted {
+            state.notes.push(
+                "io_uring runs its operations in the kernel, where seccomp does not see them: \
+                 in a sandbox use the restricted ring (ENGINE_RESTRICTED=1), which takes only \
+                 reads, writes, syncs and file-table updates, on registered files only"
+                    .into(),
+            );
+        }
+        Ok(state)
     }
 }
 

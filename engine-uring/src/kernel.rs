@@ -559,6 +559,10 @@ impl Kernel for SharedKernel {
     fn in_flight(&self) -> usize {
         self.tally.in_flight
     }
+
+    fn kernel_ids(&self) -> Vec<u64> {
+        vec![ring_fd(&self.shared.ring)]
+    }
 }
 
 /// The async engine's [`Wait`]: `io_uring_enter(GETEVENTS)` on the shared ring, without the
@@ -828,6 +832,15 @@ impl Kernel for QueueKernel {
     fn in_flight(&self) -> usize {
         self.tally.in_flight
     }
+
+    fn kernel_ids(&self) -> Vec<u64> {
+        vec![ring_fd(&self.ring)]
+    }
+}
+
+/// A ring's descriptor, as a sandbox pins it.
+fn ring_fd(ring: &Ring) -> u64 {
+    std::os::fd::AsRawFd::as_raw_fd(&ring.ring) as u64
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub(crate) struct Ring {
     pub(crate) disabled: bool,
     /// The file-management opcodes this ring runs; the others run on the submitting thread.
     pub(crate) ops: Opcodes,
+    /// What hardening (restricted mode) did or could not do, for the selection report.
+    pub(crate) hardening: Vec<String>,
     /// True when a write's fdatasync can be linked after it (`IOSQE_IO_LINK`): not on a
     /// polled ring (no fsync there) nor a restricted one (it allows no SQE flag but
     /// FIXED_FILE).
@@ -157,6 +159,7 @@ impl Ring {
                 Err(e) => why_unregistered = Some(e),
             }
         }
+        let mut hardening = Vec::new();
         if config.restricted {
             if !fixed_files {
                 return Err(Error::new(
@@ -165,6 +168,7 @@ impl Ring {
                     "restricted mode needs registered files, which this kernel refused",
                 ));
             }
+            hardening = limit_workers(&ring, config);
             restrict(&ring).map_err(|e| {
                 Error::from_io(&e, Op::Setup)
                     .with_message("io_uring_register(REGISTER_RESTRICTIONS)")
@@ -179,6 +183,7 @@ impl Ring {
             disabled,
             ops,
             links: !config.iopoll && !config.restricted,
+            hardening,
             pool: pool.cloned(),
         };
         Ok((ring, why_unregistered))
@@ -268,6 +273,50 @@ fn register_pool(ring: &IoUring, pool: &PagePool) -> Result<(), String> {
 /// `linux/io_uring.h`; the io-uring crate does not re-export them.
 const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 const IORING_REGISTER_FILES_UPDATE2: u8 = 14;
+
+/// The most io-wq kernel workers a restricted ring starts, of each kind (bounded: regular
+/// files and block devices; unbounded: the rest): the queue depth, at most 64.
+fn workers_max(config: &EngineConfig) -> u32 {
+    config.queue_depth.clamp(1, 64) as u32
+}
+
+/// Restricted mode's limit on io_uring's kernel worker threads
+/// (`IORING_REGISTER_IOWQ_MAX_WORKERS`, Linux 5.15), and the RLIMIT_NPROC preflight: the
+/// workers count against the user's process limit, and a sandbox that lowers it below what
+/// they need sees requests fail (ECANCELED from a poll arm, EAGAIN). Returns the notes for
+/// the selection report; a kernel that refuses the limit leaves the workers unbounded, which
+/// the notes say.
+fn limit_workers(ring: &IoUring, config: &EngineConfig) -> Vec<String> {
+    let max = workers_max(config);
+    let mut notes = Vec::new();
+    let mut limits = [max, max];
+    match ring.submitter().register_iowq_max_workers(&mut limits) {
+        Ok(()) => notes.push(format!(
+            "io-wq kernel workers limited to {max} per kind (IORING_REGISTER_IOWQ_MAX_WORKERS)"
+        )),
+        Err(e) => notes.push(format!(
+            "the kernel refused IORING_REGISTER_IOWQ_MAX_WORKERS ({e}; Linux 5.15 has it): \
+             io_uring's kernel workers are not limited"
+        )),
+    }
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given, which lives here.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) } == 0;
+    // Two kinds of workers, and the engine's own reaper thread beside them.
+    let needed = 2 * u64::from(max) + 1;
+    if known && nproc.rlim_cur != libc::RLIM_INFINITY && nproc.rlim_cur < needed {
+        notes.push(format!(
+            "RLIMIT_NPROC is {}: io_uring's kernel workers count against it, and requests \
+             that need a worker fail (ECANCELED, EAGAIN) once it is reached; raise it to at \
+             least {needed} (ulimit -u, or the sandbox's rlimit) or lower the queue depth",
+            nproc.rlim_cur
+        ));
+    }
+    notes
+}
 
 /// Restricted mode: only reads and writes (plain, fixed and vectored), fsyncs, fallocate,
 /// ftruncate and the wake-up NOP, only on registered files, and only file-table updates as

@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 
 mod env;
+pub mod sandbox;
 
 use std::future::Future;
 use std::path::Path;
@@ -35,6 +36,7 @@ pub use engine_sync as sync;
 #[cfg(feature = "uring")]
 pub use engine_uring as uring;
 
+use engine_core::raw::sandbox::SteadyState;
 use engine_core::registry::{Diagnosis, Outcome, Plugin, Probe, SelectionReport};
 
 /// The built-in backends, in the order `auto` tries them. `sync` runs everywhere, so `auto`
@@ -545,6 +547,18 @@ impl Engine {
     pub fn shutdown(&self) {
         dispatch!(&self.inner, e => Backend::shutdown(e))
     }
+
+    /// The system calls the engine makes once set up, with its own rings, contexts and
+    /// eventfds filled in ([`engine_core::raw::sandbox`]; `sandbox::Sandbox` builds a seccomp
+    /// filter from it, with the `sandbox` feature).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`] for a backend that publishes no list (monoio, glommio and
+    /// plugins that do not).
+    pub fn steady_state_syscalls(&self) -> Result<SteadyState> {
+        dispatch!(&self.inner, e => Backend::steady_state(e))
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -594,6 +608,9 @@ impl Backend for Engine {
     fn shutdown(&self) {
         Engine::shutdown(self)
     }
+    fn steady_state(&self) -> Result<SteadyState> {
+        Engine::steady_state_syscalls(self)
+    }
 }
 
 /// Runs `$body` with `$q` bound to the backend queue.
@@ -633,6 +650,9 @@ impl Queue for EngineQueue {
     }
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> Result<usize> {
         dispatch_queue!(&mut self.0, q => q.wait(min, out))
+    }
+    fn kernel_ids(&self) -> Vec<u64> {
+        dispatch_queue!(&self.0, q => q.kernel_ids())
     }
 }
 

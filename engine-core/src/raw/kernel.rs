@@ -79,6 +79,13 @@ pub trait Kernel: Send + 'static {
     /// Requests pushed and not yet reaped.
     fn in_flight(&self) -> usize;
 
+    /// The kernel objects the calls of this kernel take as their first argument (an io_uring
+    /// ring's descriptor, an AIO context and its eventfd), for a sandbox that pins them
+    /// ([`crate::raw::sandbox`]). The default is none.
+    fn kernel_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
     /// True when the kernel runs the `then_sync` of an [`Io::Write`] or [`Io::WriteVectored`]
     /// itself: an `fdatasync`
     /// ordered after the write (io_uring's `IOSQE_IO_LINK`; a worker's two syscalls in a row),

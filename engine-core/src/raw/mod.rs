@@ -38,6 +38,7 @@ mod kernel;
 pub(crate) mod park;
 mod pool;
 mod queue;
+pub mod sandbox;
 mod table;
 
 pub use crate::counting::CountingAllocator;

@@ -118,6 +118,10 @@ impl<K: Kernel> Queue for QueueDriver<K> {
         self.depth
     }
 
+    fn kernel_ids(&self) -> Vec<u64> {
+        self.kernel.kernel_ids()
+    }
+
     fn in_flight(&self) -> usize {
         self.in_flight
     }
