@@ -4,7 +4,8 @@
 //! time that it cannot run (reported as `ignored` with its reason, never as `ok`), each case
 //! runs on its own thread with a time limit (a hang fails it), and the run ends with one
 //! summary line per group (`conformance: backend=<group> passed=<n> skipped=<n> failed=<n>`,
-//! or `conformance: runtime=<runtime> backend=<backend> ...` for trials run under a runtime).
+//! or `conformance: runtime=<runtime> backend=<backend> ...` for trials run under a runtime,
+//! `conformance: <tier> backend=<backend> ...` for a tier such as the sandbox).
 //!
 //! A trial still running after a minute gets a line a minute, as libtest prints once
 //! (`test <name> has been running for over 60 seconds`), so the watchdog every test binary
@@ -131,6 +132,13 @@ impl Trial {
         } else {
             String::new()
         }
+    }
+
+    /// Labels the trial's group `<tier> backend=<backend>` on the summary line (for
+    /// example `sandbox backend=uring`).
+    pub fn in_tier(mut self, tier: &str, backend: &str) -> Trial {
+        self.label = format!("{tier} backend={backend}");
+        self
     }
 
     /// Labels the trial's group `runtime=<runtime> backend=<backend>` on the summary line.
