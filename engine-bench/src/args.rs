@@ -67,7 +67,8 @@ pub enum Format {
 #[command(name = "engine-bench", version)]
 pub struct Args {
     /// Engines to run, comma-separated: auto, uring, aio, sync, monoio, glommio, all (every
-    /// built-in engine), a plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example
+    /// built-in engine), `uring-restricted` (io_uring's hardened ring, as a sandbox runs it),
+    /// a plugin name, fio (fio with io_uring), `fio:<ioengine>` (for example
     /// fio:libaio, fio:psync), tokio-fs, and with the `peers` feature glommio-direct and
     /// monoio-direct (glommio's DmaFile and monoio's File used directly). Ratios are
     /// against the first. A library engine may name its API (`uring@async`, `sync@queue`;

@@ -35,11 +35,17 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
     if name == "auto" {
         return Engine::from_env().map_err(|e| e.to_string());
     }
+    // `<backend>-restricted`: the backend's hardened mode (io_uring's restricted ring).
+    let (name, restricted) = match name.strip_suffix("-restricted") {
+        Some(backend) => (backend, true),
+        None => (name, false),
+    };
     let in_flight = u64::from(job.iodepth) * u64::from(job.numjobs);
     let pool = (2 * in_flight * job.bs).clamp(32 << 20, 1 << 30);
     let mut config = EngineConfig {
         queue_depth: (job.iodepth as usize).max(1),
         register_buffers_bytes: pool as usize,
+        restricted,
         ..EngineConfig::default()
     };
     match job.threads {
