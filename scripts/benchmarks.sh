@@ -106,6 +106,20 @@ for depth in 32 1; do
         --rw randread --bs 4k --iodepth "$depth" "${HOSTED[@]}"
 done
 
+# The hardened io_uring ring (restricted, as a sandbox runs it) against the default ring, both
+# APIs, at depth 32 and 1: on the cached file (the ring's own cost) and on zram where it is
+# ready (every read punted to io-wq workers, whose count the hardened ring limits).
+for depth in 32 1; do
+    run "hardened-cached-d$depth" "Hardened io_uring: 4k random read of a cached 16 MiB file, buffered, depth $depth" \
+        uring@queue,uring-restricted@queue,uring@async,uring-restricted@async \
+        --rw randread --bs 4k --iodepth "$depth" --direct 0 --invalidate 0 --size 16m --filename "$SMALL"
+    if [ -z "$ZRAM_SKIP" ]; then
+        run "hardened-zram-d$depth" "Hardened io_uring: 4k random read of /dev/zram0, O_DIRECT, depth $depth" \
+            uring@queue,uring-restricted@queue,uring@async,uring-restricted@async \
+            --rw randread --bs 4k --iodepth "$depth" --direct 1 --size 1g --filename /dev/zram0
+    fi
+done
+
 # The write-ahead-log tier: 4k sequential O_DIRECT appends at depth 1, each made durable (an
 # fdatasync after every write, fio's --fdatasync=1; or RWF_DSYNC, fio's --sync=dsync), both
 # APIs of every backend against fio with the same ioengine.
@@ -243,6 +257,15 @@ for backend, direct in [("monoio", "monoio's File"), ("glommio", "glommio's DmaF
         value = pair(f"hosted-d{depth}", f"{backend}@queue", f"{backend}-direct")
         if value == value:
             lines.append(f"| {backend} d{depth}: queue API / {direct} used directly | {value:.3f} | - | - |")
+lines += ["", "## Hardened io_uring", "",
+ "The restricted ring a sandbox runs (`EngineConfig::restricted`, `ENGINE_RESTRICTED=1`: created disabled, restricted to reads, writes, syncs, fallocate, ftruncate and file-table updates on registered files, unbounded io-wq workers limited, then enabled) against the default ring, both APIs, 4k random reads in one interleaved run per row. Expected: no cost beyond the noise.",
+ "", "| where, depth, API | hardened / default | required | met |", "| --- | ---: | ---: | --- |"]
+for where, label in [("cached", "cached 16 MiB file"), ("zram", "/dev/zram0, O_DIRECT")]:
+    for depth in [32, 1]:
+        for api in ["queue", "async"]:
+            value = pair(f"hardened-{where}-d{depth}", f"uring-restricted@{api}", f"uring@{api}")
+            if value == value:
+                lines.append(f"| {label}, d{depth}, {api} API | {value:.3f} | - | - |")
 lines += ["", "## Write-ahead log tier", "",
  "4k sequential O_DIRECT appends at depth 1, each made durable before the next: an fdatasync after every write (`--fdatasync 1`, fio's same flag) or a durable write (`--dsync 1`: `WriteFlags::DSYNC`, `RWF_DSYNC`; fio: `--sync=dsync`, an `O_DSYNC` open). The disk's flush dominates, and varies, so these rows take more repetitions. The sync backend is held to fio's psync as psync runs, each syscall on the job's thread (`--threads inline`); its worker pool, shown for reference, hands each syscall to a worker and back, two wake-ups that psync never makes.",
  "", "| target | measured | required | met |", "| --- | ---: | ---: | --- |"]
