@@ -12,7 +12,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use engine::sandbox::Sandbox;
-use engine::{block_on, AlignedBuf, Engine, EngineConfig, OpenOptions, Queue, Request};
+use engine::{
+    block_on, AlignedBuf, Engine, EngineConfig, OpenOptions, PageAllocator, PagePool, PoolConfig,
+    Queue, Request,
+};
 
 const FILE_BYTES: u64 = 64 << 20;
 const BLOCK: usize = 4096;
@@ -49,6 +52,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Nothing to clean up later, inside the sandbox: the name goes now, the open file stays.
     drop(dir);
     block_on(engine.set_len(&file, FILE_BYTES))?;
+    // Buffers come from a pool made now (the engine's registered one on io_uring): inside the
+    // sandbox they are recycled, and the allocator never asks the kernel for memory.
+    let pool = match engine.pool() {
+        Some(pool) => pool.clone(),
+        None => PagePool::new(PoolConfig {
+            limit_bytes: 1 << 20,
+            class_size_max: 1 << 20,
+            contiguous: true,
+            ..PoolConfig::default()
+        })?,
+    };
     let mut queue = engine.queue()?;
     let mut done = Vec::new();
     let warm = AlignedBuf::zeroed(BLOCK, BLOCK)?;
@@ -83,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut writes, mut reads, mut syncs) = (0u64, 0u64, 0u64);
     for i in 0..OPS {
         let offset = (next() % blocks) * BLOCK as u64;
-        let buf = AlignedBuf::zeroed(BLOCK, BLOCK)?;
+        let buf = pool.alloc(BLOCK)?;
         let request = if i % 2 == 0 {
             writes += 1;
             Request::write(&file, offset, buf, i)
