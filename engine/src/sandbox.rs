@@ -17,7 +17,7 @@
 //! let config = EngineConfig { restricted: true, ..EngineConfig::default() };
 //! let engine = Engine::with_backend("uring", config)?;
 //! let options = OpenOptions::new().read(true).write(true).create(true);
-//! let file = engine.open("/tmp/data".as_ref(), &options)?;
+//! let file = engine.open("/var/lib/app/data".as_ref(), &options)?;
 //! // ... a warm-up request of each kind ...
 //! Sandbox::new(&engine)?
 //!     .file(&file)
