@@ -10,48 +10,19 @@
 //! buffer, the producer fills the next, and it waits for the disk only when every buffer is
 //! in flight. Both versions write the same stream and verify it by reading the file back.
 
+mod pipeline;
+
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use engine::{block_on, AlignedBuf, AllocateMode, Engine, OpenOptions, Queue, Request};
-
-/// The stream: `len` bytes from xorshift64, chunk by chunk, and its digest as it goes.
-struct Stream {
-    state: u64,
-    left: u64,
-    digest: u64,
-}
-
-impl Stream {
-    fn new(len: u64) -> Stream {
-        Stream {
-            state: 0x2545_f491_4f6c_dd1d,
-            left: len,
-            digest: 0xcbf2_9ce4_8422_2325,
-        }
-    }
-
-    /// Fills `buf` with the next bytes; how many (0 at the end).
-    fn fill(&mut self, buf: &mut [u8]) -> usize {
-        let n = (self.left as usize).min(buf.len());
-        for chunk in buf[..n].chunks_mut(8) {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            let word = self.state.to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-            self.digest = (self.digest ^ self.state).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.left -= n as u64;
-        n
-    }
-}
+use engine::{AlignedBuf, Engine, OpenOptions};
+use pipeline::{digest_step, Stream, DIGEST_START};
 
 /// The digest of a file read back, in the stream's terms.
 fn digest_of(path: &std::path::Path, len: u64) -> std::io::Result<u64> {
     let mut file = std::fs::File::open(path)?;
-    let mut digest = 0xcbf2_9ce4_8422_2325u64;
+    let mut digest = DIGEST_START;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
@@ -60,7 +31,7 @@ fn digest_of(path: &std::path::Path, len: u64) -> std::io::Result<u64> {
         for chunk in buf[..n].chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            digest = (digest ^ u64::from_le_bytes(word)).wrapping_mul(0x0100_0000_01b3);
+            digest = digest_step(digest, u64::from_le_bytes(word));
         }
         left -= n as u64;
     }
@@ -88,57 +59,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let g = file.geometry();
         g.offset_align.max(g.mem_align).max(4096) as usize
     };
-    block_on(engine.allocate(&file, 0, len, AllocateMode::Allocate))?;
-    let started = Instant::now();
-    let mut queue = engine.queue()?;
-    let mut free: Vec<AlignedBuf> = (0..buffers)
-        .map(|_| AlignedBuf::zeroed(buf_len, align))
-        .collect::<Result<_, _>>()?;
     let mut stream = Stream::new(len);
-    let mut done = Vec::new();
-    let (mut offset, mut waited, mut waits) = (0u64, Duration::ZERO, 0u32);
-    loop {
-        let Some(mut buf) = free.pop() else {
-            // Every buffer is in flight: the only time the producer waits for the disk.
-            let at = Instant::now();
-            queue.wait(1, &mut done)?;
-            waited += at.elapsed();
-            waits += 1;
-            for completion in done.drain(..) {
-                completion.result?;
-                free.extend(completion.buf);
-            }
-            continue;
-        };
-        // A buffer back from a short last write is whole again.
-        buf.resize(buf_len)?;
-        let n = stream.fill(&mut buf);
-        if n == 0 {
-            break;
-        }
-        // The last piece of a stream that is not a multiple of the alignment is padded; the
-        // file's length is set to the stream's at the end.
-        let padded = n.next_multiple_of(align);
-        buf[n..padded].fill(0);
-        buf.truncate(padded);
-        queue.push_or_wait(Request::write_all(&file, offset, buf, 0), &mut done)?;
-        queue.submit()?;
-        offset += n as u64;
-        for completion in done.drain(..) {
-            completion.result?;
-            free.extend(completion.buf);
-        }
-    }
-    while queue.in_flight() > 0 {
-        let n = queue.in_flight();
-        queue.wait(n, &mut done)?;
-    }
-    for completion in done.drain(..) {
-        completion.result?;
-    }
-    block_on(engine.set_len(&file, len))?;
-    block_on(engine.sync_all(&file))?;
-    let elapsed = started.elapsed();
+    let stats = pipeline::write(&engine, &file, &mut stream, len, buf_len, buffers)?;
+    let elapsed = stats.elapsed;
+    let (waits, waited) = (stats.waits, stats.waited);
     engine.close(&file)?;
     let rate = len as f64 / elapsed.as_secs_f64() / 1e9;
     println!(
