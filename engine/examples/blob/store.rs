@@ -1,0 +1,336 @@
+//! A blob store in the style of blobd's direct store, on any engine: objects in the device
+//! space of one preallocated file, placed by a first-fit extent allocator, each written with
+//! its header in one aligned write and made durable before it is acknowledged.
+//!
+//! On disk an object is an extent of whole blocks:
+//!
+//! ```text
+//! header block: magic "BLOB" | id u64 | length u64 | data CRC-32 u32 | header CRC-32 u32 | zeros
+//! data blocks:  the object's bytes, zero-padded to the block
+//! ```
+//!
+//! Deleting an object zeroes its header block (durably) before its extent is reused.
+//! [`BlobStore::open`] rebuilds the index and the free space by scanning the file: an extent
+//! is an object if its header and its data check out. A write torn by a crash fails its CRC
+//! and its space is free again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use engine::{
+    AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, OpenOptions, Result,
+};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"BLOB");
+const HEADER: usize = 28;
+/// How much of the file a scan reads at a time.
+const SCAN: usize = 1 << 20;
+
+/// An object's id.
+pub type Id = u64;
+
+/// CRC-32 (IEEE).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                0xEDB8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Where an object lives.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    offset: u64,
+    /// Bytes on disk, header block included.
+    blocks_len: u64,
+    len: u64,
+}
+
+struct State {
+    next_id: Id,
+    objects: HashMap<Id, Extent>,
+    /// Free extents by offset, coalesced.
+    free: BTreeMap<u64, u64>,
+}
+
+impl State {
+    /// First fit.
+    fn allocate(&mut self, len: u64) -> Option<u64> {
+        let (&offset, &size) = self.free.iter().find(|(_, &size)| size >= len)?;
+        self.free.remove(&offset);
+        if size > len {
+            self.free.insert(offset + len, size - len);
+        }
+        Some(offset)
+    }
+
+    fn release(&mut self, mut offset: u64, mut len: u64) {
+        if let Some((&before, &size)) = self.free.range(..offset).next_back() {
+            if before + size == offset {
+                self.free.remove(&before);
+                offset = before;
+                len += size;
+            }
+        }
+        if let Some(size) = self.free.remove(&(offset + len)) {
+            len += size;
+        }
+        self.free.insert(offset, len);
+    }
+}
+
+/// The store; see the module documentation.
+pub struct BlobStore<E: Backend> {
+    engine: E,
+    file: File,
+    block: u64,
+    capacity: u64,
+    state: Mutex<State>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The header block of object `id` of `data`.
+fn header(id: Id, data: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..12].copy_from_slice(&id.to_le_bytes());
+    h[12..20].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    h[20..24].copy_from_slice(&crc32(data).to_le_bytes());
+    let crc = crc32(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A header block's id, length and data CRC, if it is one.
+fn parse(block: &[u8]) -> Option<(Id, u64, u32)> {
+    let word = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().unwrap_or([0; 4]));
+    let long = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap_or([0; 8]));
+    (block.len() >= HEADER && word(0) == MAGIC && crc32(&block[..24]) == word(24))
+        .then(|| (long(4), long(12), word(20)))
+}
+
+impl<E: Backend> BlobStore<E> {
+    /// Opens (or creates) the store at `path` with room for `capacity` bytes, O_DIRECT where
+    /// the filesystem takes it, and rebuilds its index from the file.
+    ///
+    /// # Errors
+    ///
+    /// The engine's.
+    pub async fn open(engine: E, path: &Path, capacity: u64) -> Result<BlobStore<E>> {
+        let options = OpenOptions::new().read(true).write(true).create(true);
+        let file = match engine.open(path, &options.clone().direct(true)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::Unsupported => engine.open(path, &options)?,
+            Err(e) => return Err(e),
+        };
+        let g = file.geometry();
+        let block = u64::from(g.offset_align.max(g.mem_align)).max(4096);
+        let capacity = capacity.next_multiple_of(block);
+        if engine.metadata(&file).await?.len() < capacity {
+            engine
+                .allocate(&file, 0, capacity, AllocateMode::Allocate)
+                .await?;
+            engine.sync_all(&file).await?;
+        }
+        let mut state = State {
+            next_id: 0,
+            objects: HashMap::new(),
+            free: BTreeMap::new(),
+        };
+        // The scan, block by block (read a chunk at a time): a header that checks out, over
+        // data that does, is an object; the space between objects is free.
+        let (mut offset, mut free_from) = (0u64, 0u64);
+        let mut chunk: Option<(u64, AlignedBuf)> = None;
+        while offset < capacity {
+            let cached = chunk.as_ref().is_some_and(|(start, buf)| {
+                offset >= *start && offset + block <= start + buf.len() as u64
+            });
+            if !cached {
+                let len = (SCAN as u64).min(capacity - offset) as usize;
+                let buf = AlignedBuf::zeroed(len, block as usize)?;
+                let (read, buf) = engine.read_at(&file, offset, buf).await;
+                read?;
+                chunk = Some((offset, buf));
+            }
+            let found = chunk.as_ref().and_then(|(start, buf)| {
+                let at = (offset - start) as usize;
+                buf.get(at..at + block as usize).and_then(parse)
+            });
+            if let Some((id, len, data_crc)) = found {
+                let blocks_len = block + len.next_multiple_of(block);
+                if offset + blocks_len <= capacity {
+                    let data = AlignedBuf::zeroed(blocks_len as usize, block as usize)?;
+                    let (read, data) = engine.read_at(&file, offset, data).await;
+                    let got = read?;
+                    let body = data.get(block as usize..(block + len) as usize);
+                    if got as u64 == blocks_len && body.is_some_and(|b| crc32(b) == data_crc) {
+                        if offset > free_from {
+                            state.release(free_from, offset - free_from);
+                        }
+                        let extent = Extent {
+                            offset,
+                            blocks_len,
+                            len,
+                        };
+                        state.objects.insert(id, extent);
+                        state.next_id = state.next_id.max(id + 1);
+                        offset += blocks_len;
+                        free_from = offset;
+                        continue;
+                    }
+                }
+            }
+            offset += block;
+        }
+        if capacity > free_from {
+            state.release(free_from, capacity - free_from);
+        }
+        Ok(BlobStore {
+            engine,
+            file,
+            block,
+            capacity,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Stores `data`; resolves once it is durable, with its id.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NoSpace`] when no free extent is large enough; the engine's.
+    pub async fn put(&self, data: &[u8]) -> Result<Id> {
+        let blocks_len = self.block + (data.len() as u64).next_multiple_of(self.block);
+        let (id, offset) = {
+            let mut state = lock(&self.state);
+            let Some(offset) = state.allocate(blocks_len) else {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    Op::Write,
+                    format!("no free extent of {blocks_len} bytes in {}", self.capacity),
+                ));
+            };
+            let id = state.next_id;
+            state.next_id += 1;
+            (id, offset)
+        };
+        let mut buf = AlignedBuf::zeroed(blocks_len as usize, self.block as usize)?;
+        buf[..HEADER].copy_from_slice(&header(id, data));
+        buf[self.block as usize..self.block as usize + data.len()].copy_from_slice(data);
+        let (written, _) = self.engine.write_all_at(&self.file, offset, buf).await;
+        let result = match written {
+            Ok(()) => self.engine.sync_data(&self.file).await,
+            Err(e) => Err(e),
+        };
+        let mut state = lock(&self.state);
+        match result {
+            Ok(()) => {
+                let len = data.len() as u64;
+                state.objects.insert(
+                    id,
+                    Extent {
+                        offset,
+                        blocks_len,
+                        len,
+                    },
+                );
+                Ok(id)
+            }
+            Err(e) => {
+                state.release(offset, blocks_len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads object `id`, checked against its CRC.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] for an id the store does not hold; [`ErrorKind::Other`] when
+    /// the bytes do not check out; the engine's.
+    pub async fn get(&self, id: Id) -> Result<Vec<u8>> {
+        let Some(extent) = lock(&self.state).objects.get(&id).copied() else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                Op::Read,
+                format!("no object {id}"),
+            ));
+        };
+        let buf = AlignedBuf::zeroed(extent.blocks_len as usize, self.block as usize)?;
+        let (read, buf) = self
+            .engine
+            .read_exact_at(&self.file, extent.offset, buf)
+            .await;
+        read?;
+        let body = &buf[self.block as usize..self.block as usize + extent.len as usize];
+        match parse(&buf[..self.block as usize]) {
+            Some((got, len, crc)) if got == id && len == extent.len && crc == crc32(body) => {
+                Ok(body.to_vec())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Other,
+                Op::Read,
+                format!("object {id} does not check out"),
+            )),
+        }
+    }
+
+    /// Deletes object `id`: its header is zeroed durably, then its space is free.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`]; the engine's.
+    pub async fn delete(&self, id: Id) -> Result<()> {
+        let Some(extent) = lock(&self.state).objects.remove(&id) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                Op::Write,
+                format!("no object {id}"),
+            ));
+        };
+        let zeros = AlignedBuf::zeroed(self.block as usize, self.block as usize)?;
+        let (written, _) = self
+            .engine
+            .write_all_at(&self.file, extent.offset, zeros)
+            .await;
+        written?;
+        self.engine.sync_data(&self.file).await?;
+        lock(&self.state).release(extent.offset, extent.blocks_len);
+        Ok(())
+    }
+
+    /// The ids held, in order.
+    pub fn ids(&self) -> Vec<Id> {
+        let mut ids: Vec<Id> = lock(&self.state).objects.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Free bytes.
+    pub fn free_bytes(&self) -> u64 {
+        lock(&self.state).free.values().sum()
+    }
+
+    /// Closes the store's file and hands the engine back.
+    ///
+    /// # Errors
+    ///
+    /// As the engine's `close`.
+    pub fn close(self) -> Result<E> {
+        self.engine.close(&self.file)?;
+        Ok(self.engine)
+    }
+}
