@@ -72,7 +72,7 @@ pub struct Trial {
     name: String,
     group: String,
     /// What the summary line says the group is: `backend=<group>` unless
-    /// [`Trial::in_runtime`] said otherwise.
+    /// [`Trial::in_runtime`] or [`Trial::in_tier`] said otherwise.
     label: String,
     /// Runs with no other trial beside it (see [`Trial::exclusive`]).
     exclusive: bool,
@@ -458,7 +458,8 @@ fn run_all(
 
 impl Summary {
     /// The summary line: `conformance: <label> passed=<n> skipped=<n> failed=<n>`, where the
-    /// label is `backend=<name>` or `runtime=<runtime> backend=<name>`.
+    /// label is `backend=<name>`, `runtime=<runtime> backend=<name>` or
+    /// `<tier> backend=<name>`.
     pub fn line(&self, label: &str) -> String {
         format!(
             "conformance: {label} passed={} skipped={} failed={}",

@@ -59,7 +59,7 @@ mod filter {
 
     /// The calls of the process itself that [`Sandbox::allow_process_basics`] adds: its
     /// allocator, thread-local and signal bookkeeping, and its exit.
-    const PROCESS_BASICS: [(&str, i64); 11] = [
+    const PROCESS_BASICS: [(&str, i64); 12] = [
         ("brk", libc::SYS_brk),
         ("mmap", libc::SYS_mmap),
         ("munmap", libc::SYS_munmap),
@@ -68,6 +68,8 @@ mod filter {
         ("mprotect", libc::SYS_mprotect),
         ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
         ("rt_sigreturn", libc::SYS_rt_sigreturn),
+        // A call interrupted by a stop (SIGSTOP, a debugger) resumes through it.
+        ("restart_syscall", libc::SYS_restart_syscall),
         ("sigaltstack", libc::SYS_sigaltstack),
         ("exit", libc::SYS_exit),
         ("exit_group", libc::SYS_exit_group),
@@ -138,7 +140,8 @@ mod filter {
         }
 
         /// Allows what any process needs to keep running: its allocator (`brk`, `mmap`,
-        /// `munmap`, `mremap`, `madvise`, `mprotect`), signal masks and returns, and its exit.
+        /// `munmap`, `mremap`, `madvise`, `mprotect`), signal masks and returns, the resumption
+        /// of a call a stop interrupted (`restart_syscall`), and its exit.
         /// The engine itself needs none of them once warm; a process whose allocator needs no
         /// more memory could do without.
         pub fn allow_process_basics(mut self) -> Sandbox {
@@ -257,7 +260,8 @@ mod filter {
         ///
         /// # Errors
         ///
-        /// [`ErrorKind::PermissionDenied`] or [`ErrorKind::Other`] with the kernel's reason.
+        /// [`ErrorKind::Other`] with the kernel's reason (no seccomp in this kernel, or a
+        /// thread whose own filter stands in the way of TSYNC).
         pub fn apply(&self) -> Result<()> {
             seccompiler::apply_filter_all_threads(&self.program).map_err(|e| {
                 Error::new(

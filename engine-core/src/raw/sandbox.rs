@@ -135,6 +135,11 @@ impl SteadyState {
                 libc::SYS_statx,
                 "metadata (statx of the descriptor, AT_EMPTY_PATH)",
             ),
+            on_files(
+                "ioctl",
+                libc::SYS_ioctl,
+                "metadata of a block device (BLKGETSIZE64 for its size)",
+            ),
         ]
     }
 
