@@ -13,6 +13,12 @@
 //! [`BlobStore::open`] rebuilds the index and the free space by scanning the file: an extent
 //! is an object if its header and its data check out. A write torn by a crash fails its CRC
 //! and its space is free again.
+//!
+//! What an example leaves out: ids are unique among the objects held, and one of a deleted
+//! object may be given again after a reopen (there is no persisted high-water mark); a
+//! payload that itself holds a valid header over valid data could be taken for an object
+//! once the object around it is deleted (a store for untrusted bytes would zero whole
+//! extents, or keep an index); and a put that fails keeps its extent until the next reopen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -130,11 +136,18 @@ impl<E: Backend> BlobStore<E> {
     /// The engine's.
     pub async fn open(engine: E, path: &Path, capacity: u64) -> Result<BlobStore<E>> {
         let options = OpenOptions::new().read(true).write(true).create(true);
+        let created = !path.exists();
         let file = match engine.open(path, &options.clone().direct(true)) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::Unsupported => engine.open(path, &options)?,
             Err(e) => return Err(e),
         };
+        if created {
+            // The new file's name, durable before any object in it is acknowledged.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                engine.sync_dir(dir).await?;
+            }
+        }
         let g = file.geometry();
         let block = u64::from(g.offset_align.max(g.mem_align)).max(4096);
         let capacity = capacity.next_multiple_of(block);
@@ -168,9 +181,17 @@ impl<E: Backend> BlobStore<E> {
                 let at = (offset - start) as usize;
                 buf.get(at..at + block as usize).and_then(parse)
             });
+            // An id already found is not taken twice (a stale copy of a header, say).
+            let found = found.filter(|(id, _, _)| !state.objects.contains_key(id));
             if let Some((id, len, data_crc)) = found {
-                let blocks_len = block + len.next_multiple_of(block);
-                if offset + blocks_len <= capacity {
+                let blocks_len = len
+                    .checked_next_multiple_of(block)
+                    .and_then(|l| l.checked_add(block))
+                    .unwrap_or(u64::MAX);
+                if offset
+                    .checked_add(blocks_len)
+                    .is_some_and(|end| end <= capacity)
+                {
                     let data = AlignedBuf::zeroed(blocks_len as usize, block as usize)?;
                     let (read, data) = engine.read_at(&file, offset, data).await;
                     let got = read?;
@@ -248,10 +269,9 @@ impl<E: Backend> BlobStore<E> {
                 );
                 Ok(id)
             }
-            Err(e) => {
-                state.release(offset, blocks_len);
-                Err(e)
-            }
+            // The bytes may be on disk all the same: the extent stays taken until a reopen,
+            // whose scan decides what it holds.
+            Err(e) => Err(e),
         }
     }
 
@@ -294,7 +314,7 @@ impl<E: Backend> BlobStore<E> {
     ///
     /// [`ErrorKind::NotFound`]; the engine's.
     pub async fn delete(&self, id: Id) -> Result<()> {
-        let Some(extent) = lock(&self.state).objects.remove(&id) else {
+        let Some(extent) = lock(&self.state).objects.get(&id).copied() else {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 Op::Write,
@@ -308,7 +328,11 @@ impl<E: Backend> BlobStore<E> {
             .await;
         written?;
         self.engine.sync_data(&self.file).await?;
-        lock(&self.state).release(extent.offset, extent.blocks_len);
+        // Gone from the index only once gone from the disk.
+        let mut state = lock(&self.state);
+        if state.objects.remove(&id).is_some() {
+            state.release(extent.offset, extent.blocks_len);
+        }
         Ok(())
     }
 

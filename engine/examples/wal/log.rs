@@ -92,6 +92,37 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A writer while it leads a group. Dropped while leading (its future dropped midway), it
+/// lets the next writer lead: before it took the group, the records stay pending for the
+/// next leader; after, it fails the log, since nobody else will write the records it took.
+/// Either way every waiting writer is woken, which would otherwise wait for it forever.
+struct Leader<'a> {
+    state: &'a Mutex<State>,
+    leading: bool,
+    took: bool,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if !self.leading {
+            return;
+        }
+        let mut state = lock(self.state);
+        state.flushing = false;
+        if self.took {
+            state.failed = Some((
+                ErrorKind::Other,
+                "a group's leader was dropped before its group was durable: its records may \
+                 or may not be in the log; reopen it to find out"
+                    .into(),
+            ));
+        }
+        for waker in state.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
 fn corrupt(message: String) -> Error {
     Error::new(ErrorKind::Other, Op::Read, message)
 }
@@ -105,11 +136,18 @@ impl<E: Backend> Wal<E> {
     /// The engine's, for the open, the reads, the truncation and its sync.
     pub async fn open(engine: E, path: &Path) -> Result<(Wal<E>, Vec<(Lsn, Vec<u8>)>)> {
         let options = OpenOptions::new().read(true).write(true).create(true);
+        let created = !path.exists();
         let file = match engine.open(path, &options.clone().direct(true)) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::Unsupported => engine.open(path, &options)?,
             Err(e) => return Err(e),
         };
+        if created {
+            // The new file's name, durable before any record in it is acknowledged.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                engine.sync_dir(dir).await?;
+            }
+        }
         let g = file.geometry();
         let block = (g.offset_align.max(g.mem_align) as usize).max(4096);
         let len = engine.metadata(&file).await?.len();
@@ -210,10 +248,18 @@ impl<E: Backend> Wal<E> {
             // lets every other ready writer run once before it takes the group (the writers
             // the last group just acknowledged append their next records then), so groups
             // hold every writer rather than alternate halves of them.
-            let mut gathering = false;
+            // Should this future be dropped while it leads (gathering, or writing the
+            // group), the guard lets go: a group not taken yet stays for the next leader; one
+            // taken fails the log, since nobody else will write its records.
+            let mut guard = Leader {
+                state: &self.state,
+                leading: false,
+                took: false,
+            };
             let lead = poll_fn(|cx| {
                 let mut state = lock(&self.state);
-                if gathering {
+                if guard.leading {
+                    guard.took = true;
                     let group = std::mem::take(&mut state.pending);
                     return Poll::Ready(Ok(Some((group, state.tail))));
                 }
@@ -225,7 +271,7 @@ impl<E: Backend> Wal<E> {
                 }
                 if !state.flushing && !state.pending.is_empty() {
                     state.flushing = true;
-                    gathering = true;
+                    guard.leading = true;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -237,6 +283,7 @@ impl<E: Backend> Wal<E> {
                 return Ok(lsn);
             };
             let result = self.write_group(&group, offset).await;
+            guard.leading = false;
             let mut state = lock(&self.state);
             state.flushing = false;
             match result {
