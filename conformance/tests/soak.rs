@@ -28,7 +28,7 @@
 //! the engine drops, descriptors and threads are back to their baseline.
 //!
 //! `CONFORMANCE_SOAK_OPS` sets the soak's operations per backend (default 1,000,000); each
-//! storm runs a fifth as many.
+//! storm runs a tenth as many.
 
 use std::future::Future;
 use std::os::unix::fs::FileExt;
@@ -62,7 +62,7 @@ const EPOCH_THREAD_OPS: u64 = 8192;
 /// The kernel queue's entries in the storms.
 const SMALL_SUBMISSION_QUEUE: u32 = 16;
 /// Operations of the soak unless `CONFORMANCE_SOAK_OPS` says otherwise; each storm runs a
-/// fifth as many.
+/// tenth as many.
 const OPS_DEFAULT: u64 = 1_000_000;
 /// How far resident memory may grow over the trial's start. The trial's own memory (model,
 /// buffers, the engine's rings and threads) is a few MiB; a leak of one byte per operation
@@ -843,7 +843,7 @@ fn main() {
                 seed,
                 drop_one_in,
                 strict,
-                ops: if drop_one_in == 0 { ops } else { ops / 5 },
+                ops: if drop_one_in == 0 { ops } else { ops / 10 },
             };
             all.push(Trial::new(
                 &format!("soak:{backend}"),
