@@ -49,6 +49,17 @@ impl Rw {
     }
 }
 
+/// The origins' jobs (`--workload`), each against its hand-written baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// blobd's store: durable object puts and deletes in a preallocated file.
+    Blob,
+    /// A write-ahead log: records from many writers, each durable before its ack.
+    Wal,
+    /// Firedancer's snapshot writer: a stream in large O_DIRECT writes, then a sync.
+    Snapshot,
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -128,6 +139,15 @@ pub struct Args {
     /// Write a seeded pattern over the file, read it back through each engine and check it.
     #[arg(long)]
     pub verify: bool,
+    /// Run one of the origins' jobs instead of a fio-like one, each engine of `--engine`
+    /// against `baseline`, the job written by hand as the origin did it (see the
+    /// `workloads` module): `--bs` is the record, object or write size, `--size` the store or
+    /// stream, `--iodepth` the snapshot's buffers.
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    /// Concurrent writers of `--workload wal` and `blob`.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub writers: u32,
     /// Repetitions, interleaved across engines; ratios are the median over repetitions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,

@@ -11,6 +11,7 @@ pub mod fio;
 pub mod peers;
 pub mod report;
 pub mod run;
+pub mod workloads;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,14 @@ fn target(args: &Args) -> Result<(PathBuf, Option<tempfile::TempPath>), String> 
 ///
 /// A one-line message for bad arguments, a missing engine, or a failed run.
 pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, String> {
+    if let Some(workload) = args.workload {
+        let results = workloads::run(args, workload)?;
+        let selection = match Engine::from_env() {
+            Ok(engine) => engine.report().to_string(),
+            Err(e) => format!("Engine::from_env() fails here: {e}"),
+        };
+        return Ok(Outcome { results, selection });
+    }
     let jobs = args.jobs()?;
     let fio_available = fio::available();
     let engines = args.engine_specs(fio_available)?;

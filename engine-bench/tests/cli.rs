@@ -369,3 +369,41 @@ fn durability_flags_reach_fio_and_the_engines() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("atomic writes need O_DIRECT"), "{stderr}");
 }
+
+#[test]
+fn each_workload_runs_the_engine_and_its_baseline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (workload, size) in [("wal", "1m"), ("blob", "8m"), ("snapshot", "8m")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_engine-bench"))
+            .args([
+                "--workload",
+                workload,
+                "--engine",
+                "baseline,sync",
+                "--writers",
+                "4",
+            ])
+            .args(["--size", size, "--bs", "64k", "--runtime", "200ms"])
+            .args(["--output-format", "json"])
+            .arg("--filename")
+            .arg(dir.path().join("f"))
+            .output()
+            .expect("run engine-bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{workload}: {stderr}");
+        let runs: Vec<serde_json::Value> =
+            serde_json::from_slice(&output.stdout).expect("JSON results");
+        let engines: Vec<&str> = runs.iter().filter_map(|r| r["engine"].as_str()).collect();
+        assert_eq!(engines, ["baseline", "sync"], "{workload}");
+        for run in &runs {
+            assert!(
+                run["iops"].as_f64().is_some_and(|ops| ops > 0.0),
+                "{workload}: nothing done in {run}"
+            );
+            assert!(
+                run["bw_bytes"].as_f64().is_some_and(|b| b > 0.0),
+                "{workload}: no bytes in {run}"
+            );
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! A blob store in the style of blobd's direct store, on any engine: objects in the device
 //! space of one preallocated file, placed by a first-fit extent allocator, each written with
-//! its header in one aligned write and made durable before it is acknowledged.
+//! its header in one aligned write and made durable before it is acknowledged. Puts in flight
+//! together share their syncs (group commit): a put is acknowledged once a sync that started
+//! after its write completed is done.
 //!
 //! On disk an object is an extent of whole blocks:
 //!
@@ -21,12 +23,19 @@
 //! extents, or keep an index); and a put that fails keeps its extent until the next reopen.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::poll_fn;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 
 use engine::{
     AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, OpenOptions, Result,
 };
+
+// The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/crc32.rs"]
+mod crc32;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"BLOB");
 const HEADER: usize = 28;
@@ -35,22 +44,6 @@ const SCAN: usize = 1 << 20;
 
 /// An object's id.
 pub type Id = u64;
-
-/// CRC-32 (IEEE).
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                0xEDB8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
 
 /// Where an object lives.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +59,12 @@ struct State {
     objects: HashMap<Id, Extent>,
     /// Free extents by offset, coalesced.
     free: BTreeMap<u64, u64>,
+    /// Syncs started and done, numbered from 1: a put whose write completed when `started`
+    /// was n is durable once sync n + 1 is done (it started after the write completed).
+    started: u64,
+    done: u64,
+    syncing: bool,
+    waiters: Vec<Waker>,
 }
 
 impl State {
@@ -103,6 +102,25 @@ pub struct BlobStore<E: Backend> {
     state: Mutex<State>,
 }
 
+/// A put while it runs the shared sync: dropped midway, it lets the next put lead (that
+/// sync starts later, so it covers everyone still waiting).
+struct Syncer<'a> {
+    state: &'a Mutex<State>,
+    leading: bool,
+}
+
+impl Drop for Syncer<'_> {
+    fn drop(&mut self) {
+        if self.leading {
+            let mut state = lock(self.state);
+            state.syncing = false;
+            for waker in state.waiters.drain(..) {
+                waker.wake();
+            }
+        }
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -113,8 +131,8 @@ fn header(id: Id, data: &[u8]) -> [u8; HEADER] {
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4..12].copy_from_slice(&id.to_le_bytes());
     h[12..20].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    h[20..24].copy_from_slice(&crc32(data).to_le_bytes());
-    let crc = crc32(&h[..24]);
+    h[20..24].copy_from_slice(&crc32::crc32(&[data]).to_le_bytes());
+    let crc = crc32::crc32(&[&h[..24]]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -123,7 +141,7 @@ fn header(id: Id, data: &[u8]) -> [u8; HEADER] {
 fn parse(block: &[u8]) -> Option<(Id, u64, u32)> {
     let word = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().unwrap_or([0; 4]));
     let long = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap_or([0; 8]));
-    (block.len() >= HEADER && word(0) == MAGIC && crc32(&block[..24]) == word(24))
+    (block.len() >= HEADER && word(0) == MAGIC && crc32::crc32(&[&block[..24]]) == word(24))
         .then(|| (long(4), long(12), word(20)))
 }
 
@@ -161,6 +179,10 @@ impl<E: Backend> BlobStore<E> {
             next_id: 0,
             objects: HashMap::new(),
             free: BTreeMap::new(),
+            started: 0,
+            done: 0,
+            syncing: false,
+            waiters: Vec::new(),
         };
         // The scan, block by block (read a chunk at a time): a header that checks out, over
         // data that does, is an object; the space between objects is free.
@@ -196,7 +218,9 @@ impl<E: Backend> BlobStore<E> {
                     let (read, data) = engine.read_at(&file, offset, data).await;
                     let got = read?;
                     let body = data.get(block as usize..(block + len) as usize);
-                    if got as u64 == blocks_len && body.is_some_and(|b| crc32(b) == data_crc) {
+                    if got as u64 == blocks_len
+                        && body.is_some_and(|b| crc32::crc32(&[b]) == data_crc)
+                    {
                         if offset > free_from {
                             state.release(free_from, offset - free_from);
                         }
@@ -252,7 +276,7 @@ impl<E: Backend> BlobStore<E> {
         buf[self.block as usize..self.block as usize + data.len()].copy_from_slice(data);
         let (written, _) = self.engine.write_all_at(&self.file, offset, buf).await;
         let result = match written {
-            Ok(()) => self.engine.sync_data(&self.file).await,
+            Ok(()) => self.sync_after_write().await,
             Err(e) => Err(e),
         };
         let mut state = lock(&self.state);
@@ -272,6 +296,50 @@ impl<E: Backend> BlobStore<E> {
             // The bytes may be on disk all the same: the extent stays taken until a reopen,
             // whose scan decides what it holds.
             Err(e) => Err(e),
+        }
+    }
+
+    /// Resolves once a sync that started after this call is done: puts share syncs (group
+    /// commit), so that writers in flight together pay for one `fdatasync`, not one each.
+    async fn sync_after_write(&self) -> Result<()> {
+        let need = lock(&self.state).started + 1;
+        loop {
+            let mut guard = Syncer {
+                state: &self.state,
+                leading: false,
+            };
+            let lead = poll_fn(|cx| {
+                let mut state = lock(&self.state);
+                if state.done >= need {
+                    return Poll::Ready(None);
+                }
+                if !state.syncing {
+                    state.syncing = true;
+                    state.started += 1;
+                    guard.leading = true;
+                    return Poll::Ready(Some(state.started));
+                }
+                state.waiters.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            let Some(number) = lead else {
+                return Ok(());
+            };
+            let synced = self.engine.sync_data(&self.file).await;
+            guard.leading = false;
+            let mut state = lock(&self.state);
+            state.syncing = false;
+            if synced.is_ok() {
+                state.done = state.done.max(number);
+            }
+            for waker in state.waiters.drain(..) {
+                waker.wake();
+            }
+            drop(state);
+            // A failed sync fails its leader; the others try again, and the file's poison
+            // (the engine's) fails them too.
+            synced?;
         }
     }
 
@@ -297,7 +365,9 @@ impl<E: Backend> BlobStore<E> {
         read?;
         let body = &buf[self.block as usize..self.block as usize + extent.len as usize];
         match parse(&buf[..self.block as usize]) {
-            Some((got, len, crc)) if got == id && len == extent.len && crc == crc32(body) => {
+            Some((got, len, crc))
+                if got == id && len == extent.len && crc == crc32::crc32(&[body]) =>
+            {
                 Ok(body.to_vec())
             }
             _ => Err(Error::new(
@@ -327,7 +397,7 @@ impl<E: Backend> BlobStore<E> {
             .write_all_at(&self.file, extent.offset, zeros)
             .await;
         written?;
-        self.engine.sync_data(&self.file).await?;
+        self.sync_after_write().await?;
         // Gone from the index only once gone from the disk.
         let mut state = lock(&self.state);
         if state.objects.remove(&id).is_some() {

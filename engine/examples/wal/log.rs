@@ -25,41 +25,18 @@ use std::task::{Poll, Waker};
 
 use engine::{AlignedBuf, Backend, BackendExt, Error, ErrorKind, File, Op, OpenOptions, Result};
 
+// The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/crc32.rs"]
+mod crc32;
+
+use crc32::crc32;
+
 const MAGIC: u32 = u32::from_le_bytes(*b"WALG");
 const HEADER: usize = 24;
 
 /// A log sequence number: records are numbered from 0 in the order they were appended.
 pub type Lsn = u64;
-
-/// CRC-32 (IEEE) of `parts`, in order.
-fn crc32(parts: &[&[u8]]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 == 1 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for part in parts {
-        for &b in *part {
-            crc = TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-        }
-    }
-    !crc
-}
 
 struct State {
     next_lsn: Lsn,
