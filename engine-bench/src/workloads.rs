@@ -122,6 +122,28 @@ fn aligned(len: usize, fill: u8) -> Result<AlignedBuf, String> {
     Ok(buf)
 }
 
+/// Runs `writer(w)` on a thread each for `writers` writers; every commit latency they saw.
+fn on_threads(
+    writers: usize,
+    writer: impl Fn(usize) -> Result<Vec<u64>, String> + Sync,
+) -> Result<Vec<u64>, String> {
+    std::thread::scope(|scope| {
+        let writer = &writer;
+        let handles: Vec<_> = (0..writers)
+            .map(|w| scope.spawn(move || writer(w)))
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            all.extend(
+                handle
+                    .join()
+                    .map_err(|_| "a baseline writer panicked".to_string())??,
+            );
+        }
+        Ok(all)
+    })
+}
+
 // ---- wal ----
 
 fn wal_engine(
@@ -172,34 +194,19 @@ fn wal_baseline(
     let tail = AtomicU64::new(0);
     measure(|| {
         let deadline = Instant::now() + runtime;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..writers)
-                .map(|w| {
-                    let (file, tail) = (&file, &tail);
-                    scope.spawn(move || -> Result<Vec<u64>, String> {
-                        let buf = aligned(record, w as u8)?;
-                        let mut latencies = Vec::new();
-                        while Instant::now() < deadline {
-                            let at = Instant::now();
-                            let offset = tail.fetch_add(slot, Ordering::Relaxed);
-                            file.write_all_at(&buf, offset).map_err(|e| e.to_string())?;
-                            file.sync_data().map_err(|e| e.to_string())?;
-                            latencies.push(at.elapsed().as_nanos() as u64);
-                        }
-                        Ok(latencies)
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for handle in handles {
-                all.extend(
-                    handle
-                        .join()
-                        .map_err(|_| "a baseline writer panicked".to_string())??,
-                );
+        let all = on_threads(writers, |w| {
+            let buf = aligned(record, w as u8)?;
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let at = Instant::now();
+                let offset = tail.fetch_add(slot, Ordering::Relaxed);
+                file.write_all_at(&buf, offset).map_err(|e| e.to_string())?;
+                file.sync_data().map_err(|e| e.to_string())?;
+                latencies.push(at.elapsed().as_nanos() as u64);
             }
-            Ok((all.len() as u64, (all.len() * record) as u64, all))
-        })
+            Ok(latencies)
+        })?;
+        Ok((all.len() as u64, (all.len() * record) as u64, all))
     })
 }
 
@@ -280,43 +287,28 @@ fn blob_baseline(
     let slots = (region / slot).max(1);
     measure(|| {
         let deadline = Instant::now() + runtime;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..writers)
-                .map(|w| {
-                    let file = &file;
-                    scope.spawn(move || -> Result<Vec<u64>, String> {
-                        let buf = aligned(4096 + object, w as u8)?;
-                        let zeros = aligned(4096, 0)?;
-                        let mut latencies = Vec::new();
-                        let mut n = 0u64;
-                        while Instant::now() < deadline {
-                            let offset = w as u64 * region + (n % slots) * slot;
-                            if n >= slots / 2 {
-                                let oldest = w as u64 * region + ((n - slots / 2) % slots) * slot;
-                                file.write_all_at(&zeros, oldest)
-                                    .map_err(|e| e.to_string())?;
-                                file.sync_data().map_err(|e| e.to_string())?;
-                            }
-                            let at = Instant::now();
-                            file.write_all_at(&buf, offset).map_err(|e| e.to_string())?;
-                            file.sync_data().map_err(|e| e.to_string())?;
-                            latencies.push(at.elapsed().as_nanos() as u64);
-                            n += 1;
-                        }
-                        Ok(latencies)
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for handle in handles {
-                all.extend(
-                    handle
-                        .join()
-                        .map_err(|_| "a baseline writer panicked".to_string())??,
-                );
+        let all = on_threads(writers, |w| {
+            let buf = aligned(4096 + object, w as u8)?;
+            let zeros = aligned(4096, 0)?;
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let offset = w as u64 * region + (n % slots) * slot;
+                if n >= slots / 2 {
+                    let oldest = w as u64 * region + ((n - slots / 2) % slots) * slot;
+                    file.write_all_at(&zeros, oldest)
+                        .map_err(|e| e.to_string())?;
+                    file.sync_data().map_err(|e| e.to_string())?;
+                }
+                let at = Instant::now();
+                file.write_all_at(&buf, offset).map_err(|e| e.to_string())?;
+                file.sync_data().map_err(|e| e.to_string())?;
+                latencies.push(at.elapsed().as_nanos() as u64);
+                n += 1;
             }
-            Ok((all.len() as u64, (all.len() * object) as u64, all))
-        })
+            Ok(latencies)
+        })?;
+        Ok((all.len() as u64, (all.len() * object) as u64, all))
     })
 }
 

@@ -28,14 +28,15 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
-use engine::{
-    AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, OpenOptions, Result,
-};
+use engine::{AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, Result};
 
 // The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
 #[allow(clippy::duplicate_mod)]
 #[path = "../common/crc32.rs"]
 mod crc32;
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/open.rs"]
+mod open;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"BLOB");
 const HEADER: usize = 28;
@@ -153,19 +154,7 @@ impl<E: Backend> BlobStore<E> {
     ///
     /// The engine's.
     pub async fn open(engine: E, path: &Path, capacity: u64) -> Result<BlobStore<E>> {
-        let options = OpenOptions::new().read(true).write(true).create(true);
-        let created = !path.exists();
-        let file = match engine.open(path, &options.clone().direct(true)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::Unsupported => engine.open(path, &options)?,
-            Err(e) => return Err(e),
-        };
-        if created {
-            // The new file's name, durable before any object in it is acknowledged.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                engine.sync_dir(dir).await?;
-            }
-        }
+        let file = open::open_direct(&engine, path).await?;
         let g = file.geometry();
         let block = u64::from(g.offset_align.max(g.mem_align)).max(4096);
         let capacity = capacity.next_multiple_of(block);

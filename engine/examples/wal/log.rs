@@ -23,12 +23,15 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
-use engine::{AlignedBuf, Backend, BackendExt, Error, ErrorKind, File, Op, OpenOptions, Result};
+use engine::{AlignedBuf, Backend, BackendExt, Error, ErrorKind, File, Op, Result};
 
 // The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
 #[allow(clippy::duplicate_mod)]
 #[path = "../common/crc32.rs"]
 mod crc32;
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/open.rs"]
+mod open;
 
 use crc32::crc32;
 
@@ -112,19 +115,7 @@ impl<E: Backend> Wal<E> {
     ///
     /// The engine's, for the open, the reads, the truncation and its sync.
     pub async fn open(engine: E, path: &Path) -> Result<(Wal<E>, Vec<(Lsn, Vec<u8>)>)> {
-        let options = OpenOptions::new().read(true).write(true).create(true);
-        let created = !path.exists();
-        let file = match engine.open(path, &options.clone().direct(true)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::Unsupported => engine.open(path, &options)?,
-            Err(e) => return Err(e),
-        };
-        if created {
-            // The new file's name, durable before any record in it is acknowledged.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                engine.sync_dir(dir).await?;
-            }
-        }
+        let file = open::open_direct(&engine, path).await?;
         let g = file.geometry();
         let block = (g.offset_align.max(g.mem_align) as usize).max(4096);
         let len = engine.metadata(&file).await?.len();
