@@ -28,7 +28,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
-use engine::{AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, Result};
+use engine::{
+    AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, PageAllocator,
+    PagePool, PoolConfig, Result,
+};
 
 // The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
 #[allow(clippy::duplicate_mod)]
@@ -39,7 +42,8 @@ mod crc32;
 mod open;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"BLOB");
-const HEADER: usize = 28;
+/// The bytes of a header that count (the rest of its block is zeros).
+pub const HEADER: usize = 28;
 /// How much of the file a scan reads at a time.
 const SCAN: usize = 1 << 20;
 
@@ -100,6 +104,9 @@ pub struct BlobStore<E: Backend> {
     file: File,
     block: u64,
     capacity: u64,
+    /// Where buffers come from: the engine's (registered with the kernel on io_uring, so
+    /// its writes skip pinning the pages) or one of the store's own, recycled either way.
+    pool: PagePool,
     state: Mutex<State>,
 }
 
@@ -126,8 +133,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The header block of object `id` of `data`.
-fn header(id: Id, data: &[u8]) -> [u8; HEADER] {
+/// A buffer of `len` bytes from `pool`, its contents left over from earlier use (every caller
+/// overwrites them); one of its own when the pool is spent or `len` is beyond its classes.
+fn take(pool: &PagePool, len: usize, block: u64) -> Result<AlignedBuf> {
+    pool.alloc_for_overwrite(len)
+        .or_else(|_| AlignedBuf::zeroed(len, block as usize))
+}
+
+/// The header of object `id` of `data`: the first [`HEADER`] bytes of its header block.
+pub fn header(id: Id, data: &[u8]) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4..12].copy_from_slice(&id.to_le_bytes());
@@ -158,6 +172,14 @@ impl<E: Backend> BlobStore<E> {
         let g = file.geometry();
         let block = u64::from(g.offset_align.max(g.mem_align)).max(4096);
         let capacity = capacity.next_multiple_of(block);
+        let pool = match engine.pool() {
+            Some(pool) if pool.config().align >= g.mem_align as usize => pool.clone(),
+            _ => PagePool::new(PoolConfig {
+                align: block as usize,
+                class_size_min: block as usize,
+                ..PoolConfig::default()
+            })?,
+        };
         if engine.metadata(&file).await?.len() < capacity {
             engine
                 .allocate(&file, 0, capacity, AllocateMode::Allocate)
@@ -183,7 +205,7 @@ impl<E: Backend> BlobStore<E> {
             });
             if !cached {
                 let len = (SCAN as u64).min(capacity - offset) as usize;
-                let buf = AlignedBuf::zeroed(len, block as usize)?;
+                let buf = take(&pool, len, block)?;
                 let (read, buf) = engine.read_at(&file, offset, buf).await;
                 read?;
                 chunk = Some((offset, buf));
@@ -203,7 +225,7 @@ impl<E: Backend> BlobStore<E> {
                     .checked_add(blocks_len)
                     .is_some_and(|end| end <= capacity)
                 {
-                    let data = AlignedBuf::zeroed(blocks_len as usize, block as usize)?;
+                    let data = take(&pool, blocks_len as usize, block)?;
                     let (read, data) = engine.read_at(&file, offset, data).await;
                     let got = read?;
                     let body = data.get(block as usize..(block + len) as usize);
@@ -236,6 +258,7 @@ impl<E: Backend> BlobStore<E> {
             file,
             block,
             capacity,
+            pool,
             state: Mutex::new(state),
         })
     }
@@ -260,9 +283,13 @@ impl<E: Backend> BlobStore<E> {
             state.next_id += 1;
             (id, offset)
         };
-        let mut buf = AlignedBuf::zeroed(blocks_len as usize, self.block as usize)?;
-        buf[..HEADER].copy_from_slice(&header(id, data));
-        buf[self.block as usize..self.block as usize + data.len()].copy_from_slice(data);
+        let mut buf = take(&self.pool, blocks_len as usize, self.block)?;
+        let (head, body) = buf.split_at_mut(self.block as usize);
+        head[..HEADER].copy_from_slice(&header(id, data));
+        head[HEADER..].fill(0);
+        let (bytes, padding) = body.split_at_mut(data.len());
+        bytes.copy_from_slice(data);
+        padding.fill(0);
         let (written, _) = self.engine.write_all_at(&self.file, offset, buf).await;
         let result = match written {
             Ok(()) => self.sync_after_write().await,
@@ -346,7 +373,7 @@ impl<E: Backend> BlobStore<E> {
                 format!("no object {id}"),
             ));
         };
-        let buf = AlignedBuf::zeroed(extent.blocks_len as usize, self.block as usize)?;
+        let buf = take(&self.pool, extent.blocks_len as usize, self.block)?;
         let (read, buf) = self
             .engine
             .read_exact_at(&self.file, extent.offset, buf)
@@ -380,7 +407,8 @@ impl<E: Backend> BlobStore<E> {
                 format!("no object {id}"),
             ));
         };
-        let zeros = AlignedBuf::zeroed(self.block as usize, self.block as usize)?;
+        let mut zeros = take(&self.pool, self.block as usize, self.block)?;
+        zeros.fill(0);
         let (written, _) = self
             .engine
             .write_all_at(&self.file, extent.offset, zeros)
