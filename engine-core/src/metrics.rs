@@ -96,7 +96,13 @@ pub struct OpMetrics {
     pub errors: u64,
     /// EINTR/EAGAIN retries made inside the engine.
     pub retries: u64,
-    /// The latency histogram; see [`LATENCY_BUCKETS`].
+    /// The latency histogram; see [`LATENCY_BUCKETS`]. A request's latency runs from its
+    /// admission (a future's first poll, a push on a queue) to the engine settling its
+    /// completion, every retry and resumed piece included (a request refused before it
+    /// reaches the kernel counts 0). It leaves out the wait from there to the caller: until
+    /// the future is polled again, or the queue's completion is taken. On a thread that
+    /// submits many requests one after another that wait can be the larger part: measure at
+    /// the caller for the latency a caller sees.
     pub latency_ns_buckets: [u64; LATENCY_BUCKETS],
 }
 
