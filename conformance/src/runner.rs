@@ -259,8 +259,53 @@ fn run_body(trial: Trial) -> Outcome {
     }
     match rx.recv_timeout(trial.timeout) {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::Failed(format!("hung for more than {:?}", trial.timeout)),
+        Err(_) => Outcome::Failed(format!(
+            "hung for more than {:?}; this process's threads then:\n{}",
+            trial.timeout,
+            threads_report()
+        )),
     }
+}
+
+/// What every thread of this process is doing, for a trial that hangs: its name and kernel
+/// wait channel, the kernel's stack where it can be read (as root), and gdb's backtraces where
+/// gdb is installed. A hang that shows once in many runs can then be told apart from the
+/// next one.
+fn threads_report() -> String {
+    let mut out = String::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
+            out += &format!(
+                "  thread {} ({}): waits in {}\n",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan").trim()
+            );
+            for line in read("stack").lines().take(12) {
+                out += &format!("      {line}\n");
+            }
+        }
+    }
+    // Bounded by `timeout`, since gdb itself could wait on a wedged process.
+    let gdb = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-p", &std::process::id().to_string(), "-batch"])
+        .args(["-ex", "thread apply all bt 16"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    if let Ok(gdb) = gdb {
+        let text = String::from_utf8_lossy(&gdb.stdout);
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("Thread") || l.starts_with('#'))
+            .take(240)
+        {
+            out += &format!("  gdb: {line}\n");
+        }
+    }
+    out
 }
 
 /// The text of a panic payload.
