@@ -251,10 +251,10 @@ fn blob_engine(
                 .map(|h| h.join().unwrap_or_else(|_| Err("a shard panicked".into())))
                 .collect()
         });
-        let mut all = Vec::new();
-        for shard in per_shard {
-            all.extend(shard?);
-        }
+        let all = per_shard
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
         Ok((all.len() as u64, (all.len() * object) as u64, all))
     })?;
     for blobs in stores {
