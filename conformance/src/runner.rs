@@ -54,6 +54,24 @@ pub fn seed() -> u64 {
     })
 }
 
+/// How long proptest may shrink a failing case before it reports the smallest one found.
+/// Unbounded, a failure in a slow trial (the model's cases each build an engine) could
+/// shrink through a thousand reruns past the trial's time limit and read as a hang.
+pub const SHRINK_TIME: Duration = Duration::from_secs(60);
+
+/// proptest's configuration for a seeded trial: `cases` cases drawn from the run's [`seed`]
+/// (so the failure line's `CONFORMANCE_SEED` reproduces them), shrinking bounded by
+/// [`SHRINK_TIME`], and no failure file (a trial that wants one sets it).
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
+        max_shrink_time: SHRINK_TIME.as_millis() as u32,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// How one trial ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -20,7 +20,7 @@ use conformance::runner::{self, Outcome, Trial};
 use engine::{Engine, EngineConfig, ErrorKind, Settings, BUILTIN_BACKENDS, VARIABLES};
 use engine_core::{block_on, AlignedBuf, AllocateMode, File, OpenOptions, WriteFlags};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 /// One call of the public API on the case's file.
 #[derive(Clone, Debug)]
@@ -306,12 +306,7 @@ fn fuzz_backend(backend: &'static str, cases: u32) -> Outcome {
             runner::panic_message(&*e)
         ));
     }
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(runner::seed()),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(runner::proptest_config(cases));
     let strategy = (opening(), prop::collection::vec(call(), 1..12));
     let result = runner.run(
         &strategy,
@@ -342,12 +337,7 @@ fn fuzz_environment(cases: u32) -> Outcome {
         Just("uring,auto,,".to_string()),
     ];
     let name = prop_oneof![prop::sample::select(names), Just("ENGINE_NO_SUCH_THING"),];
-    let mut runner = TestRunner::new(Config {
-        cases: cases * 4,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(runner::seed()),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(runner::proptest_config(cases * 4));
     let result = runner.run(&prop::collection::vec((name, value), 0..6), |vars| {
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (*n, v.as_str())).collect();
         match std::panic::catch_unwind(|| Settings::parse(pairs.clone(), &BUILTIN_BACKENDS)) {
@@ -405,12 +395,7 @@ fn replay(target: &str, body: fn(&[u8]), cases: u32) -> Outcome {
             return Outcome::Failed(e.to_string());
         }
     }
-    let mut runner = TestRunner::new(Config {
-        cases: cases * 64,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(runner::seed()),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(runner::proptest_config(cases * 64));
     match runner.run(&prop::collection::vec(any::<u8>(), 0..96), |bytes| {
         run(&bytes)
     }) {

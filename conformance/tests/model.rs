@@ -17,7 +17,7 @@ use engine_core::{
     block_on, AlignedBuf, BackendExt, Completion, EngineConfig, File, OpenOptions, Queue, Request,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
 const BLOCKS: u16 = 48;
 const DEPTH: usize = 8;
@@ -334,13 +334,11 @@ fn agrees_with_the_reference_model(backend: &'static str) -> Outcome {
         return Outcome::Skipped(format!("{backend} cannot run here: {e}"));
     }
     let mut runner = TestRunner::new(Config {
-        cases: cases(),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/model.proptest-regressions"
         )))),
-        rng_seed: RngSeed::Fixed(runner::seed()),
-        ..Config::default()
+        ..runner::proptest_config(cases())
     });
     let strategy = (prop::collection::vec(step(), 1..24), any::<bool>());
     match runner.run(&strategy, |(steps, direct)| check(backend, &steps, direct)) {
