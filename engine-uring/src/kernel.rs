@@ -456,6 +456,12 @@ impl SharedKernel {
         pushed
     }
 
+    /// Entries in the submission queue that the kernel has not taken yet.
+    fn queued(&self) -> usize {
+        // SAFETY: as in `push_entry`: this kernel is used under the driver's lock.
+        unsafe { self.shared.ring.ring.submission_shared() }.len()
+    }
+
     fn push_entry(&mut self, sqe: &squeue::Entry) -> bool {
         // SAFETY: the submission queue is only touched by this kernel, which the driver uses
         // under its lock, so this is the only live handle to it. The entry's buffers (and a
@@ -506,7 +512,10 @@ impl Kernel for SharedKernel {
             return Ok(());
         }
         enter_submit(&self.shared.ring.ring).map_err(|e| submit_error(&e))?;
-        self.tally.unsubmitted = 0;
+        // What the kernel did not take stays queued: a refused call (EAGAIN, EBUSY), or one
+        // that stopped short (at an entry it failed, the ring having no SUBMIT_ALL). The
+        // waiter submits those entries too, so nobody waits on a kernel that never saw them.
+        self.tally.unsubmitted = self.queued();
         Ok(())
     }
 
@@ -547,7 +556,7 @@ impl Kernel for SharedKernel {
             if let Err(e) = enter_submit(&self.shared.ring.ring) {
                 tracing::warn!(error = %e, "submitting a wake-up failed");
             } else {
-                self.tally.unsubmitted = 0;
+                self.tally.unsubmitted = self.queued();
             }
         } else {
             // The queue is full, so entries are waiting to be submitted: the next submit
@@ -572,13 +581,19 @@ pub(crate) struct SharedWait(pub(crate) Arc<Shared>);
 
 impl Wait for SharedWait {
     fn wait(&self) -> Result<()> {
-        // SAFETY: no argument pointer is passed.
+        // Submits whatever the submission queue still holds (the kernel takes no more than
+        // is queued), then waits: entries a refused or short submission left queued reach
+        // the kernel here, where a wait alone would sleep on requests it never saw.
+        let queued = self.0.ring.ring.params().sq_entries();
+        // SAFETY: no argument pointer is passed; the kernel reads only entries published by
+        // the tail, which pushers move (under the driver's lock) after writing each entry.
         let entered = unsafe {
-            self.0
-                .ring
-                .ring
-                .submitter()
-                .enter::<libc::sigset_t>(0, 1, IORING_ENTER_GETEVENTS, None)
+            self.0.ring.ring.submitter().enter::<libc::sigset_t>(
+                queued,
+                1,
+                IORING_ENTER_GETEVENTS,
+                None,
+            )
         };
         match entered {
             Ok(_) => Ok(()),
@@ -720,7 +735,8 @@ impl QueueKernel {
         loop {
             match self.ring.ring.submit_and_wait(want) {
                 Ok(_) => {
-                    self.tally.unsubmitted = 0;
+                    // Entries after one the kernel failed at submission stay queued.
+                    self.tally.unsubmitted = self.ring.ring.submission().len();
                     return Ok(());
                 }
                 Err(e) if errno(&e) == libc::EINTR && tries < ENTER_RETRIES_MAX => tries += 1,
@@ -846,6 +862,45 @@ fn ring_fd(ring: &Ring) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_a_submission_stops_short_of_stay_queued_and_the_waiter_submits_them() {
+        let config = engine_core::EngineConfig::default();
+        let (ring, _) = match Ring::new(8, &config, crate::ring::Use::Shared, None) {
+            Ok(ring) => ring,
+            Err(e) => panic!("this test needs io_uring, which this machine refuses: {e}"),
+        };
+        let shared = Arc::new(Shared::new(ring, false));
+        let mut kernel = SharedKernel::new(Arc::clone(&shared), 8);
+        // An entry the kernel fails at submission (an SQE flag it does not know), then a
+        // good one: without SUBMIT_ALL the kernel stops after the first.
+        let bad = opcode::Nop::new()
+            .build()
+            .flags(squeue::Flags::from_bits_retain(1 << 7))
+            .user_data(1);
+        let good = opcode::Nop::new().build().user_data(2);
+        assert!(kernel.push_entry(&bad) && kernel.push_entry(&good));
+        kernel.tally.pushed(1, None);
+        kernel.tally.pushed(2, None);
+        kernel.submit().expect("submit");
+        assert_eq!(
+            kernel.tally.unsubmitted, 1,
+            "the good entry is still queued"
+        );
+        SharedWait(Arc::clone(&shared)).wait().expect("wait");
+        // SAFETY: the only handle to the completion queue in this test.
+        let seen: Vec<(u64, i32)> = unsafe { shared.ring.ring.completion_shared() }
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect();
+        assert!(
+            seen.contains(&(1, -libc::EINVAL)),
+            "the bad entry failed: {seen:?}"
+        );
+        assert!(
+            seen.contains(&(2, 0)),
+            "the waiter submitted the good one: {seen:?}"
+        );
+    }
 
     /// Feeds the two CQEs of a linked write and fdatasync, in either order, and returns what
     /// the pair reports.
