@@ -2,7 +2,7 @@
 //! ([`encode`]), and how the engine's shared ring ([`SharedKernel`], [`SharedWait`]) and each
 //! queue's own ring ([`QueueKernel`]) are submitted to, reaped and waited on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 
@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     file_slots: Mutex<Vec<u32>>,
     /// Bumped whenever a registered file goes away, so queues drop their registrations of it.
     files_epoch: AtomicU64,
+    /// Entries the driver's last submission left in the submission queue (the kernel refused
+    /// the call, or stopped short at an entry it failed): the waiter submits them first.
+    left_queued: AtomicU32,
     iopoll: bool,
 }
 
@@ -45,6 +48,7 @@ impl Shared {
             ring,
             file_slots: Mutex::new(file_slots),
             files_epoch: AtomicU64::new(0),
+            left_queued: AtomicU32::new(0),
             iopoll,
         }
     }
@@ -456,10 +460,14 @@ impl SharedKernel {
         pushed
     }
 
-    /// Entries in the submission queue that the kernel has not taken yet.
-    fn queued(&self) -> usize {
+    /// Counts, after a submission, the entries the kernel did not take, for the next
+    /// submission and for the waiter.
+    fn note_queued(&mut self) {
         // SAFETY: as in `push_entry`: this kernel is used under the driver's lock.
-        unsafe { self.shared.ring.ring.submission_shared() }.len()
+        let queued = unsafe { self.shared.ring.ring.submission_shared() }.len();
+        self.tally.unsubmitted = queued;
+        let queued = u32::try_from(queued).unwrap_or(u32::MAX);
+        self.shared.left_queued.store(queued, Ordering::Release);
     }
 
     fn push_entry(&mut self, sqe: &squeue::Entry) -> bool {
@@ -515,7 +523,7 @@ impl Kernel for SharedKernel {
         // What the kernel did not take stays queued: a refused call (EAGAIN, EBUSY), or one
         // that stopped short (at an entry it failed, the ring having no SUBMIT_ALL). The
         // waiter submits those entries too, so nobody waits on a kernel that never saw them.
-        self.tally.unsubmitted = self.queued();
+        self.note_queued();
         Ok(())
     }
 
@@ -556,7 +564,7 @@ impl Kernel for SharedKernel {
             if let Err(e) = enter_submit(&self.shared.ring.ring) {
                 tracing::warn!(error = %e, "submitting a wake-up failed");
             } else {
-                self.tally.unsubmitted = self.queued();
+                self.note_queued();
             }
         } else {
             // The queue is full, so entries are waiting to be submitted: the next submit
@@ -581,20 +589,30 @@ pub(crate) struct SharedWait(pub(crate) Arc<Shared>);
 
 impl Wait for SharedWait {
     fn wait(&self) -> Result<()> {
-        // Submits whatever the submission queue still holds (the kernel takes no more than
-        // is queued), then waits: entries a refused or short submission left queued reach
-        // the kernel here, where a wait alone would sleep on requests it never saw.
-        let queued = self.0.ring.ring.params().sq_entries();
+        // Entries a refused or short submission left queued reach the kernel here, where a
+        // wait alone would sleep on requests it never saw. Exactly those: the kernel skips the
+        // wait when it submits fewer entries than asked.
+        let left = self.0.left_queued.load(Ordering::Acquire);
         // SAFETY: no argument pointer is passed; the kernel reads only entries published by
         // the tail, which pushers move (under the driver's lock) after writing each entry.
         let entered = unsafe {
             self.0.ring.ring.submitter().enter::<libc::sigset_t>(
-                queued,
+                left,
                 1,
                 IORING_ENTER_GETEVENTS,
                 None,
             )
         };
+        if let Ok(submitted) = entered {
+            // Unless a submission since counted afresh.
+            let submitted = u32::try_from(submitted).unwrap_or(0).min(left);
+            let _ = self.0.left_queued.compare_exchange(
+                left,
+                left - submitted,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
         match entered {
             Ok(_) => Ok(()),
             Err(e)
@@ -863,15 +881,47 @@ fn ring_fd(ring: &Ring) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_a_submission_stops_short_of_stay_queued_and_the_waiter_submits_them() {
+    fn shared_kernel() -> (Arc<Shared>, SharedKernel) {
         let config = engine_core::EngineConfig::default();
         let (ring, _) = match Ring::new(8, &config, crate::ring::Use::Shared, None) {
             Ok(ring) => ring,
             Err(e) => panic!("this test needs io_uring, which this machine refuses: {e}"),
         };
         let shared = Arc::new(Shared::new(ring, false));
-        let mut kernel = SharedKernel::new(Arc::clone(&shared), 8);
+        let kernel = SharedKernel::new(Arc::clone(&shared), 8);
+        (shared, kernel)
+    }
+
+    fn completions(shared: &Shared) -> Vec<(u64, i32)> {
+        // SAFETY: the only handle to the completion queue in these tests.
+        unsafe { shared.ring.ring.completion_shared() }
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect()
+    }
+
+    #[test]
+    fn the_waiter_sleeps_until_a_completion_when_nothing_is_left_queued() {
+        let (shared, mut kernel) = shared_kernel();
+        let after = types::Timespec::new().nsec(20_000_000);
+        let timeout = opcode::Timeout::new(&after).build().user_data(7);
+        assert!(kernel.push_entry(&timeout));
+        kernel.tally.pushed(7, None);
+        kernel.submit().expect("submit");
+        let started = std::time::Instant::now();
+        SharedWait(Arc::clone(&shared)).wait().expect("wait");
+        // A waiter that returned at once (a spin in every park) would find nothing yet.
+        let seen = completions(&shared);
+        assert_eq!(
+            seen,
+            vec![(7, -libc::ETIME)],
+            "after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn entries_a_submission_stops_short_of_stay_queued_and_the_waiter_submits_them() {
+        let (shared, mut kernel) = shared_kernel();
         // An entry the kernel fails at submission (an SQE flag it does not know), then a
         // good one: without SUBMIT_ALL the kernel stops after the first.
         let bad = opcode::Nop::new()
@@ -888,10 +938,7 @@ mod tests {
             "the good entry is still queued"
         );
         SharedWait(Arc::clone(&shared)).wait().expect("wait");
-        // SAFETY: the only handle to the completion queue in this test.
-        let seen: Vec<(u64, i32)> = unsafe { shared.ring.ring.completion_shared() }
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
+        let seen = completions(&shared);
         assert!(
             seen.contains(&(1, -libc::EINVAL)),
             "the bad entry failed: {seen:?}"
