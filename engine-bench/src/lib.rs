@@ -3,7 +3,7 @@
 //! It runs a workload (fio's flag names: `--rw`, `--bs`, `--iodepth`, `--numjobs`,
 //! `--direct`, `--size`, `--runtime`, ...) on any engine of this library, through the queue
 //! API or the async API, and on fio itself or tokio's file I/O with the identical job,
-//! interleaving repetitions, and reports IOPS, bandwidth, latency percentiles, CPU time and
+//! interleaving repetitions (each in its own order: see [`in_turn`]), and reports IOPS, bandwidth, latency percentiles, CPU time and
 //! heap allocations per operation, with each engine's median ratio against the first.
 
 pub mod args;
@@ -55,6 +55,20 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
         None => {}
     }
     Engine::with_backend(name, config).map_err(|e| e.to_string())
+}
+
+/// The engines in the order repetition `repetition` runs them: the list rotated by one place
+/// per repetition, so that each engine runs in each place in turn. A run can leave the device
+/// busy for the next one (a burst of writes still being written back, say); in a fixed order
+/// the same engine would always pay for it. Ratios are taken per repetition, so the order does
+/// not change which runs are compared.
+pub fn in_turn<T>(engines: &[T], repetition: u32) -> impl Iterator<Item = &T> {
+    let start = if engines.is_empty() {
+        0
+    } else {
+        repetition as usize % engines.len()
+    };
+    engines[start..].iter().chain(&engines[..start])
 }
 
 /// True for names this library's engines answer to (not fio or a peer).
@@ -244,7 +258,7 @@ pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, Str
     let mut results = Vec::new();
     for repetition in 0..args.repeat {
         for job in &jobs {
-            for spec in &engines {
+            for spec in in_turn(&engines, repetition) {
                 let name = &spec.label;
                 progress.set_message(format!("{name}: {}", job.label()));
                 let seed = 0x5EED ^ u64::from(repetition);
@@ -269,4 +283,29 @@ pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, Str
         Err(e) => format!("Engine::from_env() fails here: {e}"),
     };
     Ok(Outcome { results, selection })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_turn;
+
+    #[test]
+    fn each_engine_runs_in_each_place_in_turn() {
+        let engines = ["baseline", "uring", "aio", "sync"];
+        let orders: Vec<Vec<&str>> = (0..4)
+            .map(|r| in_turn(&engines, r).copied().collect())
+            .collect();
+        assert_eq!(
+            orders[0], engines,
+            "the first repetition runs the list as given"
+        );
+        for (place, _) in engines.iter().enumerate() {
+            let mut in_place: Vec<&str> = orders.iter().map(|o| o[place]).collect();
+            in_place.sort_unstable();
+            let mut all = engines.to_vec();
+            all.sort_unstable();
+            assert_eq!(in_place, all, "place {place} holds every engine once");
+        }
+        assert_eq!(in_turn::<u8>(&[], 3).count(), 0);
+    }
 }

@@ -461,7 +461,7 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
     };
     let mut results = Vec::new();
     for repetition in 0..args.repeat {
-        for name in &engines {
+        for name in crate::in_turn(&engines, repetition) {
             let dir = tempfile::Builder::new()
                 .prefix(".engine-bench-")
                 .tempdir_in(&base)
