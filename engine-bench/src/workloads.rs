@@ -11,9 +11,10 @@
 //!   with one sync, the baseline makes a `pwrite` and an `fdatasync` per record.
 //! - **blob**: `--writers` writers put `--bs`-byte objects (default 64 KiB) into a
 //!   `--size` store (default 1 GiB) for `--runtime`, each put durable before the next, each
-//!   writer deleting its oldest object once it holds its share; the engine's side is one
-//!   store, its writers futures on one thread (the engine at depth `--writers` + 1: each
-//!   writer's write in flight while a put leads the shared sync); the baseline writes each object (the same header block, CRCs included, and data) with
+//!   writer deleting its oldest object once it holds its share; the engine's side runs one
+//!   store per core, each with its own engine (at depth `--writers` + 1, room for every
+//!   writer's write while a put leads the shared sync), thread, and share of the space and
+//!   writers; the baseline writes each object (the same header block, CRCs included, and data) with
 //!   an O_DIRECT `pwrite` and an `fdatasync`, and each delete (its header zeroed) the same
 //!   way, as blobd's file store did.
 //! - **snapshot**: a `--size`-byte stream (default 1 GiB) written in `--bs` writes (default
@@ -212,38 +213,68 @@ fn wal_baseline(
 // ---- blob ----
 
 fn blob_engine(
-    engine: Engine,
+    engines: Vec<Engine>,
     dir: &Path,
     writers: usize,
     object: usize,
     capacity: u64,
     runtime: Duration,
 ) -> Result<Measured, String> {
-    let blobs = block_on(store::BlobStore::open(engine, &dir.join("blobs"), capacity))
+    // One store per engine, each on a thread of its own with its share of the writers and
+    // of the space (its own file: a store is one device space).
+    let shards = engines.len().max(1);
+    let mut stores = Vec::new();
+    for (i, engine) in engines.into_iter().enumerate() {
+        let path = dir.join(format!("blobs-{i}"));
+        let blobs = block_on(store::BlobStore::open(
+            engine,
+            &path,
+            capacity / shards as u64,
+        ))
         .map_err(|e| e.to_string())?;
+        stores.push(blobs);
+    }
     // Each writer keeps at most half its share of the store, deleting its oldest beyond it.
     let keep = ((capacity / writers as u64) / (object as u64 + 8192) / 2).max(1) as usize;
     let measured = measure(|| {
         let deadline = Instant::now() + runtime;
-        let all = blob_writers(&blobs, writers, object, keep, deadline)?;
+        let per_shard: Vec<Result<Vec<u64>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(i, blobs)| {
+                    let mine = (i..writers).step_by(shards).collect::<Vec<_>>();
+                    scope.spawn(move || blob_writers(blobs, &mine, object, keep, deadline))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a shard panicked".into())))
+                .collect()
+        });
+        let all = per_shard
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
         Ok((all.len() as u64, (all.len() * object) as u64, all))
     })?;
-    drop(blobs.close().map_err(|e| e.to_string())?);
+    for blobs in stores {
+        drop(blobs.close().map_err(|e| e.to_string())?);
+    }
     Ok(measured)
 }
 
-/// Runs `writers` writers, futures on this thread, on the store until `deadline`; their put
-/// latencies.
+/// Runs writers `ids` on one store until `deadline`; their put latencies.
 fn blob_writers(
     blobs: &store::BlobStore<Engine>,
-    writers: usize,
+    ids: &[usize],
     object: usize,
     keep: usize,
     deadline: Instant,
 ) -> Result<Vec<u64>, String> {
     let per_writer = block_on(join_all(
-        (0..writers)
-            .map(|w| async move {
+        ids.iter()
+            .map(|&w| async move {
                 let data = vec![w as u8; object];
                 let mut mine = VecDeque::new();
                 let mut latencies = Vec::new();
@@ -480,7 +511,16 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
                 match workload {
                     Workload::Wal => wal_engine(engine, dir.path(), writers, bs_usize, runtime),
                     Workload::Blob => {
-                        blob_engine(engine, dir.path(), writers, bs_usize, size, runtime)
+                        // A store per core, each with an engine of its own (thread per core):
+                        // one thread's submissions limit one store (see BENCHMARKS).
+                        let shards = std::thread::available_parallelism()
+                            .map_or(1, usize::from)
+                            .min(writers);
+                        let mut engines = vec![engine];
+                        for _ in 1..shards {
+                            engines.push(crate::build_engine(name, &job)?);
+                        }
+                        blob_engine(engines, dir.path(), writers, bs_usize, size, runtime)
                     }
                     Workload::Snapshot => {
                         snapshot_engine(engine, dir.path(), direct, size, bs_usize, depth as usize)
