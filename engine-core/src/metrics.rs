@@ -26,6 +26,7 @@ pub struct Metrics {
     kinds: [Counters; 7],
     copies: AtomicU64,
     copied_bytes: AtomicU64,
+    slot_waits: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,6 +63,12 @@ impl Metrics {
         self.copied_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Records one async request that found all of the engine's `queue_depth` slots taken
+    /// and waited in line for one.
+    pub fn record_slot_wait(&self) {
+        self.slot_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let take = |c: &Counters| OpMetrics {
@@ -81,6 +88,7 @@ impl Metrics {
             metadata: take(&self.kinds[6]),
             copies: self.copies.load(Ordering::Relaxed),
             copied_bytes: self.copied_bytes.load(Ordering::Relaxed),
+            slot_waits: self.slot_waits.load(Ordering::Relaxed),
         }
     }
 }
@@ -149,6 +157,12 @@ pub struct MetricsSnapshot {
     pub copies: u64,
     /// Bytes those copies moved.
     pub copied_bytes: u64,
+    /// Async requests that found every slot taken (as many requests in flight as
+    /// [`crate::EngineConfig::queue_depth`]) and waited in line for one. A count that grows
+    /// with the requests means the program keeps more in flight than the depth admits, so
+    /// they take turns: raise the depth to what it keeps in flight (the queue API is bounded
+    /// by its own depth instead, and does not count here).
+    pub slot_waits: u64,
 }
 
 impl MetricsSnapshot {

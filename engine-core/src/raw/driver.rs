@@ -761,6 +761,7 @@ impl<K: Kernel, W: Wait> Future for Submit<'_, K, W> {
                             None => Poll::Pending,
                         }
                     } else {
+                        let joins_the_line = ticket.is_none();
                         match core.table.wait_for_slot(ticket, cx.waker()) {
                             Some(slot) => match request.take() {
                                 Some(request) => this.start(&mut core, slot, request, cx, wakes),
@@ -770,6 +771,9 @@ impl<K: Kernel, W: Wait> Future for Submit<'_, K, W> {
                                 }
                             },
                             None => {
+                                if joins_the_line {
+                                    driver.common.metrics().record_slot_wait();
+                                }
                                 // In line for a slot: completions free them, so this thread
                                 // may as well reap, and wait in the engine.
                                 driver.progress_or_die(&mut core, wakes, Submission::Now);
@@ -985,12 +989,13 @@ mod tests {
     const AT_SUBMIT: Option<Duration> = None;
 
     fn start(latency: Option<Duration>) -> (Arc<FakeDriver>, Shared, File) {
-        start_with(latency, false)
+        start_with(latency, false, EngineConfig::default())
     }
 
     fn start_with(
         latency: Option<Duration>,
         inline_syncs: bool,
+        config: EngineConfig,
     ) -> (Arc<FakeDriver>, Shared, File) {
         let device = Arc::new((
             Mutex::new(Device {
@@ -999,7 +1004,7 @@ mod tests {
             }),
             Condvar::new(),
         ));
-        let common = Arc::new(Common::new(EngineConfig::default()));
+        let common = Arc::new(Common::new(config));
         let std = tempfile::tempfile().expect("tempfile");
         let options = OpenOptions::new().read(true).write(true);
         let path = std::path::Path::new("/fake");
@@ -1071,6 +1076,36 @@ mod tests {
             submissions * 4 <= submitted,
             "{submissions} submissions for {submitted} requests"
         );
+    }
+
+    #[test]
+    fn requests_beyond_the_depth_wait_for_a_slot_and_are_counted() {
+        for (depth, waits) in [(1, 3), (2, 2), (4, 0)] {
+            let config = EngineConfig {
+                queue_depth: depth,
+                ..EngineConfig::default()
+            };
+            // All four are polled before any completes: the device takes 50 ms.
+            let latency = Some(Duration::from_millis(50));
+            let (driver, _device, file) = start_with(latency, false, config);
+            let done = {
+                let driver = Arc::clone(&driver);
+                within("four reads at once", move || {
+                    let futures = (0..4).map(|i| driver.submit(read(&file, i))).collect();
+                    block_on(join_all(futures))
+                })
+            };
+            assert!(
+                done.iter().all(|c| c.result.is_ok()),
+                "depth {depth}: all read"
+            );
+            let counted = driver.common().metrics().snapshot().slot_waits;
+            assert_eq!(
+                counted, waits,
+                "depth {depth}: the requests that waited in line"
+            );
+            driver.shutdown();
+        }
     }
 
     #[test]
@@ -1204,7 +1239,7 @@ mod tests {
 
     #[test]
     fn an_attended_sync_with_nothing_in_flight_runs_on_the_polling_thread() {
-        let (driver, device, file) = start_with(SLOW, true);
+        let (driver, device, file) = start_with(SLOW, true, EngineConfig::default());
         let submitted = || lock(&device.0).submitted;
         let (d, f) = (Arc::clone(&driver), file.clone());
         let idle = within("idle sync", move || {
@@ -1235,7 +1270,7 @@ mod tests {
         assert!(elsewhere.result.is_ok(), "{:?}", elsewhere.result);
         assert_eq!(submitted(), 3);
         // A kernel that does not ask for it gets every sync.
-        let (driver, device, file) = start_with(SLOW, false);
+        let (driver, device, file) = start_with(SLOW, false, EngineConfig::default());
         let plain = within("plain sync", move || {
             block_on(driver.submit(Request::sync_data(&file, 5)))
         });
