@@ -30,9 +30,11 @@ pub struct Outcome {
     pub selection: String,
 }
 
-/// Builds engine `name` for `job`: the queue depth covers the job's, and the registered pool
-/// holds every buffer the job keeps in flight.
-pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
+/// Builds engine `name` for `job` through `api`: the queue depth covers what the job keeps in
+/// flight (through the queue API each job's own queue, so `--iodepth`; through the async API
+/// the engine admits every job's requests at once, so `--iodepth` times `--numjobs`), and the
+/// registered pool holds every buffer the job keeps in flight.
+pub fn build_engine(name: &str, job: &Job, api: Api) -> Result<Engine, String> {
     if name == "auto" {
         return Engine::from_env().map_err(|e| e.to_string());
     }
@@ -43,8 +45,12 @@ pub fn build_engine(name: &str, job: &Job) -> Result<Engine, String> {
     };
     let in_flight = u64::from(job.iodepth) * u64::from(job.numjobs);
     let pool = (2 * in_flight * job.bs).clamp(32 << 20, 1 << 30);
+    let depth = match api {
+        Api::Queue => u64::from(job.iodepth),
+        Api::Async => in_flight,
+    };
     let mut config = EngineConfig {
-        queue_depth: (job.iodepth as usize).max(1),
+        queue_depth: (depth as usize).max(1),
         register_buffers_bytes: pool as usize,
         restricted,
         ..EngineConfig::default()
@@ -69,6 +75,20 @@ pub fn in_turn<T>(engines: &[T], repetition: u32) -> impl Iterator<Item = &T> {
         repetition as usize % engines.len()
     };
     engines[start..].iter().chain(&engines[..start])
+}
+
+/// Says (on stderr) when requests of a run on `engine` waited for one of its slots: the run
+/// kept more in flight than the engine's queue depth admits, so its numbers measure requests
+/// taking turns, not the engine.
+pub fn warn_on_slot_waits(engine: &Engine, what: &str) {
+    let waits = engine.metrics().slot_waits;
+    if waits > 0 {
+        eprintln!(
+            "note: {what} on {}: {waits} requests waited for a slot (more in flight than the \
+             engine's queue depth)",
+            engine.name()
+        );
+    }
 }
 
 /// True for names this library's engines answer to (not fio or a peer).
@@ -148,7 +168,7 @@ fn run_spec(
     } else if name == "monoio-direct" || name == "glommio-direct" {
         peer(name, job, path, seed)?
     } else {
-        let engine = build_engine(name, job)?;
+        let engine = build_engine(name, job, api)?;
         let api_name = match api {
             Api::Queue => "queue",
             Api::Async => "async",
@@ -237,7 +257,7 @@ pub fn run(args: &Args, allocations: Option<fn() -> u64>) -> Result<Outcome, Str
     let mut verified = Vec::new();
     if args.verify {
         for spec in engines.iter().filter(|s| is_library_engine(&s.name)) {
-            let engine = build_engine(&spec.name, &jobs[0])?;
+            let engine = build_engine(&spec.name, &jobs[0], Api::Queue)?;
             let bytes = run::verify(&engine, &path, size, jobs[0].direct, 0xC0FFEE)?;
             verified.push((spec.label.clone(), bytes));
         }

@@ -226,6 +226,7 @@ pub fn run(
         total.merge(&result?);
     }
     let _ = engine.close(&file);
+    crate::warn_on_slot_waits(engine, &job.label());
     Ok(Measured {
         ops: total.ops,
         bytes: total.bytes,

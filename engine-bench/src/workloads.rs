@@ -12,9 +12,9 @@
 //! - **blob**: `--writers` writers put `--bs`-byte objects (default 64 KiB) into a
 //!   `--size` store (default 1 GiB) for `--runtime`, each put durable before the next, each
 //!   writer deleting its oldest object once it holds its share; the engine's side runs one
-//!   store per core, each with its own engine (at depth `--writers` + 1, room for every
-//!   writer's write while a put leads the shared sync), thread, and share of the space and
-//!   writers; the baseline writes each object (the same header block, CRCs included, and data) with
+//!   store per core, each with its own engine (at depth `--writers`: one request per writer,
+//!   its write or the sync it leads), thread, and share of the space and writers; the
+//!   baseline writes each object (the same header block, CRCs included, and data) with
 //!   an O_DIRECT `pwrite` and an `fdatasync`, and each delete (its header zeroed) the same
 //!   way, as blobd's file store did.
 //! - **snapshot**: a `--size`-byte stream (default 1 GiB) written in `--bs` writes (default
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use engine::{block_on, join_all, AlignedBuf, Engine, ErrorKind, OpenOptions};
 
-use crate::args::{Args, Job, Rw, Workload};
+use crate::args::{Api, Args, Job, Rw, Workload};
 use crate::report::{Latency, RunResult};
 use crate::run::cpu_seconds_of;
 
@@ -178,7 +178,8 @@ fn wal_engine(
         let all = gather(per_writer)?;
         Ok((all.len() as u64, (all.len() * record) as u64, all))
     })?;
-    drop(wal.close().map_err(|e| e.to_string())?);
+    let engine = wal.close().map_err(|e| e.to_string())?;
+    crate::warn_on_slot_waits(&engine, "the wal workload");
     Ok(measured)
 }
 
@@ -259,7 +260,8 @@ fn blob_engine(
         Ok((all.len() as u64, (all.len() * object) as u64, all))
     })?;
     for blobs in stores {
-        drop(blobs.close().map_err(|e| e.to_string())?);
+        let engine = blobs.close().map_err(|e| e.to_string())?;
+        crate::warn_on_slot_waits(&engine, "the blob workload");
     }
     Ok(measured)
 }
@@ -446,15 +448,11 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
     let runtime = args.runtime.unwrap_or(Duration::from_secs(5));
     let writers = args.writers as usize;
     let (bs, size, depth) = match workload {
-        // The engine's depth is the most requests its job has in flight at once: the log's
-        // one leader writes or syncs; every blob writer may have its write in flight while a
-        // put leads the shared sync. (At depth 1 the writers' puts took turns for one slot.)
+        // One request in flight per writer at most (the engine admits `--writers` at once):
+        // a log writer leading its group's write or sync, a blob writer's write or the sync
+        // it leads.
         Workload::Wal => (args.bs.unwrap_or(128), 0, 1),
-        Workload::Blob => (
-            args.bs.unwrap_or(64 << 10),
-            args.size.unwrap_or(1 << 30),
-            args.writers + 1,
-        ),
+        Workload::Blob => (args.bs.unwrap_or(64 << 10), args.size.unwrap_or(1 << 30), 1),
         Workload::Snapshot => (
             args.bs.unwrap_or(8 << 20),
             args.size.unwrap_or(1 << 30),
@@ -507,7 +505,7 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
                     Workload::Snapshot => snapshot_baseline(dir.path(), direct, size, bs_usize),
                 }
             } else {
-                let engine = crate::build_engine(name, &job)?;
+                let engine = crate::build_engine(name, &job, Api::Async)?;
                 match workload {
                     Workload::Wal => wal_engine(engine, dir.path(), writers, bs_usize, runtime),
                     Workload::Blob => {
@@ -518,7 +516,7 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
                             .min(writers);
                         let mut engines = vec![engine];
                         for _ in 1..shards {
-                            engines.push(crate::build_engine(name, &job)?);
+                            engines.push(crate::build_engine(name, &job, Api::Async)?);
                         }
                         blob_engine(engines, dir.path(), writers, bs_usize, size, runtime)
                     }
