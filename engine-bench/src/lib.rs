@@ -3,8 +3,9 @@
 //! It runs a workload (fio's flag names: `--rw`, `--bs`, `--iodepth`, `--numjobs`,
 //! `--direct`, `--size`, `--runtime`, ...) on any engine of this library, through the queue
 //! API or the async API, and on fio itself or tokio's file I/O with the identical job,
-//! interleaving repetitions (each in its own order: see [`in_turn`]), and reports IOPS, bandwidth, latency percentiles, CPU time and
-//! heap allocations per operation, with each engine's median ratio against the first.
+//! interleaving repetitions (each in its own order: see [`in_turn`]), and reports IOPS,
+//! bandwidth, latency percentiles, CPU time and heap allocations per operation, with each
+//! engine's median ratio against the first.
 
 pub mod args;
 pub mod fio;
@@ -69,11 +70,9 @@ pub fn build_engine(name: &str, job: &Job, api: Api) -> Result<Engine, String> {
 /// the same engine would always pay for it. Ratios are taken per repetition, so the order does
 /// not change which runs are compared.
 pub fn in_turn<T>(engines: &[T], repetition: u32) -> impl Iterator<Item = &T> {
-    let start = if engines.is_empty() {
-        0
-    } else {
-        repetition as usize % engines.len()
-    };
+    let start = (repetition as usize)
+        .checked_rem(engines.len())
+        .unwrap_or(0);
     engines[start..].iter().chain(&engines[..start])
 }
 

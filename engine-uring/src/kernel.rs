@@ -603,9 +603,9 @@ impl Wait for SharedWait {
                 None,
             )
         };
-        if let Ok(submitted) = entered {
+        if let (Ok(submitted), true) = (&entered, left > 0) {
             // Unless a submission since counted afresh.
-            let submitted = u32::try_from(submitted).unwrap_or(0).min(left);
+            let submitted = u32::try_from(*submitted).unwrap_or(0).min(left);
             let _ = self.0.left_queued.compare_exchange(
                 left,
                 left - submitted,
