@@ -11,12 +11,11 @@
 //!   with one sync, the baseline makes a `pwrite` and an `fdatasync` per record.
 //! - **blob**: `--writers` writers put `--bs`-byte objects (default 64 KiB) into a
 //!   `--size` store (default 1 GiB) for `--runtime`, each put durable before the next, each
-//!   writer deleting its oldest object once it holds its share; the engine's side runs one
-//!   store per core, each with its own engine (at depth `--writers`: one request per writer,
-//!   its write or the sync it leads), thread, and share of the space and writers; the
-//!   baseline writes each object (the same header block, CRCs included, and data) with
-//!   an O_DIRECT `pwrite` and an `fdatasync`, and each delete (its header zeroed) the same
-//!   way, as blobd's file store did.
+//!   writer deleting its oldest object once it holds its share; the engine's side is one
+//!   store on one thread, its engine at depth `--writers` (one durable write per writer);
+//!   the baseline writes each object (the same header block, CRCs included, and data) with
+//!   an O_DIRECT `pwrite` and an `fdatasync` from a thread per writer, and each delete (its
+//!   header zeroed) the same way, as blobd's file store did.
 //! - **snapshot**: a `--size`-byte stream (default 1 GiB) written in `--bs` writes (default
 //!   8 MiB) to a preallocated file with `--iodepth` buffers (default 2) in the engine's
 //!   pipeline, then synced; the baseline fills one buffer, `pwrite`s it, and so on, then
@@ -214,69 +213,38 @@ fn wal_baseline(
 // ---- blob ----
 
 fn blob_engine(
-    engines: Vec<Engine>,
+    engine: Engine,
     dir: &Path,
     writers: usize,
     object: usize,
     capacity: u64,
     runtime: Duration,
 ) -> Result<Measured, String> {
-    // One store per engine, each on a thread of its own with its share of the writers and
-    // of the space (its own file: a store is one device space).
-    let shards = engines.len().max(1);
-    let mut stores = Vec::new();
-    for (i, engine) in engines.into_iter().enumerate() {
-        let path = dir.join(format!("blobs-{i}"));
-        let blobs = block_on(store::BlobStore::open(
-            engine,
-            &path,
-            capacity / shards as u64,
-        ))
+    let blobs = block_on(store::BlobStore::open(engine, &dir.join("blobs"), capacity))
         .map_err(|e| e.to_string())?;
-        stores.push(blobs);
-    }
     // Each writer keeps at most half its share of the store, deleting its oldest beyond it.
     let keep = ((capacity / writers as u64) / (object as u64 + 8192) / 2).max(1) as usize;
     let measured = measure(|| {
         let deadline = Instant::now() + runtime;
-        let per_shard: Vec<Result<Vec<u64>, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = stores
-                .iter()
-                .enumerate()
-                .map(|(i, blobs)| {
-                    let mine = (i..writers).step_by(shards).collect::<Vec<_>>();
-                    scope.spawn(move || blob_writers(blobs, &mine, object, keep, deadline))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("a shard panicked".into())))
-                .collect()
-        });
-        let all = per_shard
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .concat();
+        let all = blob_writers(&blobs, writers, object, keep, deadline)?;
         Ok((all.len() as u64, (all.len() * object) as u64, all))
     })?;
-    for blobs in stores {
-        let engine = blobs.close().map_err(|e| e.to_string())?;
-        crate::warn_on_slot_waits(&engine, "the blob workload");
-    }
+    let engine = blobs.close().map_err(|e| e.to_string())?;
+    crate::warn_on_slot_waits(&engine, "the blob workload");
     Ok(measured)
 }
 
-/// Runs writers `ids` on one store until `deadline`; their put latencies.
+/// Runs `writers` writers on the store until `deadline`; their put latencies.
 fn blob_writers(
     blobs: &store::BlobStore<Engine>,
-    ids: &[usize],
+    writers: usize,
     object: usize,
     keep: usize,
     deadline: Instant,
 ) -> Result<Vec<u64>, String> {
     let per_writer = block_on(join_all(
-        ids.iter()
-            .map(|&w| async move {
+        (0..writers)
+            .map(|w| async move {
                 let data = vec![w as u8; object];
                 let mut mine = VecDeque::new();
                 let mut latencies = Vec::new();
@@ -449,8 +417,7 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
     let writers = args.writers as usize;
     let (bs, size, depth) = match workload {
         // One request in flight per writer at most (the engine admits `--writers` at once):
-        // a log writer leading its group's write or sync, a blob writer's write or the sync
-        // it leads.
+        // a log writer leading its group's write or sync, a blob writer's durable write.
         Workload::Wal => (args.bs.unwrap_or(128), 0, 1),
         Workload::Blob => (args.bs.unwrap_or(64 << 10), args.size.unwrap_or(1 << 30), 1),
         Workload::Snapshot => (
@@ -509,16 +476,7 @@ pub fn run(args: &Args, workload: Workload) -> Result<Vec<RunResult>, String> {
                 match workload {
                     Workload::Wal => wal_engine(engine, dir.path(), writers, bs_usize, runtime),
                     Workload::Blob => {
-                        // A store per core, each with an engine of its own (thread per core):
-                        // one thread's submissions limit one store (see BENCHMARKS).
-                        let shards = std::thread::available_parallelism()
-                            .map_or(1, usize::from)
-                            .min(writers);
-                        let mut engines = vec![engine];
-                        for _ in 1..shards {
-                            engines.push(crate::build_engine(name, &job, Api::Async)?);
-                        }
-                        blob_engine(engines, dir.path(), writers, bs_usize, size, runtime)
+                        blob_engine(engine, dir.path(), writers, bs_usize, size, runtime)
                     }
                     Workload::Snapshot => {
                         snapshot_engine(engine, dir.path(), direct, size, bs_usize, depth as usize)

@@ -1,5 +1,5 @@
 //! A blob store in the style of blobd's direct store (`store.rs`): objects in the device space
-//! of one preallocated file, each written with O_DIRECT and made durable before it is
+//! of one preallocated file, each written with one durable O_DIRECT write before it is
 //! acknowledged, read back verified, some deleted, and the index rebuilt from the file on
 //! reopen; against the same puts written by hand the way blobd's file store did them, an
 //! O_DIRECT `pwrite` and an `fdatasync` per object on a thread each.

@@ -1,8 +1,9 @@
 //! A blob store in the style of blobd's direct store, on any engine: objects in the device
 //! space of one preallocated file, placed by a first-fit extent allocator, each written with
-//! its header in one aligned write and made durable before it is acknowledged. Puts in flight
-//! together share their syncs (group commit): a put is acknowledged once a sync that started
-//! after its write completed is done.
+//! its header in one aligned durable write (`WriteFlags::DSYNC`: `RWF_DSYNC`, FUA on a device
+//! that has it, else the write and a cache flush) and acknowledged when that completes. Puts in
+//! flight together share their flushes without the store's help: the block layer merges the
+//! flushes that wait on one another into one.
 //!
 //! On disk an object is an extent of whole blocks:
 //!
@@ -23,14 +24,12 @@
 //! extents, or keep an index); and a put that fails keeps its extent until the next reopen.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::poll_fn;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
 
 use engine::{
     AlignedBuf, AllocateMode, Backend, BackendExt, Error, ErrorKind, File, Op, PageAllocator,
-    PagePool, PoolConfig, Result,
+    PagePool, PoolConfig, Result, WriteFlags,
 };
 
 // The wal and blob code compiled into one crate (the benchmark, the tests) each bring it.
@@ -64,12 +63,6 @@ struct State {
     objects: HashMap<Id, Extent>,
     /// Free extents by offset, coalesced.
     free: BTreeMap<u64, u64>,
-    /// Syncs started and done, numbered from 1: a put whose write completed when `started`
-    /// was n is durable once sync n + 1 is done (it started after the write completed).
-    started: u64,
-    done: u64,
-    syncing: bool,
-    waiters: Vec<Waker>,
 }
 
 impl State {
@@ -108,25 +101,6 @@ pub struct BlobStore<E: Backend> {
     /// its writes skip pinning the pages) or one of the store's own, recycled either way.
     pool: PagePool,
     state: Mutex<State>,
-}
-
-/// A put while it runs the shared sync: dropped midway, it lets the next put lead (that
-/// sync starts later, so it covers everyone still waiting).
-struct Syncer<'a> {
-    state: &'a Mutex<State>,
-    leading: bool,
-}
-
-impl Drop for Syncer<'_> {
-    fn drop(&mut self) {
-        if self.leading {
-            let mut state = lock(self.state);
-            state.syncing = false;
-            for waker in state.waiters.drain(..) {
-                waker.wake();
-            }
-        }
-    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -190,10 +164,6 @@ impl<E: Backend> BlobStore<E> {
             next_id: 0,
             objects: HashMap::new(),
             free: BTreeMap::new(),
-            started: 0,
-            done: 0,
-            syncing: false,
-            waiters: Vec::new(),
         };
         // The scan, block by block (read a chunk at a time): a header that checks out, over
         // data that does, is an object; the space between objects is free.
@@ -290,11 +260,10 @@ impl<E: Backend> BlobStore<E> {
         let (bytes, padding) = body.split_at_mut(data.len());
         bytes.copy_from_slice(data);
         padding.fill(0);
-        let (written, _) = self.engine.write_all_at(&self.file, offset, buf).await;
-        let result = match written {
-            Ok(()) => self.sync_after_write().await,
-            Err(e) => Err(e),
-        };
+        let (result, _) = self
+            .engine
+            .write_all_at_with(&self.file, offset, buf, WriteFlags::DSYNC)
+            .await;
         let mut state = lock(&self.state);
         match result {
             Ok(()) => {
@@ -312,50 +281,6 @@ impl<E: Backend> BlobStore<E> {
             // The bytes may be on disk all the same: the extent stays taken until a reopen,
             // whose scan decides what it holds.
             Err(e) => Err(e),
-        }
-    }
-
-    /// Resolves once a sync that started after this call is done: puts share syncs (group
-    /// commit), so that writers in flight together pay for one `fdatasync`, not one each.
-    async fn sync_after_write(&self) -> Result<()> {
-        let need = lock(&self.state).started + 1;
-        loop {
-            let mut guard = Syncer {
-                state: &self.state,
-                leading: false,
-            };
-            let lead = poll_fn(|cx| {
-                let mut state = lock(&self.state);
-                if state.done >= need {
-                    return Poll::Ready(None);
-                }
-                if !state.syncing {
-                    state.syncing = true;
-                    state.started += 1;
-                    guard.leading = true;
-                    return Poll::Ready(Some(state.started));
-                }
-                state.waiters.push(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-            let Some(number) = lead else {
-                return Ok(());
-            };
-            let synced = self.engine.sync_data(&self.file).await;
-            guard.leading = false;
-            let mut state = lock(&self.state);
-            state.syncing = false;
-            if synced.is_ok() {
-                state.done = state.done.max(number);
-            }
-            for waker in state.waiters.drain(..) {
-                waker.wake();
-            }
-            drop(state);
-            // A failed sync fails its leader; the others try again, and the file's poison
-            // (the engine's) fails them too.
-            synced?;
         }
     }
 
@@ -411,10 +336,9 @@ impl<E: Backend> BlobStore<E> {
         zeros.fill(0);
         let (written, _) = self
             .engine
-            .write_all_at(&self.file, extent.offset, zeros)
+            .write_all_at_with(&self.file, extent.offset, zeros, WriteFlags::DSYNC)
             .await;
         written?;
-        self.sync_after_write().await?;
         // Gone from the index only once gone from the disk.
         let mut state = lock(&self.state);
         if state.objects.remove(&id).is_some() {
