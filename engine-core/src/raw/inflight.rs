@@ -1030,8 +1030,7 @@ impl InFlight {
 
     /// Releases what the request held, records it and builds its completion.
     fn complete(mut self, common: &Common, result: Result<usize>) -> Completion {
-        let file = self.request.file().clone();
-        file.release_span(self.span);
+        self.request.file().release_span(self.span);
         let exact = self.request.is_exact();
         // A read's buffers keep what arrived, in order: a plain read's count, or an exact
         // read's bytes up to where it stopped. A failed plain read leaves the length as it was.
