@@ -1,7 +1,8 @@
 //! The watchdog every test binary runs under (`scripts/test-watchdog`, cargo's target runner
 //! in `.cargo/config.toml`): a small libtest binary, compiled here with `rustc --test`, with
 //! a test that hangs and one that hangs after starting a process. The watchdog must fail the
-//! run with libtest's code, name the hung test, and leave neither it nor its child behind;
+//! run with libtest's code, name the hung test, show its threads' kernel stacks (as root),
+//! and leave neither it nor its child behind;
 //! and a run that does not hang must come through with its output and status unchanged.
 
 use std::path::{Path, PathBuf};
@@ -168,7 +169,21 @@ fn names_the_hung_test(watched: &Path, _: &Path) -> Result<(), String> {
         named == ["hangs"],
         "the hung test is not the one named",
         &out,
-    )
+    )?;
+    // Where a kernel stack can be read (as root), the report shows the hung thread's: asleep
+    // in nanosleep.
+    if std::fs::read_to_string("/proc/thread-self/stack").is_ok() {
+        check(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("watchdog:   | ") && l.contains("nanosleep")),
+            "the threads' kernel stacks are not shown",
+            &out,
+        )?;
+    } else {
+        println!("watchdog: kernel stacks are not readable here (not root): not checked");
+    }
+    Ok(())
 }
 
 /// On one test thread libtest prints the test's name before it runs: the watchdog shows that
