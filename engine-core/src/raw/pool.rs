@@ -8,7 +8,8 @@
 //! Three things keep the thread hops away from requests that do not need them:
 //! - a buffered read is first tried on the submitting thread with `preadv2(RWF_NOWAIT)`; only
 //!   a read that would block goes to the pool (a cached read costs what `pread` costs);
-//! - a thread that waits for completions runs queued jobs itself before it sleeps;
+//! - a thread that waits for completions runs queued jobs itself before it sleeps (a job that
+//!   blocks in the device only when it is the pool's one job: see [`Pool::help_once`]);
 //! - while syscalls return in microseconds (a RAM-backed device, a CPU-bound copy), a new job
 //!   wakes at most one sleeping worker and a worker that takes a job while more wait wakes the
 //!   next, so the threads already awake serve the device without a wake-up per request; once
@@ -572,9 +573,25 @@ impl Pool {
         wake
     }
 
-    /// Runs one queued job on the calling thread, if there is one.
+    /// Runs one queued job on the calling thread, if there is one it should take. While jobs
+    /// run on the CPU, any. While they block in the device (a disk's write, a durable write's
+    /// flush), only a lone job (nothing else queued or running): it saves the hand-off, and
+    /// nothing can finish meanwhile. Beside other jobs, a blocking one already has a worker
+    /// on its way (see [`Pool::should_wake`]); run here, it would hold the waiting thread in
+    /// the device, where it can neither reap the jobs that finish meanwhile nor submit what
+    /// their futures do next.
     fn help_once(&self) -> bool {
-        let job = lock(&self.jobs).queue.pop_front();
+        let job = {
+            let mut jobs = lock(&self.jobs);
+            let running = self
+                .threads()
+                .saturating_sub(jobs.idle)
+                .saturating_sub(jobs.waking);
+            if jobs.job_ns > BLOCKING_NS && (running > 0 || jobs.queue.len() > 1) {
+                return false;
+            }
+            jobs.queue.pop_front()
+        };
         match job {
             Some(job) => {
                 job.run();
@@ -845,5 +862,55 @@ impl<R: Runner> Wait for PoolWait<R> {
         // workers that delivered them reap only for unattended slots.
         self.done.wait(1, seen);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn sync_job(fd: RawFd, slot: u32, done: &Arc<Done>) -> Job {
+        Job {
+            slot,
+            call: Syscall::bare(Op::SyncData, fd, 0),
+            done: Arc::clone(done),
+            delivered: false,
+        }
+    }
+
+    #[test]
+    fn a_waiting_thread_takes_a_blocking_job_only_when_it_is_alone() {
+        let file = tempfile::tempfile().expect("temp file");
+        let done = Done::new(4);
+        // No workers, so nothing runs but what the test hands out.
+        let pool = Pool::start(0, 4, "test-pool").expect("pool");
+        lock(&pool.jobs).job_ns = BLOCKING_NS * 10;
+        let mut jobs = vec![
+            sync_job(file.as_raw_fd(), 0, &done),
+            sync_job(file.as_raw_fd(), 1, &done),
+        ];
+        pool.enqueue_jobs(&mut jobs);
+        assert!(
+            !pool.help_once(),
+            "took a blocking job with another queued beside it"
+        );
+        let job = lock(&pool.jobs).queue.pop_front().expect("queued");
+        job.finish(0);
+        assert!(pool.help_once(), "a lone blocking job was not taken");
+        assert!(!pool.help_once(), "nothing is left to take");
+        // Jobs that run on the CPU are taken whatever else is queued.
+        lock(&pool.jobs).job_ns = BLOCKING_NS / 10;
+        let mut jobs = vec![
+            sync_job(file.as_raw_fd(), 2, &done),
+            sync_job(file.as_raw_fd(), 3, &done),
+        ];
+        pool.enqueue_jobs(&mut jobs);
+        assert!(pool.help_once() && pool.help_once());
+        let mut results = [Reaped::default(); 4];
+        let n = done.take(&mut results);
+        let mut slots: Vec<(u32, i64)> = results[..n].iter().map(|r| (r.slot, r.result)).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
     }
 }
