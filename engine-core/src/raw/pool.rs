@@ -472,6 +472,16 @@ struct Jobs {
     job_ns: u64,
 }
 
+impl Jobs {
+    /// Whether a waiting thread should take a queued job, with `threads` workers: see
+    /// [`Pool::help_once`]. Workers not asleep on the condition variable are running a job
+    /// (a woken one counts as asleep until it takes one).
+    fn may_help(&self, threads: usize) -> bool {
+        let running = threads.saturating_sub(self.idle);
+        self.job_ns <= BLOCKING_NS || (running == 0 && self.queue.len() <= 1)
+    }
+}
+
 /// The average syscall time above which jobs are taken to block in the device (a disk's
 /// latency) rather than run on the CPU (a RAM-backed device's copy, a few microseconds).
 const BLOCKING_NS: u64 = 20_000;
@@ -583,11 +593,7 @@ impl Pool {
     fn help_once(&self) -> bool {
         let job = {
             let mut jobs = lock(&self.jobs);
-            let running = self
-                .threads()
-                .saturating_sub(jobs.idle)
-                .saturating_sub(jobs.waking);
-            if jobs.job_ns > BLOCKING_NS && (running > 0 || jobs.queue.len() > 1) {
+            if !jobs.may_help(self.threads()) {
                 return false;
             }
             jobs.queue.pop_front()
@@ -876,6 +882,39 @@ mod tests {
             call: Syscall::bare(Op::SyncData, fd, 0),
             done: Arc::clone(done),
             delivered: false,
+        }
+    }
+
+    #[test]
+    fn a_blocking_job_is_taken_only_while_no_worker_runs_one() {
+        let jobs = |idle, waking, queued, job_ns| {
+            Jobs {
+                queue: VecDeque::new(),
+                shutdown: false,
+                idle,
+                waking,
+                job_ns,
+            }
+            .with_queued(queued)
+        };
+        let blocking = BLOCKING_NS * 10;
+        // Two workers, both asleep, one of them woken for the one job queued: take it.
+        assert!(jobs(2, 1, 1, blocking).may_help(2));
+        // One of two workers runs a job (the other is asleep, woken or not): leave it.
+        assert!(!jobs(1, 0, 1, blocking).may_help(2));
+        assert!(!jobs(1, 1, 1, blocking).may_help(2));
+        // On the CPU, always.
+        assert!(jobs(1, 1, 3, BLOCKING_NS / 10).may_help(2));
+    }
+
+    impl Jobs {
+        /// These jobs with `n` placeholders queued (jobs that end in ECANCELED when dropped).
+        fn with_queued(mut self, n: usize) -> Jobs {
+            let done = Done::new(n.max(1));
+            for slot in 0..n {
+                self.queue.push_back(sync_job(-1, slot as u32, &done));
+            }
+            self
         }
     }
 
